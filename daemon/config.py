@@ -1,0 +1,200 @@
+"""The daemon's configuration: one TOML file, every knob documented and defaulted.
+
+Sources, strongest first: ``SELFDISTILL_*`` environment variables (nested keys joined by
+``__``, e.g. ``SELFDISTILL_KAFKA__BOOTSTRAP_SERVERS``), then the TOML file, then the defaults
+below. The file is ``--config PATH``, else ``$SELFDISTILL_CONFIG``, else ``./selfdistill.toml``
+when it exists. Each library owns its block (``streams`` the Kafka and topic settings), so
+this module only composes them. Unknown keys are errors, so a typo fails at start-up instead
+of silently running on a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streams.broker import BrokerConfig
+from streams.connection import KafkaSettings
+from streams.topics import TopicsConfig
+
+ENV_PREFIX = "SELFDISTILL_"
+CONFIG_ENV = "SELFDISTILL_CONFIG"
+DEFAULT_FILE = "selfdistill.toml"
+
+
+class Settings(BaseSettings):
+    """Everything the daemon's workers and CLI read."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of every worker."
+    )
+    data_dir: Path = Field(
+        Path("var"),
+        description="Where the store, the adapter registry and logs live (relative to the cwd).",
+    )
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, description="Connection to the Kafka cluster."
+    )
+    topics: TopicsConfig = Field(
+        default_factory=TopicsConfig, description="Topic names and layout."
+    )
+    broker: BrokerConfig = Field(
+        default_factory=BrokerConfig,
+        description="The embedded broker (`selfdistill broker`); unused with a real cluster.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names each bad key and why."""
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file to read: --config, else $SELFDISTILL_CONFIG, else ./selfdistill.toml if any."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read and validate the configuration, or raise ConfigError naming every bad key."""
+    file = config_path(path)
+    data: dict[str, Any] = {}
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    _deep_update(data, overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, file)) from None
+
+
+def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+def _explain(exc: ValidationError, file: Path | None) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        env = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
+        src = f" (from ${env})" if env in os.environ else ""
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
+        if (
+            "input" in err
+            and err["type"] != "extra_forbidden"
+            and not isinstance(err["input"], dict)
+        ):
+            msg += f" (got {err['input']!r})"
+        lines.append(f"  {key}: {msg}{src}")
+    where = f" in {file}" if file else ""
+    return f"invalid configuration{where}:\n" + "\n".join(lines)
+
+
+# ------------------------------------------------------------------ documentation
+def render_toml(settings: Settings | None = None, *, comments: bool = True) -> str:
+    """The configuration as TOML; with defaults and comments it is the documented reference.
+
+    ``selfdistill config init`` writes this, and the repository's ``selfdistill.toml`` is
+    exactly this output (a test keeps them in sync), so the docs cannot drift from the code.
+    """
+    settings = settings or Settings()
+    out: list[str] = []
+    if comments:
+        out += [
+            "# selfdistill configuration. Every key is optional: shown here with its default.",
+            "# Any key can be overridden by an environment variable, e.g.",
+            "#   SELFDISTILL_KAFKA__BOOTSTRAP_SERVERS=broker1:9092,broker2:9092",
+            "",
+        ]
+    _render_model(settings, [], out, comments)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _render_model(model: BaseModel, path: list[str], out: list[str], comments: bool) -> None:
+    fields: dict[str, FieldInfo] = type(model).model_fields
+    scalars = {k: f for k, f in fields.items() if not isinstance(getattr(model, k), BaseModel)}
+    sections = {k: f for k, f in fields.items() if isinstance(getattr(model, k), BaseModel)}
+    for name, info in scalars.items():
+        value = getattr(model, name)
+        if comments and info.description:
+            out.append(f"# {info.description}")
+        if comments:
+            env = ENV_PREFIX + "__".join([*path, name]).upper()
+            out.append(f"# env: {env}")
+        if value is None:
+            out.append(f"# {name} =")
+        else:
+            out.append(f"{name} = {_toml_value(value)}")
+        if comments:
+            out.append("")
+    for name, info in sections.items():
+        header = ".".join([*path, name])
+        if comments and info.description:
+            out.append(f"# {info.description}")
+        out.append(f"[{header}]")
+        if comments:
+            out.append("")
+        _render_model(getattr(model, name), [*path, name], out, comments)
+        if not comments:
+            out.append("")
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, SecretStr):
+        return '"**********"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        return json.dumps(str(value))
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
+    raise TypeError(f"cannot render {type(value).__name__} as TOML")

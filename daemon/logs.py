@@ -1,0 +1,18 @@
+"""Logging for workers and the CLI: plain lines on stderr, which journald and kubectl keep."""
+
+from __future__ import annotations
+
+import logging
+
+_NOISY = ("kafka", "urllib3", "httpx", "apscheduler")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+    # kafka-python narrates every connection at INFO; keep it for DEBUG runs only.
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the streams layer (every worker's Kafka I/O).
+
+Labels are topic names and bounded reason codes only, never keys or ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+MESSAGES_CONSUMED = Counter(
+    "selfdistill_messages_consumed_total", "Records read from a topic by a worker loop.", ["topic"]
+)
+MESSAGES_PRODUCED = Counter(
+    "selfdistill_messages_produced_total", "Records acknowledged by the brokers.", ["topic"]
+)
+PRODUCE_FAILURES = Counter(
+    "selfdistill_produce_failures_total", "Records the brokers did not acknowledge.", ["topic"]
+)
+DLQ_MESSAGES = Counter(
+    "selfdistill_dlq_messages_total",
+    "Messages sent to a dead-letter topic, by source topic and reason.",
+    ["topic", "reason"],
+)
+OFFSET_COMMITS = Counter(
+    "selfdistill_offset_commits_total",
+    "Offset commits after a batch's effect was durable.",
+    ["topic"],
+)
+HANDLER_FAILURES = Counter(
+    "selfdistill_handler_failures_total",
+    "Batches whose handler raised; they are retried, never committed.",
+    ["topic"],
+)
+BATCH_SECONDS = Histogram(
+    "selfdistill_batch_seconds",
+    "Time a worker's handler spent on one batch.",
+    ["topic"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 180, 600, 1800),
+)

@@ -1,0 +1,202 @@
+"""Message schemas of every topic, and the one place raw bytes become a validated message.
+
+Every message carries a schema version ``v``. A worker reads exactly the versions it knows;
+anything else is a :class:`DecodeError` with a reason code, which the consumer loop turns into
+a dead letter instead of a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+M = TypeVar("M", bound=BaseModel)
+
+#: Bounded set of reasons a message can be dead-lettered (used as a metric label).
+DecodeReason = Literal[
+    "empty", "oversize", "not_utf8", "invalid_json", "unsupported_version", "invalid_schema"
+]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+PromptId = str
+
+
+def content_id(messages: list[ChatMessage]) -> str:
+    """A stable id for a prompt that came without one: the hash of its chat messages.
+
+    The same text produced twice gets the same id, so redelivery and re-production are
+    both recognised downstream as the same prompt.
+    """
+    canon = json.dumps([m.model_dump() for m in messages], sort_keys=True, ensure_ascii=False)
+    return "h-" + hashlib.sha256(canon.encode()).hexdigest()[:32]
+
+
+class PromptMessage(_Message):
+    """``prompts``: one unlabeled prompt, as a plain string or as chat messages."""
+
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$")
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    domain: str | None = Field(None, max_length=64)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PromptMessage:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of 'prompt' or 'messages' is required")
+        if self.messages is not None and self.messages[-1].role != "user":
+            raise ValueError("the last of 'messages' must have role 'user'")
+        return self
+
+    def chat(self) -> list[ChatMessage]:
+        if self.messages is not None:
+            return list(self.messages)
+        return [ChatMessage(role="user", content=self.prompt or "")]
+
+
+class PromptInput(BaseModel):
+    """A line of ``selfdistill produce`` input: like a prompt message, id and v optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    id: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^\s]+$")
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    domain: str | None = Field(None, max_length=64)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_message(self) -> PromptMessage:
+        data = self.model_dump(exclude={"id"})
+        probe = PromptMessage(id="probe", **data)  # validates the prompt/messages rule
+        return PromptMessage(id=self.id or content_id(probe.chat()), **data)
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    seed: int | None = None
+
+
+class ResponseMessage(_Message):
+    """``responses``: the answer the production caller gets for one prompt."""
+
+    id: str
+    text: str
+    adapter: str | None = Field(None, description="adapter version that answered; None = base")
+    latency_s: float = Field(ge=0)
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    created_at: float = Field(default_factory=time.time)
+
+
+class Sample(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str
+    completion_tokens: int = Field(ge=0)
+    finish_reason: str | None = None
+
+
+class CandidatesMessage(_Message):
+    """``candidates``: every sample generated for one prompt, for the verifier."""
+
+    id: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    domain: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    samples: list[Sample] = Field(min_length=1)
+    answer_index: int = Field(0, ge=0, description="which sample was served as the response")
+    sampling: SamplingParams
+    adapter: str | None = None
+    created_at: float = Field(default_factory=time.time)
+
+
+class AdapterEvent(_Message):
+    """``adapter-events``: tells every serve replica which adapter to route to."""
+
+    action: Literal["promote", "rollback"]
+    version: str = Field(description="immutable adapter version name, or 'base'")
+    path: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    reason: str | None = None
+    at: float = Field(default_factory=time.time)
+
+
+class DecodeError(ValueError):
+    """A message that no worker can use; carries a bounded reason code and a detail."""
+
+    def __init__(self, reason: DecodeReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: DecodeReason = reason
+        self.detail = detail
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json(exclude_none=False).encode()
+
+
+def decode(schema: type[M], raw: bytes | None, max_bytes: int) -> M:
+    """Bytes off a topic → a validated message, or :class:`DecodeError` saying why not."""
+    if raw is None or len(raw) == 0:
+        raise DecodeError("empty", "message has no value")
+    if len(raw) > max_bytes:
+        raise DecodeError(
+            "oversize", f"{len(raw)} bytes exceeds kafka.max_message_bytes={max_bytes}"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(
+            "not_utf8", f"value is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DecodeError(
+            "invalid_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise DecodeError("invalid_json", f"expected a JSON object, got {type(data).__name__}")
+    version = data.get("v")
+    if version != SCHEMA_VERSION:
+        got = "missing" if "v" not in data else repr(version)
+        raise DecodeError(
+            "unsupported_version", f"schema version v={got}; this worker reads v={SCHEMA_VERSION}"
+        )
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise DecodeError("invalid_schema", validation_summary(exc)) from None
+
+
+def validation_summary(exc: ValidationError, limit: int = 5) -> str:
+    """One line per problem, ``field.path: message``, for logs, DLQ headers and CLI output."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(message)"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

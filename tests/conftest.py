@@ -1,0 +1,129 @@
+"""Shared fixtures: one real embedded broker per test session, fresh topics per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from streams.broker import BrokerConfig, EmbeddedBroker, free_port
+from streams.connection import KafkaSettings
+from streams.consumer import ConsumerLoop
+from streams.topics import TopicsConfig, ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's SELFDISTILL_* variables or ./selfdistill.toml."""
+    for name in list(os.environ):
+        if name.startswith("SELFDISTILL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    b = EmbeddedBroker(BrokerConfig(port=free_port()), log_path=log)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def kafka(broker: EmbeddedBroker) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=broker.bootstrap, connect_timeout_s=20)
+
+
+@pytest.fixture
+def topics(kafka: KafkaSettings) -> TopicsConfig:
+    """Topic names unique to this test, created on the shared broker."""
+    tag = uuid.uuid4().hex[:8]
+    cfg = TopicsConfig(
+        prompts=f"prompts-{tag}",
+        responses=f"responses-{tag}",
+        candidates=f"candidates-{tag}",
+        adapter_events=f"adapter-events-{tag}",
+        partitions=3,
+    )
+    ensure_topics(kafka, cfg)
+    return cfg
+
+
+def read_topic(kafka: KafkaSettings, topic: str, idle_s: float = 1.5) -> list:
+    """Every record on a topic (read_committed), read without a group."""
+    c = KafkaConsumer(
+        **kafka.client_kwargs("test-reader"),
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out, last = [], time.monotonic()
+        while time.monotonic() - last < idle_s:
+            got = c.poll(timeout_ms=200)
+            for recs in got.values():
+                out.extend(recs)
+                last = time.monotonic()
+        return out
+    finally:
+        c.close(autocommit=False)
+
+
+def committed_total(kafka: KafkaSettings, group: str, topic: str) -> int:
+    """Sum of the group's committed offsets on ``topic``: how many records it has finished."""
+    admin = KafkaAdminClient(**kafka.client_kwargs("test-admin"))
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return sum(om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset > 0)
+
+
+def run_in_thread(loop: ConsumerLoop, **kw: object) -> tuple[threading.Thread, list]:
+    result: list = []
+
+    def target() -> None:
+        result.append(loop.run(handle_signals=False, **kw))
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, result
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def cli(
+    *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `selfdistill` console script."""
+    exe = Path(sys.executable).parent / "selfdistill"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SELFDISTILL_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(exe), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
