@@ -33,7 +33,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	$(BIN)/python bench/streams.py
+	$(BIN)/python -m bench.streams
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record(Generic[M]):
     """A validated message and where it came from."""
 
@@ -229,10 +229,9 @@ class ConsumerLoop(Generic[M]):
                     if not self.ready.is_set() and self.consumer.assignment():
                         self.ready.set()
                         last_record = time.monotonic()  # idle time counts from joining
-                    raws = [r for recs in polled.values() for r in recs]
-                    if raws:
+                    if polled:
                         last_record = time.monotonic()
-                        self._process(raws)
+                        self._process(polled)
                     elif (
                         max_idle_s is not None
                         and self.ready.is_set()
@@ -259,30 +258,33 @@ class ConsumerLoop(Generic[M]):
         log.info("%s stopped: %s", self.name, self.stats)
 
     # ------------------------------------------------------------- one batch
-    def _process(self, raws: list[Any]) -> None:
-        good: list[Record[M]] = []
+    def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        by_partition: dict[TopicPartition, list[Record[M]]] = {}
         dead: list[DeadLetter] = []
-        for r in raws:
-            MESSAGES_CONSUMED.labels(r.topic).inc()
-            try:
-                value = decode(self.schema, r.value, self.kafka.max_message_bytes)
-            except DecodeError as exc:
-                log.warning("%s[%d]@%d → DLQ (%s)", r.topic, r.partition, r.offset, exc)
-                dead.append(self._dead_letter(r, exc.reason, exc.detail))
-                continue
-            key = r.key.decode("utf-8", "replace") if r.key is not None else None
-            good.append(Record(r.topic, r.partition, r.offset, key, value, r.timestamp or 0))
-        self.stats.consumed += len(raws)
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for r in raws:
-            tp = TopicPartition(r.topic, r.partition)
-            if tp not in offsets or offsets[tp].offset <= r.offset:
-                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+        max_bytes, schema, count = self.kafka.max_message_bytes, self.schema, 0
+        for tp, raws in polled.items():
+            records: list[Record[M]] = []
+            for r in raws:
+                try:
+                    value = decode(schema, r.value, max_bytes)
+                except DecodeError as exc:
+                    log.warning("%s[%d]@%d → DLQ (%s)", r.topic, r.partition, r.offset, exc)
+                    dead.append(self._dead_letter(r, exc.reason, exc.detail))
+                    continue
+                key = r.key.decode("utf-8", "replace") if r.key is not None else None
+                records.append(Record(r.topic, r.partition, r.offset, key, value, r.timestamp or 0))
+            by_partition[tp] = records
+            # Records of one partition arrive in offset order: commit after the last.
+            offsets[tp] = OffsetAndMetadata(raws[-1].offset + 1, "", -1)
+            count += len(raws)
+        MESSAGES_CONSUMED.labels(self.topic).inc(count)
+        self.stats.consumed += count
 
         attempt = 0
         while True:
             owned = self.consumer.assignment() if self.consumer else set()
-            mine = [g for g in good if TopicPartition(g.topic, g.partition) in owned]
+            mine = [rec for tp, recs in by_partition.items() if tp in owned for rec in recs]
             if not owned.intersection(offsets):
                 log.info("batch's partitions were reassigned; the new owner will process it")
                 return
@@ -392,7 +394,8 @@ class ConsumerLoop(Generic[M]):
             self.producer.send(o.topic, o.value, key=o.key, headers=o.headers)
         for dl in dead:
             self.producer.send_dead_letter(self.dlq_topic, dl)
-        self.producer.flush()  # raises: nothing committed while an output may be lost
+        if outputs or dead:
+            self.producer.flush()  # raises: nothing committed while an output may be lost
         self._count_dead(dead)
         with self._lock:
             for tp, om in offsets.items():

@@ -8,6 +8,7 @@ every pending send and raises :class:`ProduceError` if any failed.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,13 +99,17 @@ class Producer:
         except Exception as exc:  # a timeout here means nothing is known about any of them
             raise ProduceError([(t, exc) for t, _ in pending] or [("?", exc)]) from exc
         failures: list[tuple[str, BaseException]] = []
+        acked: Counter[str] = Counter()
         for topic, fut in pending:
-            try:
-                fut.get(timeout=0)
-                MESSAGES_PRODUCED.labels(topic).inc()
-            except Exception as exc:
-                PRODUCE_FAILURES.labels(topic).inc()
-                failures.append((topic, exc))
+            if fut.succeeded():
+                acked[topic] += 1
+            else:
+                exc = fut.exception if fut.is_done else TimeoutError("no acknowledgement")
+                failures.append((topic, exc or RuntimeError("send failed")))
+        for topic, n in acked.items():  # one metric update per topic, not per message
+            MESSAGES_PRODUCED.labels(topic).inc(n)
+        for topic, _ in failures:
+            PRODUCE_FAILURES.labels(topic).inc()
         if failures:
             for topic, exc in failures[:3]:
                 log.error("send to %s failed: %r", topic, exc)

@@ -166,6 +166,10 @@ def decode(schema: type[M], raw: bytes | None, max_bytes: int) -> M:
         raise DecodeError(
             "oversize", f"{len(raw)} bytes exceeds kafka.max_message_bytes={max_bytes}"
         )
+    try:  # fast path: pydantic parses and validates in one pass (half the cost of json.loads)
+        return schema.model_validate_json(raw)
+    except ValueError:
+        pass  # the slow path below names the precise reason
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
