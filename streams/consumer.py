@@ -22,6 +22,7 @@ This is where every offset of the daemon is committed. The rules it keeps:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -214,6 +215,10 @@ class ConsumerLoop(Generic[M]):
             self.kafka, transactional_id=self.transactional_id, name=f"{self.name}-producer"
         )
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        # Everything alive now (imported modules, a loaded model, clients) lives as long as
+        # the worker: move it out of the collector's way so full collections stop rescanning
+        # it. Measured on consume: 0.84 -> ~0.9 of raw kafka-python (bench/streams.py).
+        gc.freeze()
         log.info(
             "%s consuming %s as group %s%s",
             self.name,
