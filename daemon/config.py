@@ -19,6 +19,9 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daemon.demo import DemoConfig
+from daemon.engines import EngineConfig, ModelConfig
+from daemon.serve import ServeConfig
 from streams.broker import BrokerConfig
 from streams.connection import KafkaSettings
 from streams.topics import TopicsConfig
@@ -26,6 +29,21 @@ from streams.topics import TopicsConfig
 ENV_PREFIX = "SELFDISTILL_"
 CONFIG_ENV = "SELFDISTILL_CONFIG"
 DEFAULT_FILE = "selfdistill.toml"
+
+
+class AdaptersConfig(BaseModel):
+    """The adapter registry on disk."""
+
+    model_config = {"extra": "forbid"}
+
+    registry_dir: Path | None = Field(
+        None,
+        description="Directory of adapter versions; nothing outside it is ever loaded. "
+        "Default: <data_dir>/adapters.",
+    )
+
+    def path(self, data_dir: Path) -> Path:
+        return self.registry_dir if self.registry_dir is not None else data_dir / "adapters"
 
 
 class Settings(BaseSettings):
@@ -55,6 +73,13 @@ class Settings(BaseSettings):
         default_factory=BrokerConfig,
         description="The embedded broker (`selfdistill broker`); unused with a real cluster.",
     )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="How it runs.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The serve worker.")
+    adapters: AdaptersConfig = Field(
+        default_factory=AdaptersConfig, description="Adapter versions on disk."
+    )
+    demo: DemoConfig = Field(default_factory=DemoConfig, description="`selfdistill demo` budgets.")
 
     @classmethod
     def settings_customise_sources(

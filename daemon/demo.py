@@ -1,8 +1,9 @@
 """``selfdistill demo``: the main job on the embedded defaults, end to end, on one machine.
 
-It grows with the daemon. Today it shows the Kafka backbone: the embedded broker, the topics,
-prompts produced from the bundled file, a worker loop consuming them with commits, and bad
-messages dead-lettered with their reasons while the good ones flow.
+It grows with the daemon. Today: the embedded broker and topics; the serve worker on the
+embedded SmolLM2 answering the bundled prompts, each with extra candidates, in one Kafka
+transaction per batch; malformed messages dead-lettered with their reasons while the good
+ones flow. Budgets are small so it fits a CPU in a few minutes.
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from daemon.config import Settings
 from daemon.produce import produce_prompts
 from daemon.tail import tail
 from streams.broker import EmbeddedBroker, free_port, port_accepts
-from streams.consumer import ConsumerLoop, Record
 from streams.producer import Producer
-from streams.schemas import PromptMessage
+from streams.schemas import CandidatesMessage, ResponseMessage
 from streams.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
 
 #: Messages no worker can use, sent straight to the prompts topic to show dead-lettering.
 MALFORMED: list[tuple[str, bytes]] = [
@@ -34,16 +37,32 @@ MALFORMED: list[tuple[str, bytes]] = [
 ]
 
 
+class DemoConfig(BaseModel):
+    """Budgets of `selfdistill demo` (small: the embedded model runs on a CPU)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    extra_candidates: int = Field(3, ge=0, description="Extra samples per prompt in the demo.")
+    max_tokens: int = Field(48, ge=1, description="Longest demo answer, in tokens.")
+    batch_size: int = Field(4, ge=1, description="Prompts per serve batch in the demo.")
+    timeout_s: float = Field(900.0, gt=0, description="Give up waiting for answers after this.")
+
+
 @dataclass
 class DemoReport:
     bootstrap: str = ""
     topics: dict[str, str] = field(default_factory=dict)
     produced: int = 0
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
-    consumed: list[str] = field(default_factory=list)
+    responses: list[ResponseMessage] = field(default_factory=list)
+    candidates: list[CandidatesMessage] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    commits: int = 0
     seconds: float = 0.0
+
+    @property
+    def answered_once(self) -> bool:
+        ids = [r.id for r in self.responses]
+        return len(ids) == self.produced and len(set(ids)) == len(ids)
 
 
 def bundled_prompts() -> list[str]:
@@ -51,9 +70,17 @@ def bundled_prompts() -> list[str]:
     return text.splitlines()
 
 
+def _read_all(kafka: Any, topic: str, schema: type[BaseModel]) -> list[Any]:
+    return [schema.model_validate(r["value"]) for r in tail(kafka, topic, idle_timeout_s=1.0)]
+
+
 def run_demo(settings: Settings, console: Console) -> DemoReport:
+    from daemon.engines import make_engine
+    from daemon.serve import ServeWorker
+
     started = time.monotonic()
     report = DemoReport()
+    demo = settings.demo
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     broker_cfg = settings.broker
     if port_accepts(broker_cfg.host, broker_cfg.port):
@@ -63,10 +90,33 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
     with broker:
         report.bootstrap = broker.bootstrap
         console.print(f"1. embedded broker (Tansu) listening on [bold]{broker.bootstrap}[/]")
-        kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
+        kafka = settings.kafka.model_copy(
+            update={"bootstrap_servers": broker.bootstrap, "batch_size": demo.batch_size}
+        )
+        run = settings.model_copy(
+            update={
+                "kafka": kafka,
+                "serve": settings.serve.model_copy(
+                    update={
+                        "extra_candidates": demo.extra_candidates,
+                        "max_tokens": demo.max_tokens,
+                        "transactional_id": "selfdistill-demo-serve",
+                    }
+                ),
+            }
+        )
         topics = settings.topics
         report.topics = ensure_topics(kafka, topics)
         console.print(f"2. topics ready: {', '.join(report.topics)}")
+
+        with console.status("3. loading the model"):
+            engine = make_engine(settings.model, settings.engine)
+        console.print(
+            f"3. model [bold]{engine.model_name}[/] loaded ({settings.engine.kind} engine)"
+        )
+        worker = ServeWorker(run, engine)
+        thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
+        thread.start()
 
         producer = Producer(kafka, name="demo-producer")
         prod = produce_prompts(producer, topics.prompts, bundled_prompts())
@@ -76,51 +126,68 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
         producer.flush()
         producer.close()
         console.print(
-            f"3. produced {report.produced} bundled prompts to '{topics.prompts}', "
+            f"4. produced {report.produced} bundled prompts to '{topics.prompts}', "
             f"plus {len(MALFORMED)} malformed messages ({', '.join(m for m, _ in MALFORMED)})"
         )
-
-        lock = threading.Lock()
-
-        def handle(batch: list[Record[PromptMessage]]) -> None:
-            with lock:
-                report.consumed.extend(r.value.id for r in batch)
-
-        loop = ConsumerLoop(
-            kafka,
-            topic=topics.prompts,
-            group_id="selfdistill-demo",
-            schema=PromptMessage,
-            handler=handle,
-            dlq_topic=topics.dlq(topics.prompts),
-            name="demo-worker",
-        )
-        with console.status("4. worker loop consuming (joining the consumer group takes ~3 s)"):
-            stats = loop.run(max_idle_s=2.0, handle_signals=False)
-        report.commits = stats.commits
+        n = 1 + demo.extra_candidates
+        deadline = time.monotonic() + demo.timeout_s
+        try:
+            with console.status("") as status:
+                while worker.handler.served < report.produced and time.monotonic() < deadline:
+                    status.update(
+                        f"5. serve: {worker.handler.served}/{report.produced} prompts answered "
+                        f"({n} samples each, up to {demo.max_tokens} tokens, batches of "
+                        f"{demo.batch_size}; joining the group takes ~3 s)"
+                    )
+                    time.sleep(0.5)
+        finally:
+            worker.stop()
+            thread.join(60)
+        stats = worker.loop.stats
         console.print(
-            f"4. worker loop read {stats.consumed} messages: {stats.processed} valid prompts "
-            f"handled, {stats.dead_lettered} dead-lettered, {stats.commits} offset commits"
+            f"5. serve answered {stats.processed} prompts in {stats.batches} transactional "
+            f"batches; {stats.dead_lettered} messages dead-lettered"
         )
+        report.responses = _read_all(kafka, topics.responses, ResponseMessage)
+        report.candidates = _read_all(kafka, topics.candidates, CandidatesMessage)
         report.dead_letters = list(tail(kafka, topics.dlq(topics.prompts), dead_letter=True))
-        table = Table(title=f"dead letters on '{topics.dlq(topics.prompts)}'")
-        for col in ("source", "reason", "error"):
-            table.add_column(col)
-        for dl in report.dead_letters:
-            src = dl["source"]
-            table.add_row(
-                f"{src['topic']}[{src['partition']}]@{src['offset']}", dl["reason"], dl["error"]
-            )
-        console.print(table)
+        _show(console, report, topics.dlq(topics.prompts))
     report.seconds = time.monotonic() - started
-    missing = report.produced - len(set(report.consumed))
     console.print(
-        f"5. broker stopped. {len(set(report.consumed))}/{report.produced} prompts consumed "
-        f"exactly once{' (MISSING ' + str(missing) + ')' if missing else ''}, "
-        f"{len(report.dead_letters)} dead letters kept with reasons, in {report.seconds:.1f}s."
+        f"6. broker stopped. {len({r.id for r in report.responses})}/{report.produced} prompts "
+        f"answered exactly once, {sum(len(c.samples) for c in report.candidates)} candidates "
+        f"on '{topics.candidates}' for the verifier, {len(report.dead_letters)} dead letters "
+        f"kept with reasons; {report.seconds:.0f}s in all."
     )
-    console.print(
-        "[dim]Serving, verification and training join this demo as they land "
-        "(see the README's roadmap).[/]"
-    )
+    console.print("[dim]Verification and training join this demo as they land (README, Status).[/]")
     return report
+
+
+def _show(console: Console, report: DemoReport, dlq: str) -> None:
+    prompts = {c.id: c.messages[-1].content for c in report.candidates}
+    samples = {c.id: len(c.samples) for c in report.candidates}
+    answers = Table(title="responses (the answer each caller got)", show_lines=False)
+    for col in ("prompt", "answer", "samples", "tokens"):
+        answers.add_column(col, overflow="fold")
+    for r in sorted(report.responses, key=lambda r: r.id):
+        answers.add_row(
+            _clip(prompts.get(r.id, r.id), 48),
+            _clip(r.text, 60),
+            str(samples.get(r.id, 0)),
+            str(r.completion_tokens),
+        )
+    console.print(answers)
+    dead = Table(title=f"dead letters on '{dlq}'")
+    for col in ("source", "reason", "error"):
+        dead.add_column(col)
+    for dl in report.dead_letters:
+        src = dl["source"]
+        dead.add_row(
+            f"{src['topic']}[{src['partition']}]@{src['offset']}", dl["reason"], dl["error"]
+        )
+    console.print(dead)
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

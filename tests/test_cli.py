@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from streams.broker import free_port, port_accepts
 from streams.connection import KafkaSettings
 from streams.schemas import content_id
 from streams.topics import TopicsConfig
-from tests.conftest import ROOT, cli, wait_for
+from tests.conftest import cli, start_cli, wait_for
 
 COMMANDS = [
     [],
@@ -120,16 +118,7 @@ def test_tail_of_a_dead_letter_topic_shows_reason_and_source(
 
 def test_broker_command_listens_and_stops_cleanly_on_sigterm() -> None:
     port = free_port()
-    exe = Path(sys.executable).parent / "selfdistill"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFDISTILL_")}
-    proc = subprocess.Popen(
-        [str(exe), "broker", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("broker", "--port", str(port))
     try:
         wait_for(lambda: port_accepts("127.0.0.1", port), timeout=30)
         topics = cli(
@@ -158,12 +147,20 @@ def test_broker_command_listens_and_stops_cleanly_on_sigterm() -> None:
     assert not port_accepts("127.0.0.1", port)
 
 
-def test_demo_round_trip(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "var", broker={"port": free_port()})
+def test_demo_serves_every_prompt_once_and_dead_letters_the_rest(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        broker={"port": free_port()},
+        model={"path": str(tiny_model_dir)},
+        demo={"extra_candidates": 2, "max_tokens": 4},
+    )
     report = run_demo(settings, Console(file=open(os.devnull, "w")))  # noqa: SIM115
     assert report.produced == len(bundled_prompts())
-    assert sorted(set(report.consumed)) == sorted(report.consumed)  # none twice
-    assert len(report.consumed) == report.produced  # none lost
+    assert report.answered_once  # none lost, none twice
+    assert sorted(c.id for c in report.candidates) == sorted(r.id for r in report.responses)
+    assert all(len(c.samples) == 3 for c in report.candidates)
     assert sorted(d["reason"] for d in report.dead_letters) == sorted(
         ["invalid_json", "not_utf8", "unsupported_version", "invalid_schema"]
     )

@@ -1,0 +1,107 @@
+"""One engine interface for serving and judging, whatever runs the model.
+
+Engines know no Kafka and no SQLite: they take chat requests and return completions. The
+serve worker, the verifier's cascade and the OpenAI-compatible server all talk to this
+interface, so swapping transformers for vLLM (in-process or over HTTP) changes one config
+key, not the workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+#: An OpenAI-style chat message: {"role": "user" | "system" | "assistant", "content": str}.
+Message = dict[str, str]
+
+
+class EngineError(RuntimeError):
+    """The engine could not do what was asked (bad adapter, backend down, bad request)."""
+
+
+class AdapterLoadError(EngineError):
+    """An adapter was refused or failed to load; whatever served before keeps serving."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One prompt and how to sample it.
+
+    ``n`` samples come from one batched call. ``adapter`` names a loaded adapter (None: the
+    base model). With ``continue_final`` the last message is an assistant turn to continue
+    rather than a new turn to answer (the verdict prefix of a fast judge). ``logprobs`` asks
+    for the top-k log-probabilities of the first generated token.
+    """
+
+    messages: Sequence[Message]
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    adapter: str | None = None
+    continue_final: bool = False
+    logprobs: int = 0
+
+    def sampling_key(self) -> tuple[object, ...]:
+        """Requests with equal keys can share one batched generate call."""
+        return (
+            self.adapter,
+            self.n,
+            self.temperature,
+            self.top_p,
+            self.max_tokens,
+            self.seed,
+            self.continue_final,
+            self.logprobs,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_tokens)
+    top_logprobs: dict[str, float] | None = None  # first generated token, when asked
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    completions: list[Completion]
+    prompt_tokens: int
+    adapter: str | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.tokens for c in self.completions)
+
+
+@dataclass
+class AdapterInfo:
+    name: str
+    path: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What serve, verify and the HTTP server need from a model backend."""
+
+    model_name: str
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """One result per request, in order. Batches internally as the backend allows."""
+        ...
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter under an immutable name; raise AdapterLoadError if refused."""
+        ...
+
+    def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> list[str]:
+        """Names of the adapters loaded now."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,235 @@
+"""Adapter hot-swap in serve: which adapter new requests go to, and how it changes safely.
+
+A swap loads the new adapter *beside* the old one under its immutable version name,
+checks its files (inside the registry, safetensors only, sha256 as recorded), runs a canary
+generation on it, and only then routes new requests to it. Requests already running hold
+the name they started with (``use()``), so they finish on the old adapter, and an adapter
+is never unloaded while a request uses it. Any failure leaves the old adapter serving and
+is reported (log, ``selfdistill_adapter_swaps_total{result="refused"|"failed"}``).
+
+Every replica follows ``adapter-events`` from the beginning without a consumer group:
+each must see every event, and the newest one says what should be active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+
+from adapters.files import AdapterFileError, verify_adapter
+from daemon.engines.base import ChatRequest, Engine, EngineError
+from daemon.metrics import ACTIVE_ADAPTER, ADAPTER_SWAPS, ADAPTERS_LOADED, SWAP_SECONDS
+from streams.connection import KafkaSettings, connect
+from streams.schemas import AdapterEvent, DecodeError, decode
+
+log = logging.getLogger(__name__)
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    ok: bool
+    version: str | None  # what is active after the attempt (None: the base model)
+    requested: str
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class AdapterRouter:
+    """Holds the active adapter name and performs verified swaps."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry_dir: Path,
+        *,
+        canary: ChatRequest | None = None,
+        keep_loaded: int = 2,
+    ) -> None:
+        self.engine = engine
+        self.registry_dir = registry_dir
+        self.canary = canary or ChatRequest(
+            [{"role": "user", "content": "Reply with the single word OK."}], max_tokens=8
+        )
+        self.keep_loaded = max(1, keep_loaded)
+        self._active: str | None = None
+        self._in_use: Counter[str] = Counter()
+        self._loaded: list[str] = []  # oldest first; what this router loaded
+        self._lock = threading.Lock()  # guards _active, _in_use, _loaded
+        self._swap_lock = threading.Lock()  # one swap at a time
+        self.last: SwapResult | None = None
+        ACTIVE_ADAPTER.info({"version": BASE})
+
+    @property
+    def active(self) -> str | None:
+        return self._active
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[str | None]:
+        """The adapter for one request or batch; it stays loaded until the block ends."""
+        with self._lock:
+            name = self._active
+            if name is not None:
+                self._in_use[name] += 1
+        try:
+            yield name
+        finally:
+            if name is not None:
+                with self._lock:
+                    self._in_use[name] -= 1
+                self._evict()
+
+    def apply(self, event: AdapterEvent) -> SwapResult:
+        """Make ``event.version`` active, or explain why not while the old one keeps serving."""
+        started = time.monotonic()
+        target = None if event.version == BASE else event.version
+        with self._swap_lock:
+            if target == self._active:
+                return self._record(SwapResult(True, target, event.version, 0.0))
+            try:
+                if target is not None and target not in self.engine.adapters():
+                    path = verify_adapter(self.registry_dir, event.path or target, event.sha256)
+                    self.engine.load_adapter(target, str(path))
+                    with self._lock:
+                        self._loaded.append(target)
+                    try:
+                        self._run_canary(target)
+                    except Exception:
+                        self._unload(target)
+                        raise
+            except (AdapterFileError, EngineError) as exc:
+                result = SwapResult(False, self._active, event.version, error=str(exc))
+                ADAPTER_SWAPS.labels("refused").inc()
+                log.error(
+                    "adapter %s refused; %s keeps serving: %s",
+                    event.version,
+                    self._active or BASE,
+                    exc,
+                )
+                return self._record(result)
+            except Exception as exc:  # anything unexpected is a failed swap, never a crash
+                result = SwapResult(False, self._active, event.version, error=repr(exc))
+                ADAPTER_SWAPS.labels("failed").inc()
+                log.exception(
+                    "swap to %s failed; %s keeps serving", event.version, self._active or BASE
+                )
+                return self._record(result)
+            with self._lock:
+                previous, self._active = self._active, target
+            seconds = time.monotonic() - started
+            ADAPTER_SWAPS.labels("ok").inc()
+            SWAP_SECONDS.observe(seconds)
+            ACTIVE_ADAPTER.info({"version": target or BASE})
+            log.info(
+                "%s: now serving %s (was %s; %.2fs)",
+                event.action,
+                target or BASE,
+                previous or BASE,
+                seconds,
+            )
+        self._evict()
+        return self._record(SwapResult(True, target, event.version, seconds))
+
+    def _run_canary(self, name: str) -> None:
+        """A real generation on the new adapter; empty output or an error refuses it."""
+        result = self.engine.generate([replace(self.canary, adapter=name)])[0]
+        if not result.completions or not result.completions[0].text.strip():
+            raise EngineError(f"canary generation on {name} returned no text")
+
+    def _evict(self) -> None:
+        """Unload adapters beyond ``keep_loaded`` that are neither active nor in use."""
+        with self._lock:
+            keep = set(self._loaded[-self.keep_loaded :]) | {self._active}
+            victims = [a for a in self._loaded if a not in keep and self._in_use[a] == 0]
+        for name in victims:
+            self._unload(name)
+        ADAPTERS_LOADED.set(len(self.engine.adapters()))
+
+    def _unload(self, name: str) -> None:
+        with self._lock:
+            if name in self._loaded:
+                self._loaded.remove(name)
+        try:
+            self.engine.unload_adapter(name)
+        except EngineError as exc:
+            log.warning("unloading %s: %s", name, exc)
+
+    def _record(self, result: SwapResult) -> SwapResult:
+        self.last = result
+        return result
+
+
+class AdapterEventFollower:
+    """Reads ``adapter-events`` (no consumer group) and applies each event to the router."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, router: AdapterRouter) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.router = router
+        self.applied = 0
+        self.bad = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        kw = kafka.client_kwargs("adapter-events")
+        kw.update(enable_auto_commit=False, isolation_level=kafka.isolation_level)
+        self.consumer = connect(lambda: KafkaConsumer(**kw), kafka, "adapter-events reader")
+        tp = TopicPartition(topic, 0)
+        self.consumer.assign([tp])
+        self.consumer.seek_to_beginning(tp)
+
+    def _read(self, timeout_ms: int) -> list[AdapterEvent]:
+        events = []
+        for recs in self.consumer.poll(timeout_ms=timeout_ms).values():
+            for r in recs:
+                try:
+                    events.append(decode(AdapterEvent, r.value, self.kafka.max_message_bytes))
+                except DecodeError as exc:
+                    self.bad += 1
+                    log.error("ignoring bad adapter event at offset %d: %s", r.offset, exc)
+        return events
+
+    def catch_up(self, quiet_s: float = 1.0, timeout_s: float = 30.0) -> SwapResult | None:
+        """Replay history and apply only its last event (the state to restore after a restart).
+
+        The end of the log is taken to be reached after ``quiet_s`` without records:
+        ListOffsets answers wrongly on the embedded broker, so it is not asked.
+        """
+        last: AdapterEvent | None = None
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
+            events = self._read(200)
+            if events:
+                last = events[-1]
+                quiet_since = time.monotonic()
+        if last is None:
+            return None
+        result = self.router.apply(last)
+        self.applied += 1
+        return result
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="adapter-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for event in self._read(500):
+                self.router.apply(event)
+                self.applied += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        with contextlib.suppress(Exception):
+            self.consumer.close(autocommit=False)

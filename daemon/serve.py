@@ -1,0 +1,304 @@
+"""The serve worker: answers prompts and samples the extra candidates the verifier judges.
+
+One batched engine call per batch of prompts produces, for each prompt, ``1 + k`` samples:
+the first is the answer the production caller gets on ``responses``; all of them go to
+``candidates`` for the verifier. Both outputs and the consumed offsets commit in one Kafka
+transaction, so a crash never yields a second response, and never a response without its
+candidates. The adapter a batch runs on is fixed when the batch starts; a swap meanwhile
+takes effect from the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from daemon.engines.base import ChatRequest, Engine
+from daemon.hotswap import AdapterEventFollower, AdapterRouter
+from daemon.metrics import (
+    CANDIDATES_GENERATED,
+    GENERATED_TOKENS,
+    PROMPT_TOKENS,
+    PROMPTS_SERVED,
+    SERVE_LATENCY,
+)
+from streams.consumer import BatchResult, Output, Record
+from streams.schemas import (
+    CandidatesMessage,
+    PromptMessage,
+    ResponseMessage,
+    Sample,
+    SamplingParams,
+)
+from streams.topics import TopicsConfig
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class HttpConfig(BaseModel):
+    """The embedded OpenAI-compatible endpoint (`selfdistill serve --http`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(
+        "127.0.0.1", description="Bind address; anything but loopback needs admin_token."
+    )
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible API.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for /v1/load_lora_adapter and /v1/unload_lora_adapter."
+    )
+
+
+class ServeConfig(BaseModel):
+    """The serve worker: sampling, candidates, answer policy, swaps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: str = Field("selfdistill-serve", description="Consumer group of the serve replicas.")
+    transactional_id: str | None = Field(
+        None,
+        description="Kafka transactional id, unique and stable per replica; default "
+        "selfdistill-serve-<hostname>.",
+    )
+    extra_candidates: int = Field(
+        7,
+        ge=0,
+        le=63,
+        description="k extra samples per prompt (answer + k = n; the paper's n is 8).",
+    )
+    temperature: float = Field(
+        0.7, ge=0, description="Sampling temperature of answer and candidates."
+    )
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of answer and candidates.")
+    max_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
+    seed: int | None = Field(None, description="Fix the sampling seed (reproducible runs, tests).")
+    answer_policy: Literal["first"] = Field(
+        "first",
+        description="Which sample is the answer: 'first'. 'verified' (the paper's UQ-TTC "
+        "baseline) arrives with the verifier.",
+    )
+    canary_prompt: str = Field(
+        "Reply with the single word OK.", description="Generated on a new adapter before it serves."
+    )
+    canary_max_tokens: int = Field(8, ge=1, description="Length of the canary generation.")
+    adapters_kept_loaded: int = Field(
+        2,
+        ge=1,
+        description="Adapters kept resident (the active one and the last ones, for fast rollback).",
+    )
+    http: HttpConfig = Field(
+        default_factory=HttpConfig, description="The OpenAI-compatible endpoint."
+    )
+
+    def transactional_id_or_default(self) -> str:
+        return self.transactional_id or f"selfdistill-serve-{socket.gethostname()}"
+
+    @property
+    def n(self) -> int:
+        return 1 + self.extra_candidates
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            n=self.n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class ServeHandler:
+    """Turns a batch of prompts into responses and candidates (the worker loop commits them)."""
+
+    engine: Engine
+    router: AdapterRouter
+    config: ServeConfig
+    topics: TopicsConfig
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.served = 0
+
+    def __call__(self, batch: list[Record[PromptMessage]]) -> BatchResult:
+        cfg = self.config
+        sampling = cfg.sampling()
+        with self.router.use() as adapter:
+            requests = [
+                ChatRequest(
+                    messages=[m.model_dump() for m in rec.value.chat()],
+                    n=sampling.n,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    max_tokens=sampling.max_tokens,
+                    seed=sampling.seed,
+                    adapter=adapter,
+                )
+                for rec in batch
+            ]
+            started = time.monotonic()
+            results = self.engine.generate(requests)
+            latency = time.monotonic() - started
+        SERVE_LATENCY.observe(latency)
+        outputs: list[Output] = []
+        for rec, res in zip(batch, results, strict=True):
+            prompt = rec.value
+            answer_index = 0  # answer_policy "first"
+            answer = res.completions[answer_index]
+            outputs.append(
+                Output(
+                    self.topics.responses,
+                    ResponseMessage(
+                        id=prompt.id,
+                        text=answer.text,
+                        adapter=adapter,
+                        latency_s=latency,
+                        prompt_tokens=res.prompt_tokens,
+                        completion_tokens=answer.tokens,
+                    ),
+                    key=prompt.id,
+                )
+            )
+            outputs.append(
+                Output(
+                    self.topics.candidates,
+                    CandidatesMessage(
+                        id=prompt.id,
+                        messages=prompt.chat(),
+                        domain=prompt.domain,
+                        metadata=prompt.metadata,
+                        samples=[
+                            Sample(
+                                text=c.text,
+                                completion_tokens=c.tokens,
+                                finish_reason=c.finish_reason,
+                            )
+                            for c in res.completions
+                        ],
+                        answer_index=answer_index,
+                        sampling=sampling,
+                        adapter=adapter,
+                    ),
+                    key=prompt.id,
+                )
+            )
+            PROMPT_TOKENS.inc(res.prompt_tokens)
+            GENERATED_TOKENS.inc(res.completion_tokens)
+            CANDIDATES_GENERATED.inc(len(res.completions))
+        PROMPTS_SERVED.inc(len(batch))
+        with self.lock:
+            self.served += len(batch)
+        return BatchResult(outputs=outputs)
+
+
+class ServeWorker:
+    """The serve process's parts: engine, router, adapter-event follower, worker loop."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        from daemon.engines import make_engine
+        from streams.consumer import ConsumerLoop
+
+        cfg = settings.serve
+        self.settings = settings
+        self.registry = settings.adapters.path(settings.data_dir)
+        self.registry.mkdir(parents=True, exist_ok=True)
+        self.engine = engine or make_engine(settings.model, settings.engine)
+        self.router = AdapterRouter(
+            self.engine,
+            self.registry,
+            canary=ChatRequest(
+                [{"role": "user", "content": cfg.canary_prompt}], max_tokens=cfg.canary_max_tokens
+            ),
+            keep_loaded=cfg.adapters_kept_loaded,
+        )
+        self.handler = ServeHandler(self.engine, self.router, cfg, settings.topics)
+        self.loop = ConsumerLoop(
+            settings.kafka,
+            topic=settings.topics.prompts,
+            group_id=cfg.group_id,
+            schema=PromptMessage,
+            handler=self.handler,
+            dlq_topic=settings.topics.dlq(settings.topics.prompts),
+            transactional_id=cfg.transactional_id_or_default(),
+            name="serve",
+        )
+        self.follower: AdapterEventFollower | None = None
+
+    def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:
+        """Restore the active adapter from history, follow promotions, serve until stopped."""
+        from streams.topics import ensure_topics
+
+        if self.settings.topics.create:
+            ensure_topics(self.settings.kafka, self.settings.topics)
+        self.follower = AdapterEventFollower(
+            self.settings.kafka, self.settings.topics.adapter_events, self.router
+        )
+        try:
+            restored = self.follower.catch_up()
+            if restored is not None:
+                log.info("restored from adapter-events: %s", restored.version or "base")
+            self.follower.start()
+            self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
+        finally:
+            self.follower.stop()
+
+    def stop(self) -> None:
+        self.loop.request_stop()
+
+
+def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) -> None:
+    """`selfdistill serve`: the worker and/or the OpenAI-compatible API until SIGTERM/SIGINT."""
+    from daemon.engines import make_engine
+
+    cfg = settings.serve.http
+    token = cfg.admin_token.get_secret_value() if cfg.admin_token else None
+    if http:
+        from daemon.openai_server import build_server, is_loopback
+
+        if not token and not is_loopback(cfg.host):  # before minutes of model loading
+            raise ValueError(
+                f"serve.http.admin_token is required when serve.http.host ({cfg.host}) is not "
+                "a loopback address: the adapter endpoints would be open to the network"
+            )
+    engine = make_engine(settings.model, settings.engine)
+    if not http:
+        ServeWorker(settings, engine).run()
+        return
+    registry = settings.adapters.path(settings.data_dir)
+    registry.mkdir(parents=True, exist_ok=True)
+    server = build_server(
+        engine, host=cfg.host, port=cfg.port, registry_dir=registry, admin_token=token
+    )
+    # In a thread, stopped by us: uvicorn in the main thread re-raises SIGTERM after its
+    # graceful shutdown, which would make a clean stop look like a crash (exit -15).
+    thread = threading.Thread(target=server.run, daemon=True, name="http")
+    thread.start()
+    log.info("OpenAI-compatible API on http://%s:%d/v1", cfg.host, cfg.port)
+    try:
+        if worker:
+            ServeWorker(settings, engine).run()
+        else:
+            _wait_for_stop_signal()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _wait_for_stop_signal() -> None:
+    import signal
+
+    stop = threading.Event()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    log.info("stop signal received; shutting the API down")

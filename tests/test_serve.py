@@ -1,0 +1,348 @@
+"""The serve worker through the real broker: answers, candidates, hot-swap, refusals, restart."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from adapters.files import adapter_digest
+from daemon.config import Settings
+from daemon.engines.base import ChatRequest
+from daemon.engines.transformers_engine import TransformersEngine
+from daemon.hotswap import AdapterEventFollower, AdapterRouter
+from daemon.serve import ServeWorker
+from streams.connection import KafkaSettings
+from streams.producer import Producer
+from streams.schemas import AdapterEvent, CandidatesMessage, PromptMessage, ResponseMessage
+from streams.topics import TopicsConfig
+from tests.conftest import committed_total, read_topic, wait_for
+
+
+def _settings(
+    kafka: KafkaSettings, topics: TopicsConfig, registry: Path, tmp: Path, **serve
+) -> Settings:
+    serve = {
+        "extra_candidates": 2,
+        "max_tokens": 6,
+        "temperature": 0.8,
+        "seed": 3,
+        "transactional_id": f"serve-{topics.prompts}",
+        "group_id": f"serve-{topics.prompts}",
+        **serve,
+    }
+    return Settings(
+        data_dir=tmp,
+        kafka=kafka.model_dump(),
+        topics=topics.model_dump(),
+        adapters={"registry_dir": str(registry)},
+        serve=serve,
+    )
+
+
+def _produce(kafka: KafkaSettings, topic: str, ids: list[str]) -> None:
+    p = Producer(kafka)
+    for pid in ids:
+        p.send(topic, PromptMessage(id=pid, prompt=f"Question {pid}: what is 3 + 4?"), key=pid)
+    p.flush()
+    p.close()
+
+
+def _event(
+    registry: Path, version: str, action: str = "promote", sha: str | None = None
+) -> AdapterEvent:
+    if version == "base":
+        return AdapterEvent(action=action, version="base")
+    path = registry / version
+    return AdapterEvent(
+        action=action,
+        version=version,
+        path=version,
+        sha256=sha if sha is not None else adapter_digest(path),
+    )
+
+
+def _swaps(result: str) -> float:
+    return REGISTRY.get_sample_value("selfdistill_adapter_swaps_total", {"result": result}) or 0.0
+
+
+def _start(worker: ServeWorker) -> threading.Thread:
+    t = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
+    t.start()
+    return t
+
+
+def test_each_prompt_gets_one_answer_and_its_candidates(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    registry_dir: Path,
+    tiny_engine: TransformersEngine,
+    tmp_path: Path,
+) -> None:
+    settings = _settings(kafka, topics, registry_dir, tmp_path)
+    ids = [f"s{i}" for i in range(7)]
+    _produce(kafka, topics.prompts, ids)
+    worker = ServeWorker(settings, tiny_engine)
+    t = _start(worker)
+    wait_for(lambda: committed_total(kafka, settings.serve.group_id, topics.prompts) == 7, 120)
+    worker.stop()
+    t.join(30)
+
+    responses = [
+        ResponseMessage.model_validate_json(r.value) for r in read_topic(kafka, topics.responses)
+    ]
+    candidates = {
+        c.id: c
+        for c in (
+            CandidatesMessage.model_validate_json(r.value)
+            for r in read_topic(kafka, topics.candidates)
+        )
+    }
+    assert sorted(r.id for r in responses) == sorted(ids)  # exactly one response each
+    assert sorted(candidates) == sorted(ids)
+    for resp in responses:
+        cand = candidates[resp.id]
+        assert len(cand.samples) == 3  # the answer + 2 extra candidates
+        assert cand.samples[cand.answer_index].text == resp.text  # the answer is one of them
+        assert cand.sampling.n == 3 and cand.sampling.temperature == 0.8
+        assert cand.messages[-1].content.startswith(f"Question {resp.id}")
+        assert resp.adapter is None and cand.adapter is None
+        assert resp.completion_tokens == cand.samples[cand.answer_index].completion_tokens
+        assert resp.prompt_tokens > 0 and resp.latency_s > 0
+
+
+def test_adapters_switch_under_a_continuous_stream_with_no_failed_request(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    registry_dir: Path,
+    tiny_adapters: dict[str, Path],
+    tiny_engine: TransformersEngine,
+    tmp_path: Path,
+) -> None:
+    settings = _settings(kafka, topics, registry_dir, tmp_path, extra_candidates=1)
+    worker = ServeWorker(settings, tiny_engine)
+    t = _start(worker)
+    wait_for(worker.loop.ready.is_set, 60)
+    v1, v2 = sorted(tiny_adapters)
+    events = Producer(kafka)
+    ids: list[str] = []
+    stop_stream = threading.Event()
+
+    def stream() -> None:  # prompts keep arriving while adapters change
+        i = 0
+        while not stop_stream.is_set():
+            pid = f"c{i:03d}"
+            _produce(kafka, topics.prompts, [pid])
+            ids.append(pid)
+            i += 1
+            time.sleep(0.05)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    for version in (v1, v2, "base"):
+        time.sleep(1.0)
+        events.send(
+            topics.adapter_events,
+            _event(registry_dir, version, "promote" if version != "base" else "rollback"),
+        )
+        events.flush()
+        wait_for(lambda v=version: worker.router.active == (None if v == "base" else v), 30)
+    time.sleep(1.0)
+    stop_stream.set()
+    streamer.join(10)
+    wait_for(
+        lambda: committed_total(kafka, settings.serve.group_id, topics.prompts) == len(ids), 120
+    )
+    worker.stop()
+    t.join(30)
+
+    responses = [
+        ResponseMessage.model_validate_json(r.value) for r in read_topic(kafka, topics.responses)
+    ]
+    assert sorted(r.id for r in responses) == sorted(ids)  # nothing failed, dropped or doubled
+    assert worker.loop.stats.handler_failures == 0
+    by_id = {r.id: r.adapter for r in responses}
+    served_by = [by_id[i] for i in ids]  # in production order
+    assert {None, v1, v2} <= set(served_by)  # traffic really ran on each
+    # Adapters change in promotion order: base, then v1, then v2, then base again.
+    changes = [a for i, a in enumerate(served_by) if i == 0 or a != served_by[i - 1]]
+    assert changes == [None, v1, v2, None], changes
+
+
+def test_tampered_corrupt_or_escaping_adapters_are_refused_while_the_old_one_serves(
+    registry_dir: Path,
+    tiny_adapters: dict[str, Path],
+    tiny_engine: TransformersEngine,
+) -> None:
+    router = AdapterRouter(tiny_engine, registry_dir)
+    v1 = sorted(tiny_adapters)[0]
+    assert router.apply(_event(registry_dir, v1)).ok and router.active == v1
+    q = ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=6, adapter=v1)
+    before = tiny_engine.generate([q])[0].completions[0].text
+
+    tampered = registry_dir / "tiny-sd-v0900"
+    shutil.copytree(tiny_adapters[v1], tampered, dirs_exist_ok=True)
+    corrupt = registry_dir / "tiny-sd-v0901"
+    shutil.copytree(tiny_adapters[v1], corrupt, dirs_exist_ok=True)
+    (corrupt / "adapter_model.safetensors").write_bytes(b"\x07" * 100)
+    refused_before = _swaps("refused")
+    cases = [
+        _event(registry_dir, "tiny-sd-v0900", sha="0" * 64),  # files differ from the record
+        _event(registry_dir, "tiny-sd-v0901"),  # digest matches, weights do not load
+        AdapterEvent(action="promote", version="tiny-sd-v0902", path="../../etc"),
+        AdapterEvent(action="promote", version="tiny-sd-v0903", path="does-not-exist"),
+    ]
+    for event in cases:
+        result = router.apply(event)
+        assert not result.ok and result.error, event
+        assert router.active == v1  # the old adapter keeps serving
+    assert "sha256 mismatch" in router.apply(cases[0]).error
+    assert _swaps("refused") >= refused_before + len(cases)
+    assert tiny_engine.adapters() == [v1]  # nothing half-loaded stays behind
+    assert tiny_engine.generate([q])[0].completions[0].text == before
+    info = REGISTRY.get_sample_value("selfdistill_active_adapter_info", {"version": v1})
+    assert info == 1.0
+
+
+def test_in_flight_work_finishes_on_the_adapter_it_started_with(
+    registry_dir: Path,
+    tiny_adapters: dict[str, Path],
+    tiny_engine: TransformersEngine,
+) -> None:
+    router = AdapterRouter(tiny_engine, registry_dir, keep_loaded=1)
+    v1, v2 = sorted(tiny_adapters)
+    router.apply(_event(registry_dir, v1))
+    with router.use() as adapter:
+        assert adapter == v1
+        assert router.apply(_event(registry_dir, v2)).ok
+        # v1 is no longer active and beyond keep_loaded, but in use: it stays loaded.
+        assert v1 in tiny_engine.adapters()
+        q = ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=4, adapter=adapter)
+        assert tiny_engine.generate([q])[0].adapter == v1
+    assert tiny_engine.adapters() == [v2]  # released, then evicted
+
+
+def test_a_restarted_replica_restores_the_last_promotion(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    registry_dir: Path,
+    tiny_adapters: dict[str, Path],
+    tiny_engine: TransformersEngine,
+) -> None:
+    v1, v2 = sorted(tiny_adapters)
+    p = Producer(kafka)
+    for ev in (
+        _event(registry_dir, v1),
+        _event(registry_dir, v2),
+        _event(registry_dir, v1, "rollback"),
+    ):
+        p.send(topics.adapter_events, ev)
+    p.send(topics.adapter_events, b"not an event")
+    p.flush()
+    router = AdapterRouter(tiny_engine, registry_dir)
+    follower = AdapterEventFollower(kafka, topics.adapter_events, router)
+    try:
+        result = follower.catch_up()
+    finally:
+        follower.stop()
+    assert result is not None and result.ok
+    assert router.active == v1  # the rollback, the newest event
+    assert tiny_engine.adapters() == [v1]  # only the final state was loaded
+    assert follower.bad == 1
+
+
+@pytest.mark.slow
+def test_serve_on_the_real_embedded_model(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    registry_dir: Path,
+    embedded_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    engine = TransformersEngine(embedded_model_dir)
+    settings = _settings(
+        kafka, topics, registry_dir, tmp_path, extra_candidates=1, max_tokens=12, temperature=0.0
+    )
+    p = Producer(kafka)
+    p.send(
+        topics.prompts, PromptMessage(id="fr", prompt="What is the capital of France?"), key="fr"
+    )
+    p.flush()
+    worker = ServeWorker(settings, engine)
+    t = _start(worker)
+    try:
+        wait_for(lambda: committed_total(kafka, settings.serve.group_id, topics.prompts) == 1, 120)
+    finally:
+        worker.stop()
+        t.join(30)
+        engine.close()
+    [resp] = [
+        ResponseMessage.model_validate_json(r.value) for r in read_topic(kafka, topics.responses)
+    ]
+    assert "Paris" in resp.text
+    [cand] = [
+        CandidatesMessage.model_validate_json(r.value) for r in read_topic(kafka, topics.candidates)
+    ]
+    assert len(cand.samples) == 2 and cand.samples[0].text == resp.text
+
+
+def test_serve_http_cli_answers_openai_requests_and_stops_on_sigterm(tiny_model_dir: Path) -> None:
+    import signal
+
+    import httpx
+
+    from streams.broker import free_port
+    from tests.conftest import cli, start_cli
+
+    port = free_port()
+    proc = start_cli(
+        "serve",
+        "--http",
+        "--no-worker",
+        env={
+            "SELFDISTILL_MODEL__PATH": str(tiny_model_dir),
+            "SELFDISTILL_SERVE__HTTP__PORT": str(port),
+        },
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 60)
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+        assert models["data"][0]["id"] == "tiny-llama"
+        chat = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={
+                "model": "tiny-llama",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 3,
+                "n": 2,
+                "temperature": 0.5,
+            },
+        ).json()
+        assert len(chat["choices"]) == 2 and chat["usage"]["completion_tokens"] > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, errs = proc.communicate(timeout=30)
+    assert proc.returncode == 0, errs[-2000:]
+
+    exposed = cli(
+        "serve",
+        "--http",
+        "--no-worker",
+        env={
+            "SELFDISTILL_SERVE__HTTP__HOST": "0.0.0.0",
+            "SELFDISTILL_MODEL__PATH": str(tiny_model_dir),
+        },
+    )
+    assert exposed.returncode == 2
+    assert "serve.http.admin_token is required" in exposed.stderr
