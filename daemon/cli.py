@@ -309,6 +309,57 @@ def serve(
         raise typer.Exit(2) from None
 
 
+# ----------------------------------------------------------------------- verify
+@app.command()
+def verify() -> None:
+    """Judge candidates from Kafka with the model's own unanimous cascade (cycle-consistency,
+    factuality, correctness) and store what passes in SQLite.
+
+    Each prompt's outcome is one SQLite transaction, written before the offset is committed;
+    redelivery after a crash changes nothing. A store that cannot be written (full disk,
+    read-only) stops the commits and is retried with backoff: nothing is lost.
+    """
+    from daemon.verify import VerifyWorker
+
+    VerifyWorker(settings()).run()
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write (atomically).")],
+    split: Annotated[
+        str, typer.Option(help="train, heldout, or all: which accepted samples.")
+    ] = "train",
+    snapshot: Annotated[
+        str | None, typer.Option(help="Exactly the samples a training run used.")
+    ] = None,
+) -> None:
+    """Write accepted samples as chat `messages` records (TRL / HF datasets read them as they
+    are) with provenance: prompt id, candidate id, generating adapter, votes, judge tokens."""
+    from daemon.export import export_accepted
+    from daemon.store import Store
+
+    s = settings()
+    path = s.store.path_in(s.data_dir)
+    if not path.exists():
+        err.print(
+            f"[red]error:[/] no store at {path} (has `selfdistill verify` run?)", highlight=False
+        )
+        raise typer.Exit(1)
+    if split not in ("train", "heldout", "all"):
+        err.print("[red]error:[/] --split must be train, heldout or all", highlight=False)
+        raise typer.Exit(2)
+    with Store.open(s.store, s.data_dir, read_only=True) as store:
+        try:
+            n = export_accepted(
+                store, out, split=None if split == "all" else split, snapshot=snapshot
+            )
+        except (KeyError, ValueError) as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    err.print(f"wrote {n} sample(s) to {out}", highlight=False)
+
+
 # ------------------------------------------------------------------------- demo
 @app.command()
 def demo() -> None:

@@ -22,6 +22,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from daemon.demo import DemoConfig
 from daemon.engines import EngineConfig, ModelConfig
 from daemon.serve import ServeConfig
+from daemon.store import StoreConfig
+from daemon.verify import VerifyConfig
 from streams.broker import BrokerConfig
 from streams.connection import KafkaSettings
 from streams.topics import TopicsConfig
@@ -78,6 +80,12 @@ class Settings(BaseSettings):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The serve worker.")
     adapters: AdaptersConfig = Field(
         default_factory=AdaptersConfig, description="Adapter versions on disk."
+    )
+    verify: VerifyConfig = Field(
+        default_factory=VerifyConfig, description="The verify worker and its cascade."
+    )
+    store: StoreConfig = Field(
+        default_factory=StoreConfig, description="The sample store (SQLite)."
     )
     demo: DemoConfig = Field(default_factory=DemoConfig, description="`selfdistill demo` budgets.")
 

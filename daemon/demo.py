@@ -45,6 +45,10 @@ class DemoConfig(BaseModel):
     extra_candidates: int = Field(3, ge=0, description="Extra samples per prompt in the demo.")
     max_tokens: int = Field(48, ge=1, description="Longest demo answer, in tokens.")
     batch_size: int = Field(4, ge=1, description="Prompts per serve batch in the demo.")
+    votes: int = Field(3, ge=1, description="Votes per cascade stage in the demo (paper: 5).")
+    fast_judge: bool = Field(
+        True, description="Demo judges vote from next-token Y/N probabilities (fast on a CPU)."
+    )
     timeout_s: float = Field(900.0, gt=0, description="Give up waiting for answers after this.")
 
 
@@ -57,6 +61,10 @@ class DemoReport:
     responses: list[ResponseMessage] = field(default_factory=list)
     candidates: list[CandidatesMessage] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    verified: int = 0
+    store_counts: dict[str, int] = field(default_factory=dict)
+    funnel: dict[str, Any] = field(default_factory=dict)
+    accepted: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -77,6 +85,8 @@ def _read_all(kafka: Any, topic: str, schema: type[BaseModel]) -> list[Any]:
 def run_demo(settings: Settings, console: Console) -> DemoReport:
     from daemon.engines import make_engine
     from daemon.serve import ServeWorker
+    from daemon.store import Store
+    from daemon.verify import VerifyWorker
 
     started = time.monotonic()
     report = DemoReport()
@@ -103,6 +113,13 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
                         "transactional_id": "selfdistill-demo-serve",
                     }
                 ),
+                "verify": settings.verify.model_copy(
+                    update={
+                        "votes": demo.votes,
+                        "fast_judge": demo.fast_judge,
+                        "infer_max_tokens": demo.max_tokens,
+                    }
+                ),
             }
         )
         topics = settings.topics
@@ -115,8 +132,13 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
             f"3. model [bold]{engine.model_name}[/] loaded ({settings.engine.kind} engine)"
         )
         worker = ServeWorker(run, engine)
-        thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
-        thread.start()
+        verifier = VerifyWorker(run, engine)  # one model, shared: it serves and it judges
+        threads = [
+            threading.Thread(target=w.run, kwargs={"handle_signals": False}, daemon=True)
+            for w in (worker, verifier)
+        ]
+        for t in threads:
+            t.start()
 
         producer = Producer(kafka, name="demo-producer")
         prod = produce_prompts(producer, topics.prompts, bundled_prompts())
@@ -133,33 +155,50 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
         deadline = time.monotonic() + demo.timeout_s
         try:
             with console.status("") as status:
-                while worker.handler.served < report.produced and time.monotonic() < deadline:
+                while verifier.handler.verified < report.produced and time.monotonic() < deadline:
                     status.update(
                         f"5. serve: {worker.handler.served}/{report.produced} prompts answered "
-                        f"({n} samples each, up to {demo.max_tokens} tokens, batches of "
-                        f"{demo.batch_size}; joining the group takes ~3 s)"
+                        f"({n} samples each, up to {demo.max_tokens} tokens); verify: "
+                        f"{verifier.handler.verified} judged, {verifier.handler.accepted} "
+                        "samples accepted"
                     )
                     time.sleep(0.5)
         finally:
-            worker.stop()
-            thread.join(60)
+            for w in (worker, verifier):
+                w.stop()
+            for t in threads:
+                t.join(60)
         stats = worker.loop.stats
+        report.verified = verifier.handler.verified
         console.print(
             f"5. serve answered {stats.processed} prompts in {stats.batches} transactional "
-            f"batches; {stats.dead_lettered} messages dead-lettered"
+            f"batches; {stats.dead_lettered} messages dead-lettered. verify judged "
+            f"{report.verified} prompts' candidates ({demo.votes} votes per stage"
+            f"{', fast judge' if demo.fast_judge else ''})"
         )
+        with Store.open(settings.store, settings.data_dir, read_only=True) as store:
+            report.store_counts = store.counts()
+            report.funnel = store.stage_funnel()
+            report.accepted = store.accepted_samples(split=None)
         report.responses = _read_all(kafka, topics.responses, ResponseMessage)
         report.candidates = _read_all(kafka, topics.candidates, CandidatesMessage)
         report.dead_letters = list(tail(kafka, topics.dlq(topics.prompts), dead_letter=True))
         _show(console, report, topics.dlq(topics.prompts))
     report.seconds = time.monotonic() - started
+    c = report.store_counts
     console.print(
-        f"6. broker stopped. {len({r.id for r in report.responses})}/{report.produced} prompts "
-        f"answered exactly once, {sum(len(c.samples) for c in report.candidates)} candidates "
-        f"on '{topics.candidates}' for the verifier, {len(report.dead_letters)} dead letters "
-        f"kept with reasons; {report.seconds:.0f}s in all."
+        f"6. store {settings.store.path_in(settings.data_dir)}: {c.get('accepted', 0)} accepted "
+        f"samples ({c.get('accepted_train', 0)} train, {c.get('accepted_heldout', 0)} held out) "
+        f"from {c.get('candidates', 0)} candidates; {c.get('votes', 0)} judge calls recorded"
     )
-    console.print("[dim]Verification and training join this demo as they land (README, Status).[/]")
+    console.print(
+        f"7. broker stopped. {len({r.id for r in report.responses})}/{report.produced} prompts "
+        f"answered exactly once, {len(report.dead_letters)} dead letters kept with reasons; "
+        f"{report.seconds:.0f}s in all."
+    )
+    console.print(
+        "[dim]Training and the eval gate join this demo as they land (README, Status).[/]"
+    )
     return report
 
 
@@ -177,6 +216,28 @@ def _show(console: Console, report: DemoReport, dlq: str) -> None:
             str(r.completion_tokens),
         )
     console.print(answers)
+    f = report.funnel
+    if f:
+        judged = f["candidates"] - f["skipped"] - f["superseded"]
+        funnel = Table(title="the cascade funnel (candidates judged → accepted)")
+        for col in ("judged", "static ok", *[f"{s} passed" for s in f["stages"]], "accepted"):
+            funnel.add_column(col, justify="right")
+        funnel.add_row(
+            str(judged),
+            str(judged - f["static"]),
+            *[str(v["passed"]) for v in f["stages"].values()],
+            str(f["accepted"]),
+        )
+        console.print(funnel)
+    if report.accepted:
+        acc = Table(title="accepted samples (the model's own verdicts: often wrong on this model)")
+        acc.add_column("prompt", overflow="fold")
+        acc.add_column("accepted answer", overflow="fold")
+        for row in report.accepted[:8]:
+            acc.add_row(
+                _clip(row["messages"][-2]["content"], 48), _clip(row["messages"][-1]["content"], 60)
+            )
+        console.print(acc)
     dead = Table(title=f"dead letters on '{dlq}'")
     for col in ("source", "reason", "error"):
         dead.add_column(col)

@@ -67,6 +67,9 @@ class AdapterRouter:
         self._lock = threading.Lock()  # guards _active, _in_use, _loaded
         self._swap_lock = threading.Lock()  # one swap at a time
         self.last: SwapResult | None = None
+        self._settled = threading.Event()  # cleared while a swap is under way
+        self._settled.set()
+        self.swap_wait_s = 600.0  # longest a new batch waits for a swap to finish
         ACTIVE_ADAPTER.info({"version": BASE})
 
     @property
@@ -75,7 +78,12 @@ class AdapterRouter:
 
     @contextlib.contextmanager
     def use(self) -> Iterator[str | None]:
-        """The adapter for one request or batch; it stays loaded until the block ends."""
+        """The adapter for one request or batch; it stays loaded until the block ends.
+
+        A batch that starts while a swap is under way waits for it, so the first batch after
+        a promotion already runs on the new adapter instead of queueing one more on the old.
+        """
+        self._settled.wait(self.swap_wait_s)
         with self._lock:
             name = self._active
             if name is not None:
@@ -95,7 +103,19 @@ class AdapterRouter:
         with self._swap_lock:
             if target == self._active:
                 return self._record(SwapResult(True, target, event.version, 0.0))
+            self._settled.clear()  # new batches wait for the outcome
             try:
+                return self._record(self._swap(event, target, started))
+            finally:
+                self._settled.set()
+                self._evict()
+
+    def _swap(self, event: AdapterEvent, target: str | None, started: float) -> SwapResult:
+        # Load and canary back to back while holding the engine: no serve batch may slip in
+        # between and make the canary (and so the swap) wait a whole batch.
+        exclusive = getattr(self.engine, "exclusive", contextlib.nullcontext)
+        try:
+            with exclusive():
                 if target is not None and target not in self.engine.adapters():
                     path = verify_adapter(self.registry_dir, event.path or target, event.sha256)
                     self.engine.load_adapter(target, str(path))
@@ -106,38 +126,32 @@ class AdapterRouter:
                     except Exception:
                         self._unload(target)
                         raise
-            except (AdapterFileError, EngineError) as exc:
-                result = SwapResult(False, self._active, event.version, error=str(exc))
-                ADAPTER_SWAPS.labels("refused").inc()
-                log.error(
-                    "adapter %s refused; %s keeps serving: %s",
-                    event.version,
-                    self._active or BASE,
-                    exc,
-                )
-                return self._record(result)
-            except Exception as exc:  # anything unexpected is a failed swap, never a crash
-                result = SwapResult(False, self._active, event.version, error=repr(exc))
-                ADAPTER_SWAPS.labels("failed").inc()
-                log.exception(
-                    "swap to %s failed; %s keeps serving", event.version, self._active or BASE
-                )
-                return self._record(result)
-            with self._lock:
-                previous, self._active = self._active, target
-            seconds = time.monotonic() - started
-            ADAPTER_SWAPS.labels("ok").inc()
-            SWAP_SECONDS.observe(seconds)
-            ACTIVE_ADAPTER.info({"version": target or BASE})
-            log.info(
-                "%s: now serving %s (was %s; %.2fs)",
-                event.action,
-                target or BASE,
-                previous or BASE,
-                seconds,
+        except (AdapterFileError, EngineError) as exc:
+            ADAPTER_SWAPS.labels("refused").inc()
+            log.error(
+                "adapter %s refused; %s keeps serving: %s", event.version, self._active or BASE, exc
             )
-        self._evict()
-        return self._record(SwapResult(True, target, event.version, seconds))
+            return SwapResult(False, self._active, event.version, error=str(exc))
+        except Exception as exc:  # anything unexpected is a failed swap, never a crash
+            ADAPTER_SWAPS.labels("failed").inc()
+            log.exception(
+                "swap to %s failed; %s keeps serving", event.version, self._active or BASE
+            )
+            return SwapResult(False, self._active, event.version, error=repr(exc))
+        with self._lock:
+            previous, self._active = self._active, target
+        seconds = time.monotonic() - started
+        ADAPTER_SWAPS.labels("ok").inc()
+        SWAP_SECONDS.observe(seconds)
+        ACTIVE_ADAPTER.info({"version": target or BASE})
+        log.info(
+            "%s: now serving %s (was %s; %.2fs)",
+            event.action,
+            target or BASE,
+            previous or BASE,
+            seconds,
+        )
+        return SwapResult(True, target, event.version, seconds)
 
     def _run_canary(self, name: str) -> None:
         """A real generation on the new adapter; empty output or an error refuses it."""

@@ -33,3 +33,26 @@ SWAP_SECONDS = Histogram(
 )
 ACTIVE_ADAPTER = Info("selfdistill_active_adapter", "The adapter new requests are routed to.")
 ADAPTERS_LOADED = Gauge("selfdistill_adapters_loaded", "LoRA adapters resident in the engine.")
+
+CANDIDATES_JUDGED = Counter(
+    "selfdistill_candidates_judged_total", "Candidates that entered the cascade (not skipped)."
+)
+STAGE_RESULTS = Counter(
+    "selfdistill_stage_results_total",
+    "Cascade stage outcomes per candidate: the funnel (static, cycle, factuality, correctness).",
+    ["stage", "result"],
+)
+JUDGE_CALLS = Counter(
+    "selfdistill_judge_calls_total", "Judge generations (votes and inferred questions).", ["stage"]
+)
+JUDGE_TOKENS = Counter(
+    "selfdistill_judge_tokens_total", "Prompt + completion tokens spent by the judge.", ["stage"]
+)
+SAMPLES_ACCEPTED = Counter(
+    "selfdistill_samples_accepted_total", "Samples newly stored as accepted by the cascade."
+)
+VERIFY_SECONDS = Histogram(
+    "selfdistill_verify_batch_seconds",
+    "Time to judge and store one batch of candidate groups.",
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 180, 600, 1800),
+)

@@ -15,10 +15,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from daemon.cascade import Cascade, CascadeConfig, CascadeInput, question_of
 from daemon.engines.base import ChatRequest, Engine
 from daemon.hotswap import AdapterEventFollower, AdapterRouter
 from daemon.metrics import (
@@ -81,10 +82,11 @@ class ServeConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of answer and candidates.")
     max_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
     seed: int | None = Field(None, description="Fix the sampling seed (reproducible runs, tests).")
-    answer_policy: Literal["first"] = Field(
+    answer_policy: Literal["first", "verified"] = Field(
         "first",
-        description="Which sample is the answer: 'first'. 'verified' (the paper's UQ-TTC "
-        "baseline) arrives with the verifier.",
+        description="Which sample is the answer: 'first', or 'verified' (the paper's UQ-TTC "
+        "baseline: the first sample that passes the verifier's cascade, configured under "
+        "[verify]; the first sample when none does). 'verified' costs judge calls per request.",
     )
     canary_prompt: str = Field(
         "Reply with the single word OK.", description="Generated on a new adapter before it serves."
@@ -124,6 +126,7 @@ class ServeHandler:
     router: AdapterRouter
     config: ServeConfig
     topics: TopicsConfig
+    cascade: CascadeConfig | None = None  # the judging knobs, for answer_policy "verified"
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -147,12 +150,12 @@ class ServeHandler:
             ]
             started = time.monotonic()
             results = self.engine.generate(requests)
+            answers = self._choose(batch, results)
             latency = time.monotonic() - started
         SERVE_LATENCY.observe(latency)
         outputs: list[Output] = []
-        for rec, res in zip(batch, results, strict=True):
+        for rec, res, answer_index in zip(batch, results, answers, strict=True):
             prompt = rec.value
-            answer_index = 0  # answer_policy "first"
             answer = res.completions[answer_index]
             outputs.append(
                 Output(
@@ -199,6 +202,26 @@ class ServeHandler:
             self.served += len(batch)
         return BatchResult(outputs=outputs)
 
+    def _choose(self, batch: list[Record[PromptMessage]], results: list[Any]) -> list[int]:
+        """Index of the answer among each prompt's samples.
+
+        'first': sample 0. 'verified' (UQ-TTC): the verifier's cascade runs over the samples
+        in order, at answer time, and the first that passes is the answer; none passing,
+        the first sample is. The frozen base judges, as in the verify worker's default.
+        """
+        if self.config.answer_policy == "first":
+            return [0] * len(batch)
+        cfg = (self.cascade or CascadeConfig()).model_copy(update={"policy": "first-valid"})
+        outcomes = Cascade(self.engine, cfg).run(
+            [
+                CascadeInput(
+                    rec.value.id, question_of(rec.value.chat()), [c.text for c in res.completions]
+                )
+                for rec, res in zip(batch, results, strict=True)
+            ]
+        )
+        return [o.accepted[0].index if o.accepted else 0 for o in outcomes]
+
 
 class ServeWorker:
     """The serve process's parts: engine, router, adapter-event follower, worker loop."""
@@ -220,7 +243,9 @@ class ServeWorker:
             ),
             keep_loaded=cfg.adapters_kept_loaded,
         )
-        self.handler = ServeHandler(self.engine, self.router, cfg, settings.topics)
+        self.handler = ServeHandler(
+            self.engine, self.router, cfg, settings.topics, cascade=settings.verify
+        )
         self.loop = ConsumerLoop(
             settings.kafka,
             topic=settings.topics.prompts,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# One torch thread in the tests and every worker they start: the models here are tiny, and
+# OpenMP's spinning barriers slow down by 10-100x when another process takes the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import subprocess
 import sys
 import threading
@@ -185,3 +189,11 @@ def tiny_engine(tiny_model_dir: Path):
     engine = TransformersEngine(tiny_model_dir, name="tiny-llama")
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def yes_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny model trained to answer "[[Y]]" to the judge prompts: a judge that accepts."""
+    from tests.models import build_yes_model
+
+    return build_yes_model(tiny_model_dir, tmp_path_factory.mktemp("models") / "yes-llama")

@@ -166,3 +166,8 @@ def test_demo_serves_every_prompt_once_and_dead_letters_the_rest(
     )
     assert len(report.dead_letters) == len(MALFORMED)
     assert (tmp_path / "var" / "broker.log").exists()
+    # The verifier judged every prompt's candidates and recorded them in the store.
+    assert report.verified == report.produced
+    assert report.store_counts["prompts"] == report.produced
+    assert report.store_counts["candidates"] >= report.produced
+    assert report.funnel["candidates"] == report.store_counts["candidates"]

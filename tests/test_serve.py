@@ -165,8 +165,9 @@ def test_adapters_switch_under_a_continuous_stream_with_no_failed_request(
     ]
     assert sorted(r.id for r in responses) == sorted(ids)  # nothing failed, dropped or doubled
     assert worker.loop.stats.handler_failures == 0
-    by_id = {r.id: r.adapter for r in responses}
-    served_by = [by_id[i] for i in ids]  # in production order
+    # In the order they were served (prompts spread over partitions are not served in the
+    # order they were produced).
+    served_by = [r.adapter for r in sorted(responses, key=lambda r: r.created_at)]
     assert {None, v1, v2} <= set(served_by)  # traffic really ran on each
     # Adapters change in promotion order: base, then v1, then v2, then base again.
     changes = [a for i, a in enumerate(served_by) if i == 0 or a != served_by[i - 1]]
@@ -346,3 +347,43 @@ def test_serve_http_cli_answers_openai_requests_and_stops_on_sigterm(tiny_model_
     )
     assert exposed.returncode == 2
     assert "serve.http.admin_token is required" in exposed.stderr
+
+
+def test_verified_answer_policy_returns_the_first_candidate_that_passes(
+    registry_dir: Path, tmp_path: Path, tiny_engine: TransformersEngine
+) -> None:
+    """UQ-TTC: the cascade runs at answer time over the samples, in order."""
+    from daemon.cascade import CascadeConfig
+    from daemon.serve import ServeConfig, ServeHandler
+    from streams.consumer import Record
+    from tests.judges import ScriptedJudge, is_infer, prompt_text
+
+    samples = iter(["41", "42", "43"] * 10)
+
+    def rule(r: ChatRequest) -> str:
+        text = prompt_text(r)
+        if "<<<" not in text:  # a serve request: the three samples, in order
+            return next(samples)
+        if is_infer(r):
+            return "What is 40 + 2?"
+        return "[[Y]]" if "compare two questions" in text or "<<<\n42\n>>>" in text else "[[N]]"
+
+    router = AdapterRouter(tiny_engine, registry_dir)
+    batch = [Record("prompts", 0, 0, "q", PromptMessage(id="q", prompt="What is 40 + 2?"))]
+    topics = TopicsConfig()
+    for policy, expected_index in (("first", 0), ("verified", 1)):
+        engine = ScriptedJudge(rule)
+        samples = iter(["41", "42", "43"] * 10)
+        handler = ServeHandler(
+            engine,
+            router,
+            ServeConfig(extra_candidates=2, answer_policy=policy),
+            topics,
+            cascade=CascadeConfig(votes=2),
+        )
+        result = handler(batch)
+        response = next(o.value for o in result.outputs if o.topic == topics.responses)
+        cands = next(o.value for o in result.outputs if o.topic == topics.candidates)
+        assert [s.text for s in cands.samples] == ["41", "42", "43"]
+        assert cands.answer_index == expected_index
+        assert response.text == cands.samples[expected_index].text

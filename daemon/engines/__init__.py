@@ -50,6 +50,12 @@ class EngineConfig(BaseModel):
         description="transformers (embedded, CPU or CUDA), vllm (in-process, GPU), or openai "
         "(HTTP to an OpenAI-compatible server such as `vllm serve --enable-lora`).",
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="transformers: CPU threads for torch (default: all cores). Workers sharing a "
+        "machine should split the cores: oversubscribed OpenMP threads slow down sharply.",
+    )
     max_batch_sequences: int = Field(
         32,
         ge=1,
@@ -77,6 +83,10 @@ def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:
         from daemon.engines.model_files import resolve_model_dir
         from daemon.engines.transformers_engine import TransformersEngine
 
+        if engine.torch_threads:
+            import torch
+
+            torch.set_num_threads(engine.torch_threads)
         model_dir = resolve_model_dir(model.path, model.cache_dir)
         return TransformersEngine(
             model_dir,

@@ -179,6 +179,12 @@ class TransformersEngine:
             top_logprobs=top,
         )
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model across several calls (a swap's load + canary): no batch in between."""
+        with self._lock:
+            yield
+
     # ----------------------------------------------------------------- adapters
     def load_adapter(self, name: str, path: str) -> None:
         from peft import PeftModel

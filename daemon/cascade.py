@@ -1,0 +1,358 @@
+"""The verifier's cascade: the model judges its own candidates, unanimously, stage by stage.
+
+For each prompt, candidates are judged in order (policy ``first-valid``, the paper's default:
+stop at the first accepted one; ``all-valid`` judges all). A candidate passes when every
+stage passes, and a stage passes when all of its ``v`` votes say yes:
+
+0. static: the final answer (after any ``</think>``) must be non-empty; judges see only it;
+1. cycle-consistency: infer the question from the answer alone, then judge whether the
+   inferred and the original question are the same question;
+2. factuality: no factual, numeric or logical errors;
+3. correctness: the answer is complete and correct.
+
+Unanimity makes early exit free: the first no ends the stage, and the candidate. Votes are
+drawn in rounds (``votes_per_round`` each) so a no stops further votes, and every round
+sends the requests of all pending candidates, of all prompts, to the engine as one batch.
+
+The cascade knows no Kafka and no SQLite: it takes an engine and candidates and returns
+verdicts (``PromptOutcome``), which the verify worker stores.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.engines.base import ChatRequest, ChatResult, Engine
+from daemon.verdicts import final_answer, neutralise, parse_verdict
+
+
+@dataclass(frozen=True)
+class JudgeCall:
+    """One generation by the judge: a vote, or the cycle stage's inferred question."""
+
+    stage: str  # "cycle" | "factuality" | "correctness"
+    kind: str  # "infer" (cycle's question inference) | "vote"
+    verdict: bool | None  # votes: parsed verdict; None = unparseable (counts as no)
+    output: str  # the judge's raw output
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    passed: bool
+    calls: list[JudgeCall] = field(default_factory=list)
+
+
+@dataclass
+class CandidateOutcome:
+    index: int  # position among the prompt's samples
+    text: str  # the candidate as generated
+    answer: str  # the final answer the judges saw
+    accepted: bool = False
+    rejected_at: str | None = None  # "static", a stage name, or "skipped" (not needed)
+    stages: list[StageOutcome] = field(default_factory=list)
+
+    @property
+    def calls(self) -> list[JudgeCall]:
+        return [c for s in self.stages for c in s.calls]
+
+
+@dataclass
+class PromptOutcome:
+    prompt_id: str
+    question: str
+    candidates: list[CandidateOutcome]
+
+    @property
+    def accepted(self) -> list[CandidateOutcome]:
+        return [c for c in self.candidates if c.accepted]
+
+    @property
+    def judge_calls(self) -> int:
+        return sum(len(c.calls) for c in self.candidates)
+
+    @property
+    def judge_tokens(self) -> int:
+        return sum(j.completion_tokens for c in self.candidates for j in c.calls)
+
+
+# ----------------------------------------------------------------------------- config
+STAGES = ("cycle", "factuality", "correctness")
+
+
+class CascadeConfig(BaseModel):
+    """How candidates are judged (paper defaults where it has them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    votes: int = Field(
+        5, ge=1, le=64, description="v: votes per stage, all must be yes (paper: 5)."
+    )
+    stages: list[Literal["cycle", "factuality", "correctness"]] = Field(
+        default_factory=lambda: list(STAGES),
+        min_length=1,
+        description="Stages in order; the paper's full cascade beat a single correctness judge.",
+    )
+    policy: Literal["first-valid", "all-valid"] = Field(
+        "first-valid",
+        description="first-valid (paper): keep at most the first accepted candidate per prompt; "
+        "all-valid: keep every candidate that passes.",
+    )
+    temperature: float = Field(0.6, ge=0, description="Judge sampling temperature (paper: 0.6).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Judge nucleus sampling (paper: 0.95).")
+    judge_max_tokens: int = Field(
+        256, ge=1, description="Longest judge output (its reasoning + verdict)."
+    )
+    infer_max_tokens: int = Field(96, ge=1, description="Longest inferred question (cycle stage).")
+    votes_per_round: int = Field(
+        1,
+        ge=1,
+        description="Votes drawn per candidate per engine call: 1 stops at the first no; "
+        "more trades judge calls for fewer rounds.",
+    )
+    parallel_candidates: int = Field(
+        1,
+        ge=1,
+        description="first-valid: candidates of one prompt judged at once (1 = strictly in "
+        "order, fewest judge calls; more = fewer rounds, some calls wasted).",
+    )
+    fast_judge: bool = Field(
+        False,
+        description="Sample each vote from the judge's next-token probabilities of Y vs N after "
+        "the verdict prefix, instead of letting it reason: an approximation for small models.",
+    )
+    prompts_dir: Path | None = Field(
+        None,
+        description="Directory overriding the judge prompt templates (infer.txt, compare.txt, "
+        "factuality.txt, correctness.txt; $question, $answer, $inferred placeholders).",
+    )
+    seed: int | None = Field(None, description="Seed the judge's sampling (reproducible runs).")
+
+
+@dataclass(frozen=True)
+class CascadeInput:
+    """One prompt's question (as the judges see it) and its candidates in order."""
+
+    prompt_id: str
+    question: str
+    candidates: list[str]
+
+
+def question_of(messages: Sequence[Any]) -> str:
+    """What the judges are told was asked: the last user turn (system prompts stay out)."""
+    for m in reversed(messages):
+        if m.role == "user":
+            return m.content
+    return messages[-1].content
+
+
+def load_templates(prompts_dir: Path | None = None) -> dict[str, Template]:
+    names = ("infer", "compare", "factuality", "correctness")
+    out = {}
+    for name in names:
+        override = prompts_dir / f"{name}.txt" if prompts_dir else None
+        if override is not None and override.is_file():
+            text = override.read_text()
+        else:
+            text = resources.files("daemon").joinpath(f"prompts/{name}.txt").read_text()
+        out[name] = Template(text)
+    return out
+
+
+# ----------------------------------------------------------------------------- engine
+_FAST_PREFIX = "Verdict: [["
+
+
+@dataclass
+class _Item:
+    """A candidate on its way through the stages."""
+
+    prompt: int
+    out: CandidateOutcome
+    question: str
+    stage: int = 0
+    votes: int = 0  # yes votes in the current stage
+    inferred: str | None = None
+    done: bool = False
+
+
+class Cascade:
+    """Runs the cascade over many prompts at once, one engine batch per round."""
+
+    def __init__(
+        self, engine: Engine, config: CascadeConfig, *, adapter: str | None = None
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.adapter = adapter  # None: the frozen base model judges
+        self.templates = load_templates(config.prompts_dir)
+        self._rng = random.Random(config.seed)
+        self.rounds = 0
+
+    # -------------------------------------------------------------- requests
+    def _sampling(self, n: int, max_tokens: int) -> dict[str, object]:
+        seed = None if self.config.seed is None else self._rng.randrange(2**31)
+        return {
+            "n": n,
+            "temperature": self.config.temperature,
+            "top_p": self.config.top_p,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "adapter": self.adapter,
+        }
+
+    def _judge_prompt(self, item: _Item) -> str:
+        stage = self.config.stages[item.stage]
+        t = self.templates["compare" if stage == "cycle" else stage]
+        return t.substitute(
+            question=neutralise(item.question),
+            answer=neutralise(item.out.answer),
+            inferred=neutralise(item.inferred or ""),
+        )
+
+    def _request(self, item: _Item) -> ChatRequest:
+        stage = self.config.stages[item.stage]
+        if stage == "cycle" and item.inferred is None:
+            text = self.templates["infer"].substitute(answer=neutralise(item.out.answer))
+            return ChatRequest(
+                [{"role": "user", "content": text}],
+                **self._sampling(1, self.config.infer_max_tokens),
+            )
+        n = min(self.config.votes_per_round, self.config.votes - item.votes)
+        messages = [{"role": "user", "content": self._judge_prompt(item)}]
+        if self.config.fast_judge:
+            messages.append({"role": "assistant", "content": _FAST_PREFIX})
+            return ChatRequest(
+                messages,
+                continue_final=True,
+                logprobs=20,
+                **{**self._sampling(1, 1), "temperature": 0.0},
+            )
+        return ChatRequest(messages, **self._sampling(n, self.config.judge_max_tokens))
+
+    # ---------------------------------------------------------------- verdicts
+    def _fast_votes(self, top: dict[str, float] | None, n: int) -> list[bool | None]:
+        """Votes sampled from P(Y) / (P(Y) + P(N)) of the next token; None if neither shows."""
+        p = {"Y": 0.0, "N": 0.0}
+        for token, logprob in (top or {}).items():
+            t = token.strip().upper()
+            if t in p:
+                p[t] += math.exp(logprob)
+        if p["Y"] + p["N"] == 0:
+            return [None] * n
+        p_yes = p["Y"] / (p["Y"] + p["N"])
+        return [self._rng.random() < p_yes for _ in range(n)]
+
+    def _apply(self, item: _Item, result: ChatResult) -> None:
+        stage = self.config.stages[item.stage]
+        outcome = self._stage(item, stage)
+        if stage == "cycle" and item.inferred is None:
+            c = result.completions[0]
+            item.inferred = c.text.strip()
+            outcome.calls.append(
+                JudgeCall(stage, "infer", None, c.text, result.prompt_tokens, c.tokens)
+            )
+            if not item.inferred:  # nothing to compare with: the cycle cannot close
+                self._reject(item, stage)
+            return
+        n = min(self.config.votes_per_round, self.config.votes - item.votes)
+        if self.config.fast_judge:
+            # One next-token distribution gives every remaining vote of the stage at once.
+            n = self.config.votes - item.votes
+            verdicts = self._fast_votes(result.completions[0].top_logprobs, n)
+            texts = [
+                f"{_FAST_PREFIX}{'Y' if v else 'N' if v is not None else '?'}]]" for v in verdicts
+            ]
+            tokens = [1] * n
+        else:
+            verdicts = [parse_verdict(c.text) for c in result.completions]
+            texts = [c.text for c in result.completions]
+            tokens = [c.tokens for c in result.completions]
+        for verdict, text, tok in zip(verdicts, texts, tokens, strict=True):
+            outcome.calls.append(JudgeCall(stage, "vote", verdict, text, result.prompt_tokens, tok))
+            if verdict is not True:  # unanimity: the first no (or unparseable) ends it
+                self._reject(item, stage)
+                return
+            item.votes += 1
+        if item.votes >= self.config.votes:
+            outcome.passed = True
+            item.stage += 1
+            item.votes = 0
+            if item.stage == len(self.config.stages):
+                item.out.accepted = True
+                item.done = True
+
+    def _stage(self, item: _Item, stage: str) -> StageOutcome:
+        if not item.out.stages or item.out.stages[-1].stage != stage:
+            item.out.stages.append(StageOutcome(stage, False))
+        return item.out.stages[-1]
+
+    @staticmethod
+    def _reject(item: _Item, stage: str) -> None:
+        item.out.rejected_at = stage
+        item.done = True
+
+    # -------------------------------------------------------------------- run
+    def run(self, inputs: list[CascadeInput]) -> list[PromptOutcome]:
+        outcomes = [PromptOutcome(p.prompt_id, p.question, []) for p in inputs]
+        items: list[list[_Item]] = []
+        for pi, p in enumerate(inputs):
+            row = []
+            for ci, text in enumerate(p.candidates):
+                out = CandidateOutcome(ci, text, final_answer(text))
+                outcomes[pi].candidates.append(out)
+                item = _Item(pi, out, p.question)
+                if not out.answer:
+                    out.rejected_at = "static"
+                    item.done = True
+                row.append(item)
+            items.append(row)
+        while True:
+            active = [it for row in items for it in self._needed(row)]
+            if not active:
+                break
+            results = self.engine.generate([self._request(it) for it in active])
+            self.rounds += 1
+            for it, res in zip(active, results, strict=True):
+                self._apply(it, res)
+        for row in items:
+            first_accepted = False
+            for it in row:
+                if not it.done:  # never needed: an earlier candidate was accepted
+                    it.out.rejected_at = "skipped"
+                elif it.out.accepted and self.config.policy == "first-valid":
+                    if first_accepted:  # judged in parallel, but a earlier one won
+                        it.out.accepted = False
+                        it.out.rejected_at = "superseded"
+                    first_accepted = True
+        return outcomes
+
+    def _needed(self, row: list[_Item]) -> list[_Item]:
+        """Candidates of one prompt that still need a judge call this round."""
+        if self.config.policy == "all-valid":
+            return [it for it in row if not it.done]
+        needed: list[_Item] = []
+        for it in row:
+            if it.out.accepted:  # an earlier one passed: nothing after it matters
+                break
+            if not it.done:
+                needed.append(it)
+                if len(needed) == self.config.parallel_candidates:
+                    break
+        return needed
+
+
+def naive_calls(config: CascadeConfig) -> int:
+    """Judge calls per candidate of the full cascade without early exit (v x stages + infer)."""
+    return config.votes * len(config.stages) + (1 if "cycle" in config.stages else 0)

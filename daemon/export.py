@@ -1,0 +1,92 @@
+"""Accepted samples as JSON lines that TRL's SFTTrainer and HF ``datasets`` read as-is.
+
+Each line is ``{"messages": [...chat..., {"role": "assistant", "content": answer}], ...}``,
+the conversational format both libraries take without a formatting function, with the
+provenance at top level (``prompt_id``, ``candidate_id``, ``adapter``, ``domain``, ``votes``,
+``judge_tokens``, ``split``) so that any line can be traced back to its prompt, its votes and
+the adapter that generated it. Every line has the same keys, so ``datasets`` infers one schema.
+
+Written to a path, the file appears atomically (temp file, fsync, rename): a trainer reading
+it never sees half an export, and a failed export leaves the previous file in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from daemon.store import Store
+
+
+def sample_line(row: dict[str, Any]) -> dict[str, Any]:
+    """One accepted row (from :class:`Store`) as an SFT record with its provenance."""
+    return {
+        "messages": row["messages"],
+        "prompt_id": row["prompt_id"],
+        "candidate_id": row["id"],
+        "adapter": row["adapter"],
+        "domain": row["domain"],
+        "votes": row["votes"],
+        "judge_tokens": row["judge_tokens"],
+        "split": row["split"],
+    }
+
+
+def _rows(store: Store, split: str | None, snapshot: str | None) -> list[dict[str, Any]]:
+    if snapshot is None:
+        return store.accepted_samples(split)
+    snap = store.snapshot(snapshot)
+    if snap is None:
+        raise KeyError(f"no snapshot {snapshot!r}")
+    if split is not None and split != snap["split"]:
+        # A snapshot holds one split; silently exporting nothing would hide the mistake.
+        raise ValueError(f"snapshot {snapshot!r} is of split {snap['split']!r}, not {split!r}")
+    return store.snapshot_samples(snapshot)
+
+
+def _write_lines(rows: Iterable[dict[str, Any]], fh: TextIO) -> int:
+    n = 0
+    for row in rows:
+        fh.write(json.dumps(sample_line(row), ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def export_accepted(
+    store: Store, out: Path | TextIO, split: str | None = "train", snapshot: str | None = None
+) -> int:
+    """Write accepted samples as JSON lines; returns how many.
+
+    ``split``: "train", "heldout", or None for both. ``snapshot``: exactly the rows that
+    snapshot froze (what a training run used), instead of everything accepted now.
+    ``out``: a path (written atomically) or an open text stream (written as-is).
+    """
+    rows = _rows(store, split, snapshot)
+    if not isinstance(out, str | os.PathLike):
+        return _write_lines(rows, out)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the dataset from a trainer's user
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            n = _write_lines(rows, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable, where supported
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    return n

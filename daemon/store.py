@@ -1,0 +1,646 @@
+"""The sample store: every judged prompt, candidate and vote, and the accepted samples.
+
+The verify worker commits its Kafka offset only after :meth:`Store.record` returns, so the
+store is where "exactly once" is made: Kafka may deliver a prompt twice (a crash between the
+SQLite commit and the offset commit), and the second delivery must change nothing. Every row
+therefore has a key derived from content, never from arrival order:
+
+- a prompt: the producer's id or its content hash (``streams.schemas.content_id``);
+- a candidate: ``sha256(prompt_id + "\\0" + text)`` (32 hex), so the same text of the same
+  prompt is the same candidate however often it arrives;
+- a vote: ``sha256(candidate_id, stage, kind, ordinal)``, its place in the candidate's cascade.
+
+Redelivery rules (all inside ONE ``BEGIN IMMEDIATE`` transaction per prompt):
+
+1. **The first recorded verdict of a candidate wins.** A candidate id already in the store is
+   left alone, votes included, even if the redelivered outcome judged it differently (judge
+   votes are sampled). Rewriting it would mix two runs' votes under one candidate and make an
+   accepted row's vote count and judge tokens disagree with the votes table; keeping the first
+   keeps every row's provenance whole. Recording the same outcome twice is a no-op.
+2. **A candidate id has at most one accepted row** (it is the primary key of ``accepted``).
+3. **first-valid: at most one accepted row per prompt.** If the prompt already has an
+   accepted sample (from an earlier delivery, or a re-production of the same prompt with new
+   samples), a newly passing candidate is stored with ``accepted = 0`` and
+   ``rejected_at = "superseded"`` (the cascade's own word for the same case) and the existing
+   sample is kept. all-valid keeps every passing candidate, each once.
+
+Invariant: ``candidates.accepted = 1`` exactly for the ids in ``accepted``.
+
+Held-out split: each accepted row gets ``split`` from its id hash at insert time
+(:func:`split_for`); it is stored, not recomputed, so changing ``heldout_fraction`` later
+never moves an already held-out sample into training. The held-out slice is never trained on.
+
+Snapshots record the exact set of accepted ids a training run used, so a run is
+reproducible and "new samples since the last run" is a set difference.
+
+Threads: the verify worker calls the store from its consumer loop's handler thread, not the
+thread that opened it. The store holds ONE connection opened with ``check_same_thread=False``
+and serialises every use of it (reads too: transactions on a shared connection interleave)
+with a re-entrant lock. One writer per process is all the worker needs, and one connection
+keeps one transaction state; other processes (``selfdistill status``, a second worker after a
+crash) open their own Store, and WAL + ``busy_timeout`` let them share the file.
+
+Errors are never swallowed: a read-only database, a full disk or a lock timeout raise
+``sqlite3.OperationalError`` (after rolling the transaction back), so the worker does not
+commit the offset and the prompt is redelivered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlite_utils import Database
+
+from daemon.cascade import STAGES, CandidateOutcome, PromptOutcome
+from streams.schemas import CandidatesMessage
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "heldout")
+Policy = Literal["first-valid", "all-valid"]
+
+
+class StoreConfig(BaseModel):
+    """Where accepted samples live and how they are split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path | None = Field(
+        None,
+        description="The SQLite file of judged and accepted samples. Default: <data_dir>/store.db.",
+    )
+    heldout_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Share of accepted samples held out of training for the evaluation gate, "
+        "chosen by candidate-id hash (deterministic; fixed at insert time).",
+    )
+    busy_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a write waits for another process's lock before failing "
+        "(the prompt is then redelivered).",
+    )
+
+    def path_in(self, data_dir: Path) -> Path:
+        return self.path if self.path is not None else data_dir / "store.db"
+
+
+# ------------------------------------------------------------------------------- keys
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def candidate_id(prompt_id: str, text: str) -> str:
+    """Same prompt, same text: same candidate, however often it is delivered."""
+    return _hash(prompt_id, text)
+
+
+def vote_id(cand_id: str, stage: str, kind: str, ordinal: int) -> str:
+    """A judge call's place in its candidate's cascade, so redelivery hits the same row."""
+    return _hash(cand_id, stage, kind, str(ordinal))
+
+
+def split_for(cand_id: str, heldout_fraction: float) -> str:
+    """Deterministic split from the id hash: the same sample lands in the same slice anywhere."""
+    return "heldout" if int(cand_id[:8], 16) % 1000 < round(heldout_fraction * 1000) else "train"
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """What one :meth:`Store.record` changed, for the worker's logs and metrics."""
+
+    prompt_id: str
+    new_prompt: bool
+    new_candidates: int
+    known_candidates: int  # already stored: a redelivery, left as first recorded
+    new_votes: int
+    accepted: tuple[str, ...]  # candidate ids newly accepted
+    superseded: tuple[str, ...]  # passed, but the prompt already had its accepted sample
+
+    @property
+    def duplicate(self) -> bool:
+        """Nothing new: a redelivery of something already stored."""
+        return not self.new_prompt and self.new_candidates == 0
+
+
+def _rank(c: CandidateOutcome) -> int:
+    """Which of two identical texts in one outcome speaks for the candidate id."""
+    if c.accepted:
+        return 2
+    return 1 if c.rejected_at != "skipped" else 0
+
+
+_ACCEPTED_COLS = (
+    "a.id, a.prompt_id, a.messages, a.domain, a.adapter, a.votes, "
+    "a.judge_tokens, a.accepted_at, a.split"
+)
+
+
+def _accepted_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "messages": json.loads(row["messages"])}
+
+
+class Store:
+    """The SQLite sample store. Opens (and creates) its tables on construction."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        heldout_fraction: float = 0.1,
+        busy_timeout_s: float = 10.0,
+        read_only: bool = False,
+    ) -> None:
+        """``read_only`` opens with SQLite's ``mode=ro`` (for ``selfdistill status``): any
+        write raises, whoever runs it, root included; the file must exist."""
+        if not 0.0 <= heldout_fraction <= 0.5:
+            raise ValueError(f"heldout_fraction must be in [0, 0.5], got {heldout_fraction}")
+        self.path = Path(path)
+        self.heldout_fraction = heldout_fraction
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        if read_only:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"no sample store at {self.path}")
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False)
+        self._conn = conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            self.db = Database(conn, execute_plugins=False)
+            if not read_only:
+                self.db.enable_wal()
+                # FULL: a commit survives power loss before the worker commits its offset.
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                self._create_schema()
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def open(cls, config: StoreConfig, data_dir: Path, *, read_only: bool = False) -> Store:
+        return cls(
+            config.path_in(data_dir),
+            heldout_fraction=config.heldout_fraction,
+            busy_timeout_s=config.busy_timeout_s,
+            read_only=read_only,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transactions
+    @contextmanager
+    def _write(self) -> Iterator[Database]:
+        """One IMMEDIATE transaction: the write lock is taken up front, so the reads that
+        decide what to insert cannot be invalidated by another writer (no upgrade deadlock)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self._conn.execute("COMMIT")  # may fail too (disk full, busy): still roll back
+            except BaseException:
+                self._conn.rollback()
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Database]:
+        """A read transaction: several queries see one consistent snapshot."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self.db
+            finally:
+                self._conn.rollback()
+
+    def _create_schema(self) -> None:
+        with self._write() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer selfdistill")
+            strict = db.supports_strict
+            db["prompts"].create(
+                {
+                    "id": str,
+                    "messages": str,
+                    "domain": str,
+                    "metadata": str,
+                    "adapter": str,
+                    "first_seen_at": float,
+                },
+                pk="id",
+                not_null=["messages", "first_seen_at"],
+                if_not_exists=True,
+                strict=strict,
+            )
+            db["candidates"].create(
+                {
+                    "id": str,
+                    "prompt_id": str,
+                    "idx": int,
+                    "text": str,
+                    "answer": str,
+                    "completion_tokens": int,
+                    "finish_reason": str,
+                    "adapter": str,
+                    "accepted": int,
+                    "rejected_at": str,
+                    "stages": str,
+                    "judge_tokens": int,
+                    "created_at": float,
+                },
+                pk="id",
+                foreign_keys=[("prompt_id", "prompts", "id")],
+                not_null=["prompt_id", "idx", "text", "answer", "accepted", "stages"],
+                if_not_exists=True,
+                strict=strict,
+            )
+            db["votes"].create(
+                {
+                    "id": str,
+                    "candidate_id": str,
+                    "prompt_id": str,
+                    "stage": str,
+                    "kind": str,
+                    "ordinal": int,
+                    "verdict": int,
+                    "output": str,
+                    "prompt_tokens": int,
+                    "completion_tokens": int,
+                },
+                pk="id",
+                foreign_keys=[("candidate_id", "candidates", "id"), ("prompt_id", "prompts", "id")],
+                not_null=["candidate_id", "prompt_id", "stage", "kind", "ordinal", "output"],
+                if_not_exists=True,
+                strict=strict,
+            )
+            db["accepted"].create(
+                {
+                    "id": str,
+                    "prompt_id": str,
+                    "messages": str,
+                    "domain": str,
+                    "adapter": str,
+                    "votes": int,
+                    "judge_tokens": int,
+                    "accepted_at": float,
+                    "split": str,
+                },
+                pk="id",
+                foreign_keys=[("id", "candidates", "id"), ("prompt_id", "prompts", "id")],
+                not_null=["prompt_id", "messages", "votes", "judge_tokens", "accepted_at", "split"],
+                if_not_exists=True,
+                strict=strict,
+            )
+            db["snapshots"].create(
+                {"id": str, "created_at": float, "split": str, "sample_count": int, "note": str},
+                pk="id",
+                not_null=["created_at", "split", "sample_count", "note"],
+                if_not_exists=True,
+                strict=strict,
+            )
+            db["snapshot_samples"].create(
+                {"snapshot_id": str, "accepted_id": str},
+                pk=("snapshot_id", "accepted_id"),
+                foreign_keys=[
+                    ("snapshot_id", "snapshots", "id"),
+                    ("accepted_id", "accepted", "id"),
+                ],
+                if_not_exists=True,
+                strict=strict,
+            )
+            for table, cols in (
+                ("candidates", ["prompt_id"]),
+                ("votes", ["candidate_id"]),
+                ("votes", ["prompt_id"]),
+                ("accepted", ["prompt_id"]),
+                ("accepted", ["split"]),
+                ("snapshot_samples", ["accepted_id"]),
+            ):
+                db[table].create_index(cols, if_not_exists=True)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------------ writes
+    def record(
+        self, outcome: PromptOutcome, message: CandidatesMessage, *, policy: Policy = "first-valid"
+    ) -> RecordResult:
+        """Store one prompt's judged candidates, idempotently, in one transaction.
+
+        See the module docstring for the redelivery rules. ``policy`` is the cascade's
+        policy: under first-valid a prompt never gets a second accepted sample.
+        Raises sqlite errors (read-only, disk full, lock timeout) after rolling back.
+        """
+        if outcome.prompt_id != message.id:
+            raise ValueError(
+                f"outcome for {outcome.prompt_id!r} recorded with message {message.id!r}"
+            )
+        now = time.time()
+        pid = message.id
+        chat = [m.model_dump() for m in message.messages]
+        chosen: dict[str, CandidateOutcome] = {}
+        for c in sorted(outcome.candidates, key=lambda c: c.index):
+            cid = candidate_id(pid, c.text)
+            if cid not in chosen or _rank(c) > _rank(chosen[cid]):
+                chosen[cid] = c
+        by_text = {s.text: s for s in reversed(message.samples)}
+
+        with self._write() as db:
+            new_prompt = (
+                db.execute(
+                    "INSERT OR IGNORE INTO prompts (id, messages, domain, metadata, adapter, "
+                    "first_seen_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        pid,
+                        json.dumps(chat, ensure_ascii=False),
+                        message.domain,
+                        json.dumps(message.metadata, ensure_ascii=False, sort_keys=True),
+                        message.adapter,
+                        now,
+                    ),
+                ).rowcount
+                == 1
+            )
+            known = {
+                r[0] for r in db.execute("SELECT id FROM candidates WHERE prompt_id = ?", (pid,))
+            }
+            has_accepted = (
+                db.execute("SELECT 1 FROM accepted WHERE prompt_id = ? LIMIT 1", (pid,)).fetchone()
+                is not None
+            )
+            cand_rows: list[dict[str, Any]] = []
+            vote_rows: list[dict[str, Any]] = []
+            acc_rows: list[dict[str, Any]] = []
+            accepted: list[str] = []
+            superseded: list[str] = []
+            for cid, c in chosen.items():
+                if cid in known:
+                    continue
+                keep = c.accepted and not (policy == "first-valid" and has_accepted)
+                if c.accepted and not keep:
+                    superseded.append(cid)
+                sample = (
+                    message.samples[c.index]
+                    if 0 <= c.index < len(message.samples)
+                    and message.samples[c.index].text == c.text
+                    else by_text.get(c.text)
+                )
+                calls = c.calls
+                judge_tokens = sum(j.completion_tokens for j in calls)
+                cand_rows.append(
+                    {
+                        "id": cid,
+                        "prompt_id": pid,
+                        "idx": c.index,
+                        "text": c.text,
+                        "answer": c.answer,
+                        "completion_tokens": sample.completion_tokens if sample else None,
+                        "finish_reason": sample.finish_reason if sample else None,
+                        "adapter": message.adapter,
+                        "accepted": int(keep),
+                        "rejected_at": "superseded" if c.accepted and not keep else c.rejected_at,
+                        "stages": json.dumps(
+                            [{"stage": s.stage, "passed": s.passed} for s in c.stages]
+                        ),
+                        "judge_tokens": judge_tokens,
+                        "created_at": message.created_at,
+                    }
+                )
+                ordinals: dict[tuple[str, str], int] = {}
+                for j in calls:
+                    n = ordinals.get((j.stage, j.kind), 0)
+                    ordinals[(j.stage, j.kind)] = n + 1
+                    vote_rows.append(
+                        {
+                            "id": vote_id(cid, j.stage, j.kind, n),
+                            "candidate_id": cid,
+                            "prompt_id": pid,
+                            "stage": j.stage,
+                            "kind": j.kind,
+                            "ordinal": n,
+                            "verdict": None if j.verdict is None else int(j.verdict),
+                            "output": j.output,
+                            "prompt_tokens": j.prompt_tokens,
+                            "completion_tokens": j.completion_tokens,
+                        }
+                    )
+                if keep:
+                    has_accepted = True
+                    accepted.append(cid)
+                    acc_rows.append(
+                        {
+                            "id": cid,
+                            "prompt_id": pid,
+                            "messages": json.dumps(
+                                [*chat, {"role": "assistant", "content": c.answer}],
+                                ensure_ascii=False,
+                            ),
+                            "domain": message.domain,
+                            "adapter": message.adapter,
+                            "votes": sum(
+                                1 for j in calls if j.kind == "vote" and j.verdict is True
+                            ),
+                            "judge_tokens": judge_tokens,
+                            "accepted_at": now,
+                            "split": split_for(cid, self.heldout_fraction),
+                        }
+                    )
+            # OR IGNORE although these ids are new: a no-op guard, never an overwrite.
+            if cand_rows:
+                db["candidates"].insert_all(cand_rows, ignore=True)
+            if vote_rows:
+                db["votes"].insert_all(vote_rows, ignore=True)
+            if acc_rows:
+                db["accepted"].insert_all(acc_rows, ignore=True)
+        return RecordResult(
+            prompt_id=pid,
+            new_prompt=new_prompt,
+            new_candidates=len(cand_rows),
+            known_candidates=len(chosen) - len(cand_rows),
+            new_votes=len(vote_rows),
+            accepted=tuple(accepted),
+            superseded=tuple(superseded),
+        )
+
+    def create_snapshot(self, snapshot_id: str, split: str = "train", note: str = "") -> int:
+        """Freeze the current accepted ids of ``split`` under ``snapshot_id``; returns its size.
+
+        Idempotent: an existing snapshot is returned unchanged (a retried training run sees
+        the same data), and reusing its id for another split is an error.
+        """
+        _check_split(split)
+        with self._write() as db:
+            row = db.execute(
+                "SELECT split, sample_count FROM snapshots WHERE id = ?", (snapshot_id,)
+            ).fetchone()
+            if row is not None:
+                if row[0] != split:
+                    raise ValueError(f"snapshot {snapshot_id!r} exists for split {row[0]!r}")
+                return int(row[1])
+            db.execute(
+                "INSERT INTO snapshots (id, created_at, split, sample_count, note) "
+                "VALUES (?, ?, ?, 0, ?)",
+                (snapshot_id, time.time(), split, note),
+            )
+            count = db.execute(
+                "INSERT INTO snapshot_samples (snapshot_id, accepted_id) "
+                "SELECT ?, id FROM accepted WHERE split = ? ORDER BY rowid",
+                (snapshot_id, split),
+            ).rowcount
+            db.execute("UPDATE snapshots SET sample_count = ? WHERE id = ?", (count, snapshot_id))
+            return count
+
+    # ------------------------------------------------------------------------- reads
+    def counts(self) -> dict[str, int]:
+        with self._read() as db:
+            out = {
+                t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("prompts", "candidates", "votes", "accepted")
+            }
+            for split in SPLITS:
+                out[f"accepted_{split}"] = db.execute(
+                    "SELECT count(*) FROM accepted WHERE split = ?", (split,)
+                ).fetchone()[0]
+            return out
+
+    def accepted_samples(
+        self, split: str | None = "train", since_snapshot: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Accepted rows in insertion order (``messages`` decoded); ``split=None``: all.
+
+        ``since_snapshot`` leaves out the rows that snapshot holds: what arrived after it.
+        """
+        if split is not None:
+            _check_split(split)
+        where, params = ["1"], []
+        if split is not None:
+            where.append("a.split = ?")
+            params.append(split)
+        with self._read() as db:
+            if since_snapshot is not None:
+                self._snapshot_or_raise(db, since_snapshot)
+                where.append(
+                    "a.id NOT IN (SELECT accepted_id FROM snapshot_samples WHERE snapshot_id = ?)"
+                )
+                params.append(since_snapshot)
+            rows = db.query(
+                f"SELECT {_ACCEPTED_COLS} FROM accepted a "
+                f"WHERE {' AND '.join(where)} ORDER BY a.rowid",
+                params,
+            )
+            return [_accepted_row(r) for r in rows]
+
+    def new_accepted_since(self, snapshot_id: str | None = None) -> int:
+        """Accepted samples of the snapshot's split (train without one) not in the snapshot:
+        how much new training data arrived since the last run used that snapshot."""
+        with self._read() as db:
+            if snapshot_id is None:
+                return db.execute("SELECT count(*) FROM accepted WHERE split = 'train'").fetchone()[
+                    0
+                ]
+            snap = self._snapshot_or_raise(db, snapshot_id)
+            return db.execute(
+                "SELECT count(*) FROM accepted WHERE split = ? AND id NOT IN "
+                "(SELECT accepted_id FROM snapshot_samples WHERE snapshot_id = ?)",
+                (snap["split"], snapshot_id),
+            ).fetchone()[0]
+
+    def snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
+        with self._read() as db:
+            return self._snapshot(db, snapshot_id)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """All snapshots, oldest first."""
+        with self._read() as db:
+            return list(db.query("SELECT * FROM snapshots ORDER BY created_at, rowid"))
+
+    def snapshot_samples(self, snapshot_id: str) -> list[dict[str, Any]]:
+        """Exactly the accepted rows the snapshot froze, in the order they were accepted."""
+        with self._read() as db:
+            self._snapshot_or_raise(db, snapshot_id)
+            rows = db.query(
+                f"SELECT {_ACCEPTED_COLS} FROM snapshot_samples s "
+                "JOIN accepted a ON a.id = s.accepted_id WHERE s.snapshot_id = ? "
+                "ORDER BY a.rowid",
+                [snapshot_id],
+            )
+            return [_accepted_row(r) for r in rows]
+
+    def stage_funnel(self) -> dict[str, Any]:
+        """How candidates flow through the cascade, for the status screen.
+
+        ``stages[name]``: candidates that reached the stage (it has a stage outcome) and
+        passed it; ``static``: rejected before any judge; ``skipped``: never needed;
+        ``superseded``: passed, but their prompt kept an earlier sample (first-valid).
+        """
+        with self._read() as db:
+            per_stage = {
+                r["stage"]: {"reached": r["reached"], "passed": r["passed"]}
+                for r in db.query(
+                    "SELECT json_extract(j.value, '$.stage') AS stage, count(*) AS reached, "
+                    "sum(json_extract(j.value, '$.passed')) AS passed "
+                    "FROM candidates c, json_each(c.stages) j GROUP BY stage"
+                )
+            }
+            stages = {s: per_stage.pop(s, {"reached": 0, "passed": 0}) for s in STAGES}
+            stages.update(sorted(per_stage.items()))
+            rejected = dict(
+                db.execute(
+                    "SELECT rejected_at, count(*) FROM candidates WHERE rejected_at IS NOT NULL "
+                    "GROUP BY rejected_at"
+                ).fetchall()
+            )
+            one = db.execute(
+                "SELECT (SELECT count(*) FROM prompts), (SELECT count(*) FROM candidates), "
+                "(SELECT count(*) FROM accepted), "
+                "(SELECT count(DISTINCT prompt_id) FROM accepted)"
+            ).fetchone()
+            return {
+                "prompts": one[0],
+                "candidates": one[1],
+                "static": rejected.get("static", 0),
+                "stages": stages,
+                "skipped": rejected.get("skipped", 0),
+                "superseded": rejected.get("superseded", 0),
+                "accepted": one[2],
+                "prompts_with_accepted": one[3],
+            }
+
+    # ----------------------------------------------------------------------- helpers
+    @staticmethod
+    def _snapshot(db: Database, snapshot_id: str) -> dict[str, Any] | None:
+        rows = list(db.query("SELECT * FROM snapshots WHERE id = ?", [snapshot_id]))
+        return rows[0] if rows else None
+
+    def _snapshot_or_raise(self, db: Database, snapshot_id: str) -> dict[str, Any]:
+        """An unknown snapshot is an error, not "everything is new": a typo must not
+        silently retrain on the whole store."""
+        snap = self._snapshot(db, snapshot_id)
+        if snap is None:
+            raise KeyError(f"no snapshot {snapshot_id!r}")
+        return snap
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

@@ -1,0 +1,169 @@
+"""The verify worker: judges each prompt's candidates with the cascade and stores what passes.
+
+It consumes ``candidates``, runs the cascade over a whole batch of prompts at once (one
+engine batch per round), writes each prompt's outcome to the store in one SQLite
+transaction, and only then lets the worker loop commit the offset. A crash before the commit
+redelivers the batch; the store's keys make the second write a no-op, so nothing is lost and
+no sample is stored twice. A store that cannot be written (full disk, read-only file) fails
+the batch: the loop retries it with backoff and never commits past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from daemon.cascade import Cascade, CascadeConfig, CascadeInput, PromptOutcome, question_of
+from daemon.engines.base import Engine
+from daemon.metrics import (
+    CANDIDATES_JUDGED,
+    JUDGE_CALLS,
+    JUDGE_TOKENS,
+    SAMPLES_ACCEPTED,
+    STAGE_RESULTS,
+    VERIFY_SECONDS,
+)
+from streams.consumer import Record
+from streams.schemas import CandidatesMessage
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+    from daemon.hotswap import AdapterRouter
+    from daemon.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class VerifyConfig(CascadeConfig):
+    """The verify worker: the cascade's knobs plus who judges.
+
+    Candidates per prompt (the paper's n) are produced by serve: ``serve.extra_candidates``
+    + 1.
+    """
+
+    group_id: str = Field("selfdistill-verify", description="Consumer group of the verify workers.")
+    judge: Literal["base", "active"] = Field(
+        "base",
+        description="Which model judges: the frozen base (default: its verdicts do not drift "
+        "as adapters change) or the active adapter (follows adapter-events).",
+    )
+
+
+@dataclass
+class VerifyHandler:
+    """Judges a batch of candidate groups and records each prompt's outcome."""
+
+    engine: Engine
+    store: Store
+    config: VerifyConfig
+    router: AdapterRouter | None = None  # set when the active adapter judges
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.verified = 0
+        self.accepted = 0
+
+    def __call__(self, batch: list[Record[CandidatesMessage]]) -> None:
+        started = time.monotonic()
+        if self.router is not None:
+            with self.router.use() as adapter:
+                outcomes = self._judge(batch, adapter)
+        else:
+            outcomes = self._judge(batch, None)
+        accepted = 0
+        for outcome, rec in zip(outcomes, batch, strict=True):
+            # One transaction per prompt; raises (and so blocks the commit) if it cannot write.
+            result = self.store.record(outcome, rec.value, policy=self.config.policy)
+            accepted += len(result.accepted)
+            _observe(outcome)
+        VERIFY_SECONDS.observe(time.monotonic() - started)
+        SAMPLES_ACCEPTED.inc(accepted)
+        with self.lock:
+            self.verified += len(batch)
+            self.accepted += accepted
+
+    def _judge(
+        self, batch: list[Record[CandidatesMessage]], adapter: str | None
+    ) -> list[PromptOutcome]:
+        cascade = Cascade(self.engine, self.config, adapter=adapter)
+        inputs = [
+            CascadeInput(
+                r.value.id, question_of(r.value.messages), [s.text for s in r.value.samples]
+            )
+            for r in batch
+        ]
+        return cascade.run(inputs)
+
+
+def _observe(outcome: PromptOutcome) -> None:
+    for c in outcome.candidates:
+        if c.rejected_at in ("skipped", "superseded"):
+            continue
+        CANDIDATES_JUDGED.inc()
+        if c.rejected_at == "static":
+            STAGE_RESULTS.labels("static", "fail").inc()
+        for s in c.stages:
+            STAGE_RESULTS.labels(s.stage, "pass" if s.passed else "fail").inc()
+            for call in s.calls:
+                JUDGE_CALLS.labels(s.stage).inc()
+                JUDGE_TOKENS.labels(s.stage).inc(call.prompt_tokens + call.completion_tokens)
+
+
+class VerifyWorker:
+    """The verify process's parts: engine, store, optional adapter follower, worker loop."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        from daemon.engines import make_engine
+        from daemon.store import Store
+        from streams.consumer import ConsumerLoop
+
+        cfg = settings.verify
+        self.settings = settings
+        self.engine = engine or make_engine(settings.model, settings.engine)
+        self.store = Store(
+            settings.store.path_in(settings.data_dir),
+            heldout_fraction=settings.store.heldout_fraction,
+        )
+        self.router: AdapterRouter | None = None
+        if cfg.judge == "active":
+            from daemon.hotswap import AdapterRouter
+
+            self.router = AdapterRouter(self.engine, settings.adapters.path(settings.data_dir))
+        self.handler = VerifyHandler(self.engine, self.store, cfg, self.router)
+        self.loop = ConsumerLoop(
+            settings.kafka,
+            topic=settings.topics.candidates,
+            group_id=cfg.group_id,
+            schema=CandidatesMessage,
+            handler=self.handler,
+            dlq_topic=settings.topics.dlq(settings.topics.candidates),
+            name="verify",
+        )
+
+    def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:
+        from daemon.hotswap import AdapterEventFollower
+        from streams.topics import ensure_topics
+
+        if self.settings.topics.create:
+            ensure_topics(self.settings.kafka, self.settings.topics)
+        follower = None
+        if self.router is not None:
+            follower = AdapterEventFollower(
+                self.settings.kafka, self.settings.topics.adapter_events, self.router
+            )
+            follower.catch_up()
+            follower.start()
+        try:
+            self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
+        finally:
+            if follower is not None:
+                follower.stop()
+            self.store.close()
+
+    def stop(self) -> None:
+        self.loop.request_stop()

@@ -1,0 +1,159 @@
+"""The verify worker through the real broker and a real SQLite file, with a real (tiny) judge."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+from pathlib import Path
+
+from daemon.config import Settings
+from daemon.engines.transformers_engine import TransformersEngine
+from daemon.store import Store
+from daemon.verify import VerifyWorker
+from streams.connection import KafkaSettings
+from streams.producer import Producer
+from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
+from streams.topics import TopicsConfig
+from tests.conftest import cli, committed_total, start_cli, wait_for
+
+VOTES = 2
+CALLS_PER_ACCEPTED = 1 + 3 * VOTES  # the inferred question + v votes in each of 3 stages
+
+
+def _messages(n: int, samples: int = 3) -> list[CandidatesMessage]:
+    return [
+        CandidatesMessage(
+            id=f"v{i:03d}",
+            messages=[ChatMessage(role="user", content=f"What is {i} + 7?")],
+            samples=[Sample(text=f"{i + 7 + k}", completion_tokens=2) for k in range(samples)],
+            sampling=SamplingParams(n=samples, temperature=0.7),
+            adapter=None,
+            domain="arithmetic",
+        )
+        for i in range(n)
+    ]
+
+
+def _produce(kafka: KafkaSettings, topic: str, msgs: list[CandidatesMessage]) -> None:
+    p = Producer(kafka)
+    for m in msgs:
+        p.send(topic, m, key=m.id)
+    p.flush()
+    p.close()
+
+
+def _settings(kafka: KafkaSettings, topics: TopicsConfig, tmp: Path, model: Path) -> Settings:
+    return Settings(
+        data_dir=tmp,
+        kafka={**kafka.model_dump(), "batch_size": 3},
+        topics=topics.model_dump(),
+        model={"path": str(model)},
+        verify={
+            "votes": VOTES,
+            "judge_max_tokens": 8,
+            "infer_max_tokens": 8,
+            "seed": 0,
+            "group_id": f"verify-{topics.candidates}",
+        },
+    )
+
+
+def _counts(db: Path) -> dict[str, int]:
+    if not db.exists():
+        return {}
+    try:
+        with Store(db, read_only=True) as s:
+            return s.counts()
+    except sqlite3.OperationalError:  # not created yet
+        return {}
+
+
+def test_candidates_flow_in_and_votes_and_samples_land_once(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    yes_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    settings = _settings(kafka, topics, tmp_path, yes_model_dir)
+    msgs = _messages(6)
+    _produce(kafka, topics.candidates, msgs)
+    _produce(kafka, topics.candidates, msgs[:2])  # produced twice upstream: same ids
+    engine = TransformersEngine(yes_model_dir)
+    worker = VerifyWorker(settings, engine)
+    t = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
+    t.start()
+    wait_for(lambda: committed_total(kafka, settings.verify.group_id, topics.candidates) == 8, 120)
+    worker.stop()
+    t.join(30)
+
+    db = settings.store.path_in(tmp_path)
+    counts = _counts(db)
+    assert counts["prompts"] == 6 and counts["candidates"] == 18
+    assert counts["accepted"] == 6  # first-valid: the first candidate of each prompt, once
+    assert counts["votes"] == 6 * CALLS_PER_ACCEPTED  # later candidates were never judged
+    with Store(db, read_only=True) as store:
+        rows = store.accepted_samples(split=None)
+    assert sorted(r["prompt_id"] for r in rows) == [m.id for m in msgs]
+    for r in rows:
+        assert r["messages"][-1] == {
+            "role": "assistant",
+            "content": str(int(r["prompt_id"][1:]) + 7),
+        }
+
+    out = tmp_path / "export.jsonl"
+    res = cli(
+        "export", "--out", str(out), "--split", "all", env={"SELFDISTILL_DATA_DIR": str(tmp_path)}
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 6 and all(x["messages"][-1]["role"] == "assistant" for x in lines)
+    assert {x["prompt_id"] for x in lines} == {m.id for m in msgs}
+    assert all(x["votes"] == 3 * VOTES for x in lines)
+
+
+def test_sigkill_mid_run_then_restart_stores_everything_exactly_once(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    yes_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    msgs = _messages(12)
+    _produce(kafka, topics.candidates, msgs)
+    group = f"verify-kill-{topics.candidates}"
+    env = {
+        "SELFDISTILL_DATA_DIR": str(tmp_path),
+        "SELFDISTILL_MODEL__PATH": str(yes_model_dir),
+        "SELFDISTILL_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "SELFDISTILL_KAFKA__BATCH_SIZE": "2",
+        "SELFDISTILL_TOPICS__CANDIDATES": topics.candidates,
+        "SELFDISTILL_TOPICS__PROMPTS": topics.prompts,
+        "SELFDISTILL_TOPICS__RESPONSES": topics.responses,
+        "SELFDISTILL_TOPICS__ADAPTER_EVENTS": topics.adapter_events,
+        "SELFDISTILL_VERIFY__VOTES": str(VOTES),
+        "SELFDISTILL_VERIFY__JUDGE_MAX_TOKENS": "8",
+        "SELFDISTILL_VERIFY__INFER_MAX_TOKENS": "8",
+        "SELFDISTILL_VERIFY__GROUP_ID": group,
+    }
+    db = tmp_path / "store.db"
+    first = start_cli("verify", env=env)
+    try:
+        wait_for(lambda: 0 < _counts(db).get("accepted", 0) < 12, 120, every=0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    at_kill = _counts(db)["accepted"]
+
+    second = start_cli("verify", env=env)
+    try:
+        wait_for(lambda: committed_total(kafka, group, topics.candidates) == 12, 120)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, errs = second.communicate(timeout=60)
+    assert second.returncode == 0, errs[-2000:]
+    counts = _counts(db)
+    assert at_kill < 12
+    assert counts["prompts"] == 12 and counts["accepted"] == 12 and counts["candidates"] == 36
+    assert counts["votes"] == 12 * CALLS_PER_ACCEPTED  # no vote stored twice either
