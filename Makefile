@@ -36,7 +36,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
+	# Each prints the project's path against its raw baseline, measured in the same run.
 	$(BIN)/python -m bench.streams
+	$(BIN)/python -m bench.serve
+	$(BIN)/python -m bench.verify
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
