@@ -157,3 +157,45 @@ def test_sigkill_mid_run_then_restart_stores_everything_exactly_once(
     assert at_kill < 12
     assert counts["prompts"] == 12 and counts["accepted"] == 12 and counts["candidates"] == 36
     assert counts["votes"] == 12 * CALLS_PER_ACCEPTED  # no vote stored twice either
+
+
+def test_the_active_adapter_judges_when_configured(
+    kafka: KafkaSettings, topics: TopicsConfig, yes_model_dir: Path, tmp_path: Path,
+    tiny_model_dir: Path,
+) -> None:
+    from adapters.files import adapter_digest
+    from streams.schemas import AdapterEvent
+    from tests.models import build_adapter
+
+    registry = tmp_path / "adapters"
+    version = "yes-sd-v0001"
+    build_adapter(tiny_model_dir, registry / version, seed=5, scale=0.001)  # nearly a no-op
+    p = Producer(kafka)
+    p.send(topics.adapter_events, AdapterEvent(action="promote", version=version, path=version,
+                                               sha256=adapter_digest(registry / version)))
+    p.flush()
+    p.close()
+    _produce(kafka, topics.candidates, _messages(2))
+    settings = _settings(kafka, topics, tmp_path, yes_model_dir)
+    settings = settings.model_copy(update={
+        "verify": settings.verify.model_copy(update={"judge": "active"}),
+        "adapters": settings.adapters.model_copy(update={"registry_dir": registry}),
+    })
+    engine = TransformersEngine(yes_model_dir)
+    used: list[str | None] = []
+    real_generate = engine.generate
+
+    def spy(requests):  # records which adapter each judge call ran on
+        used.extend(r.adapter for r in requests)
+        return real_generate(requests)
+
+    engine.generate = spy  # type: ignore[method-assign]
+    worker = VerifyWorker(settings, engine)
+    t = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
+    t.start()
+    wait_for(lambda: committed_total(kafka, settings.verify.group_id, topics.candidates) == 2, 120)
+    worker.stop()
+    t.join(30)
+    assert worker.router is not None and worker.router.active == version
+    # Every generation ran on the promoted adapter: its canary, then every judge call.
+    assert len(used) > 1 and set(used) == {version}
