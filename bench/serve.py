@@ -89,8 +89,9 @@ def quiet() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR)
     # peft asks transformers 5 for a deprecated property when it wraps a model.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
-                            category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -152,8 +153,9 @@ class PathSample:
 
 
 # ------------------------------------------------------------------------ raw
-def run_raw(model: Any, tokenizer: Any, eos_ids: list[int], prompts: list[PromptMessage],
-            s: Sampling) -> PathSample:
+def run_raw(
+    model: Any, tokenizer: Any, eos_ids: list[int], prompts: list[PromptMessage], s: Sampling
+) -> PathSample:
     """Plain transformers: B prompts per ``generate`` call, n samples each, no Kafka."""
     import torch
 
@@ -165,8 +167,11 @@ def run_raw(model: Any, tokenizer: Any, eos_ids: list[int], prompts: list[Prompt
         for start in range(0, len(prompts), s.batch):
             chunk = prompts[start : start + s.batch]
             texts = [
-                tokenizer.apply_chat_template([{"role": "user", "content": p.prompt}],
-                                              tokenize=False, add_generation_prompt=True)
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p.prompt}],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
                 for p in chunk
             ]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -204,11 +209,13 @@ class OutputReader:
     def __init__(self, settings: KafkaSettings, topics: TopicsConfig) -> None:
         self.topics = topics
         kw = settings.client_kwargs("bench-reader")
-        kw.update(isolation_level="read_committed", enable_auto_commit=False,
-                  fetch_max_wait_ms=100)
+        kw.update(isolation_level="read_committed", enable_auto_commit=False, fetch_max_wait_ms=100)
         self.consumer = KafkaConsumer(**kw)
-        tps = [TopicPartition(t, p) for t in (topics.responses, topics.candidates)
-               for p in range(topics.partitions)]
+        tps = [
+            TopicPartition(t, p)
+            for t in (topics.responses, topics.candidates)
+            for p in range(topics.partitions)
+        ]
         self.consumer.assign(tps)
         for tp in tps:  # fresh topics: offset 0 (no ListOffsets round trip)
             self.consumer.seek(tp, 0)
@@ -246,6 +253,7 @@ class OutputReader:
 
     def wait_for(self, ids: list[str], timeout: float) -> float:
         """When the last of ``ids`` had its response and candidates visible."""
+
         def done() -> bool:
             return self.error is not None or all(
                 i in self.responses and i in self.candidates for i in ids
@@ -265,7 +273,9 @@ class OutputReader:
 
     def first_on(self, adapter: str, since: float) -> tuple[float, ResponseMessage] | None:
         with self.cond:
-            hits = [(t, m) for t, m in self.responses.values() if m.adapter == adapter and t >= since]
+            hits = [
+                (t, m) for t, m in self.responses.values() if m.adapter == adapter and t >= since
+            ]
         return min(hits, key=lambda h: h[0]) if hits else None
 
     def stop(self) -> None:
@@ -274,8 +284,13 @@ class OutputReader:
 
 
 # ---------------------------------------------------------------------- serve
-def run_serve(producer: Producer, reader: OutputReader, topics: TopicsConfig,
-              prompts: list[PromptMessage], timeout: float) -> PathSample:
+def run_serve(
+    producer: Producer,
+    reader: OutputReader,
+    topics: TopicsConfig,
+    prompts: list[PromptMessage],
+    timeout: float,
+) -> PathSample:
     """Produce the prompts to a ready worker; time until every response is visible."""
     ids = [p.id for p in prompts]
     tokens0 = metric("selfdistill_generated_tokens_total")
@@ -295,13 +310,18 @@ def run_serve(producer: Producer, reader: OutputReader, topics: TopicsConfig,
     counter = metric("selfdistill_generated_tokens_total") - tokens0
     gen = metric("selfdistill_serve_latency_seconds_sum") - gen0
     handler = metric("selfdistill_batch_seconds_sum", {"topic": topics.prompts}) - handler0
-    return PathSample(seconds, sum(per_prompt.values()), per_prompt, extra={
-        "produce_s": round(produced, 3),
-        "engine_generate_s": round(gen, 3),
-        "handler_s": round(handler, 3),
-        "batches": int(metric("selfdistill_serve_latency_seconds_count") - batches0),
-        "counter_tokens": int(counter),
-    })
+    return PathSample(
+        seconds,
+        sum(per_prompt.values()),
+        per_prompt,
+        extra={
+            "produce_s": round(produced, 3),
+            "engine_generate_s": round(gen, 3),
+            "handler_s": round(handler, 3),
+            "batches": int(metric("selfdistill_serve_latency_seconds_count") - batches0),
+            "counter_tokens": int(counter),
+        },
+    )
 
 
 # ---------------------------------------------------------------------- swap
@@ -323,8 +343,12 @@ class Timeline:
             finally:
                 if threading.current_thread().name != "adapter-events":
                     self.batch_started = None
-                self._span("canary" if threading.current_thread().name == "adapter-events"
-                           else f"batch on {requests[0].adapter or 'base'}", called)
+                self._span(
+                    "canary"
+                    if threading.current_thread().name == "adapter-events"
+                    else f"batch on {requests[0].adapter or 'base'}",
+                    called,
+                )
 
         def _generate(reqs: Any) -> Any:  # runs under the engine lock
             now = time.perf_counter()
@@ -347,8 +371,7 @@ class Timeline:
         if started is not None:
             started = self._acquired.pop(threading.get_ident(), called)
         with self._lock:
-            self.spans.append({"what": what, "called": called, "started": started,
-                               "ended": ended})
+            self.spans.append({"what": what, "called": called, "started": started, "ended": ended})
 
     def relative(self, t0: float, since: float) -> list[dict[str, Any]]:
         """Spans that ended after ``since``, in seconds after ``t0``."""
@@ -361,8 +384,15 @@ class Timeline:
         return sorted(spans, key=lambda x: x["called"])
 
 
-def measure_swap(worker: Any, producer: Producer, reader: OutputReader, topics: TopicsConfig,
-                 event: AdapterEvent, batch: int, timeout: float) -> dict[str, Any]:
+def measure_swap(
+    worker: Any,
+    producer: Producer,
+    reader: OutputReader,
+    topics: TopicsConfig,
+    event: AdapterEvent,
+    batch: int,
+    timeout: float,
+) -> dict[str, Any]:
     """Promote ``event.version`` while prompts keep arriving; time switch and first answer."""
     timeline = Timeline(worker.engine)
     stop = threading.Event()
@@ -462,8 +492,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from daemon.serve import ServeWorker
     from tests.models import build_adapter
 
-    s = Sampling(args.batch_size, args.candidates, args.max_tokens, args.temperature,
-                 args.top_p, args.seed)
+    s = Sampling(
+        args.batch_size, args.candidates, args.max_tokens, args.temperature, args.top_p, args.seed
+    )
     model_dir = resolve_model_dir("embedded")
     results: dict[str, Any] = {"model": model_dir.name, "model_dir": str(model_dir)}
     samples: dict[str, list[PathSample]] = {"raw": [], "selfdistill": []}
@@ -473,15 +504,20 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         version = f"{model_dir.name}-sd-v0001"
         t = time.perf_counter()
         build_adapter(model_dir, registry / version, seed=1, r=8, scale=0.02)
-        event = AdapterEvent(action="promote", version=version, path=version,
-                             sha256=adapter_digest(registry / version), reason="bench")
+        event = AdapterEvent(
+            action="promote",
+            version=version,
+            path=version,
+            sha256=adapter_digest(registry / version),
+            reason="bench",
+        )
         log(f"adapter {version} built in {time.perf_counter() - t:.1f} s")
-        engine = TransformersEngine(model_dir, device="cpu",
-                                    max_batch_sequences=max(32, s.batch * s.n))
+        engine = TransformersEngine(
+            model_dir, device="cpu", max_batch_sequences=max(32, s.batch * s.n)
+        )
         results["dtype"] = str(engine.base.dtype).removeprefix("torch.")
         with EmbeddedBroker(BrokerConfig(port=free_port())) as broker:
-            kafka_settings = KafkaSettings(bootstrap_servers=broker.bootstrap,
-                                           batch_size=s.batch)
+            kafka_settings = KafkaSettings(bootstrap_servers=broker.bootstrap, batch_size=s.batch)
             topics = TopicsConfig(partitions=args.partitions)
             ensure_topics(kafka_settings, topics)
             settings = Settings(
@@ -489,9 +525,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 kafka=kafka_settings.model_dump(),
                 topics=topics.model_dump(),
                 adapters={"registry_dir": str(registry)},
-                serve={"extra_candidates": s.n - 1, "temperature": s.temperature,
-                       "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed,
-                       "group_id": "bench-serve", "transactional_id": "bench-serve"},
+                serve={
+                    "extra_candidates": s.n - 1,
+                    "temperature": s.temperature,
+                    "top_p": s.top_p,
+                    "max_tokens": s.max_tokens,
+                    "seed": s.seed,
+                    "group_id": "bench-serve",
+                    "transactional_id": "bench-serve",
+                },
             )
             worker = ServeWorker(settings, engine)
             errors: list[BaseException] = []
@@ -511,7 +553,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 if not worker.loop.ready.wait(120) or errors:
                     raise RuntimeError("the serve worker did not join its group") from (
-                        errors[0] if errors else None)
+                        errors[0] if errors else None
+                    )
                 log(f"serve worker ready in {time.perf_counter() - t:.1f} s")
                 reader = OutputReader(kafka_settings, topics)
                 producer = Producer(kafka_settings, name="bench-prompts")
@@ -526,8 +569,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
                 paths = {"raw": raw, "selfdistill": layer}
                 # One batch each first: lazy initialisation, the handler thread's OpenMP team.
-                run_raw(engine.base, engine.tokenizer, engine.eos_ids,
-                        make_prompts(s.batch, "warmraw"), replace(s, max_tokens=8))
+                run_raw(
+                    engine.base,
+                    engine.tokenizer,
+                    engine.eos_ids,
+                    make_prompts(s.batch, "warmraw"),
+                    replace(s, max_tokens=8),
+                )
                 layer(make_prompts(s.batch, "warmselfdistill"))
                 log("warmed up")
                 for rep in range(args.repeats):
@@ -535,13 +583,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     for name in order:
                         sample = paths[name](make_prompts(args.prompts, f"r{rep}{name}"))
                         samples[name].append(sample)
-                        log(f"  rep {rep + 1}/{args.repeats} {name:11s} "
+                        log(
+                            f"  rep {rep + 1}/{args.repeats} {name:11s} "
                             f"{sample.tokens_per_s:7.1f} tokens/s ({sample.tokens} tokens in "
-                            f"{sample.seconds:.2f} s) {sample.extra or ''}")
+                            f"{sample.seconds:.2f} s) {sample.extra or ''}"
+                        )
                 if not args.no_swap:
                     log("swap: streaming prompts, then promoting the adapter")
-                    results["swap"] = measure_swap(worker, producer, reader, topics, event,
-                                                   s.batch, timeout)
+                    results["swap"] = measure_swap(
+                        worker, producer, reader, topics, event, s.batch, timeout
+                    )
                     log(f"  swap {results['swap']}")
                 results["handler_failures"] = worker.loop.stats.handler_failures
                 results["dead_lettered"] = worker.loop.stats.dead_lettered
@@ -570,16 +621,31 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     pratios = [a.seconds / b.seconds for a, b in zip(raw_s, layer_s, strict=True)]
     ratio = statistics.median(ratios)
     results["throughput"] = {
-        "tokens_per_s": {"raw": round(raw_tps, 1), "selfdistill": round(layer_tps, 1),
-                         "ratio": round(ratio, 3),
-                         "ratios": [round(r, 3) for r in ratios]},
-        "prompts_per_s": {"raw": round(raw_pps, 3), "selfdistill": round(layer_pps, 3),
-                          "ratio": round(statistics.median(pratios), 3)},
+        "tokens_per_s": {
+            "raw": round(raw_tps, 1),
+            "selfdistill": round(layer_tps, 1),
+            "ratio": round(ratio, 3),
+            "ratios": [round(r, 3) for r in ratios],
+        },
+        "prompts_per_s": {
+            "raw": round(raw_pps, 3),
+            "selfdistill": round(layer_pps, 3),
+            "ratio": round(statistics.median(pratios), 3),
+        },
         "meets_target": ratio >= TARGET_RATIO,
-        "same_tokens": all(a.per_prompt == b.per_prompt for a, b in zip(raw_s, layer_s, strict=True)),
+        "same_tokens": all(
+            a.per_prompt == b.per_prompt for a, b in zip(raw_s, layer_s, strict=True)
+        ),
         "samples": {
-            name: [{"seconds": round(x.seconds, 3), "tokens": x.tokens,
-                    "tokens_per_s": round(x.tokens_per_s, 1), **x.extra} for x in xs]
+            name: [
+                {
+                    "seconds": round(x.seconds, 3),
+                    "tokens": x.tokens,
+                    "tokens_per_s": round(x.tokens_per_s, 1),
+                    **x.extra,
+                }
+                for x in xs
+            ]
             for name, xs in samples.items()
         },
     }
@@ -623,15 +689,18 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     ]
     mark = "" if tp["meets_target"] else " ✗"
     t, p = tp["tokens_per_s"], tp["prompts_per_s"]
-    lines.append(f"| generated tokens/s | {t['raw']:.1f} | {t['selfdistill']:.1f} "
-                 f"| {t['ratio']:.2f}{mark} |")
+    lines.append(
+        f"| generated tokens/s | {t['raw']:.1f} | {t['selfdistill']:.1f} | {t['ratio']:.2f}{mark} |"
+    )
     lines.append(f"| prompts/s | {p['raw']:.2f} | {p['selfdistill']:.2f} | {p['ratio']:.2f} |")
     lines += [
         "",
         "tokens/s are medians over repeats; the ratio is the median of the per-repeat ratios "
         f"({', '.join(f'{r:.2f}' for r in t['ratios'])})",
         "per repeat, raw / selfdistill seconds: "
-        + ", ".join(f"{a['seconds']:.1f} / {b['seconds']:.1f}" for a, b in zip(raw, layer, strict=True))
+        + ", ".join(
+            f"{a['seconds']:.1f} / {b['seconds']:.1f}" for a, b in zip(raw, layer, strict=True)
+        )
         + f"; tokens {raw[0]['tokens']} / {layer[0]['tokens']} "
         f"(counter {layer[0]['counter_tokens']})",
         f"selfdistill wall {wall:.2f} s = engine.generate {gen:.2f} s over {batches} batches "
@@ -658,26 +727,53 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=16, help="prompts per path per run")
-    ap.add_argument("--batch-size", type=int, default=4,
-                    help="prompts per generate call (raw) = kafka.batch_size (serve)")
-    ap.add_argument("--candidates", type=int, default=4,
-                    help="samples per prompt, n = answer + extra candidates")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="prompts per generate call (raw) = kafka.batch_size (serve)",
+    )
+    ap.add_argument(
+        "--candidates",
+        type=int,
+        default=4,
+        help="samples per prompt, n = answer + extra candidates",
+    )
     ap.add_argument("--max-tokens", type=int, default=48, help="max new tokens per sample")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0, help="sampling seed of both paths")
-    ap.add_argument("--partitions", type=int, default=1,
-                    help="partitions of the data topics (1 keeps serve batches = raw batches)")
+    ap.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="partitions of the data topics (1 keeps serve batches = raw batches)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs; median reported")
-    ap.add_argument("--timeout", type=float, default=600.0,
-                    help="longest wait for one run's responses, in seconds")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="longest wait for one run's responses, in seconds",
+    )
     ap.add_argument("--no-swap", action="store_true", help="skip the swap-latency measurement")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
-    if min(args.prompts, args.batch_size, args.candidates, args.max_tokens, args.repeats,
-           args.partitions) < 1:
-        ap.error("--prompts, --batch-size, --candidates, --max-tokens, --repeats and "
-                 "--partitions must be positive")
+    if (
+        min(
+            args.prompts,
+            args.batch_size,
+            args.candidates,
+            args.max_tokens,
+            args.repeats,
+            args.partitions,
+        )
+        < 1
+    ):
+        ap.error(
+            "--prompts, --batch-size, --candidates, --max-tokens, --repeats and "
+            "--partitions must be positive"
+        )
     if args.temperature <= 0:
         ap.error("--temperature must be positive (the bench samples)")
     for name in [n for n in os.environ if n.startswith("SELFDISTILL_")]:
@@ -689,14 +785,23 @@ def main(argv: list[str] | None = None) -> int:
     results = run_bench(args)
     print(render(results, args, info))
     if args.json:
-        args.json.write_text(json.dumps({
-            "bench": "serve",
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                         if k != "json"},
-            "target_ratio": TARGET_RATIO,
-            "machine": info,
-            "results": results,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "bench": "serve",
+                    "settings": {
+                        k: (str(v) if isinstance(v, Path) else v)
+                        for k, v in vars(args).items()
+                        if k != "json"
+                    },
+                    "target_ratio": TARGET_RATIO,
+                    "machine": info,
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

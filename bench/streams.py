@@ -241,18 +241,23 @@ def run_bench(n: int, batch_size: int, repeats: int) -> dict[str, Any]:
                 "selfdistill": partial(produce_layer, settings, layer_topic, msgs),
             }
             consume: dict[str, Callable[[], float]] = {
-                "raw": partial(consume_raw, bootstrap, raw_topic, f"bench-raw-g{rep}", n,
-                               batch_size),
-                "selfdistill": partial(consume_layer, settings, layer_topic,
-                                       f"bench-layer-g{rep}", n),
+                "raw": partial(
+                    consume_raw, bootstrap, raw_topic, f"bench-raw-g{rep}", n, batch_size
+                ),
+                "selfdistill": partial(
+                    consume_layer, settings, layer_topic, f"bench-layer-g{rep}", n
+                ),
             }
             order = ["raw", "selfdistill"] if rep % 2 == 0 else ["selfdistill", "raw"]
             for phase, fns in (("produce", produce), ("consume", consume)):
                 for path in order:
                     secs = fns[path]()
                     samples[phase][path].append(n / secs)
-                    print(f"  rep {rep + 1}/{repeats} {phase:7s} {path:11s} "
-                          f"{n / secs:>10,.0f} msgs/s ({secs:.2f} s)", file=sys.stderr)
+                    print(
+                        f"  rep {rep + 1}/{repeats} {phase:7s} {path:11s} "
+                        f"{n / secs:>10,.0f} msgs/s ({secs:.2f} s)",
+                        file=sys.stderr,
+                    )
     results: dict[str, Any] = {}
     for phase, by_path in samples.items():
         raw, layer = statistics.median(by_path["raw"]), statistics.median(by_path["selfdistill"])
@@ -293,8 +298,12 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=20000, help="messages per path per run")
-    ap.add_argument("--batch-size", type=int, default=500,
-                    help="max_poll_records for both paths (KafkaSettings.batch_size)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help="max_poll_records for both paths (KafkaSettings.batch_size)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs; median reported")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -308,17 +317,23 @@ def main(argv: list[str] | None = None) -> int:
     results = run_bench(args.messages, args.batch_size, args.repeats)
     print(render(results, args, info))
     if args.json:
-        args.json.write_text(json.dumps({
-            "bench": "streams",
-            "messages": args.messages,
-            "batch_size": args.batch_size,
-            "partitions": PARTITIONS,
-            "repeats": args.repeats,
-            "target_ratio": TARGET_RATIO,
-            "producer_settings": PRODUCER_SETTINGS,
-            "machine": info,
-            "results": results,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "bench": "streams",
+                    "messages": args.messages,
+                    "batch_size": args.batch_size,
+                    "partitions": PARTITIONS,
+                    "repeats": args.repeats,
+                    "target_ratio": TARGET_RATIO,
+                    "producer_settings": PRODUCER_SETTINGS,
+                    "machine": info,
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

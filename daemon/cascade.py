@@ -198,11 +198,14 @@ class Cascade:
         self.adapter = adapter  # None: the frozen base model judges
         self.templates = load_templates(config.prompts_dir)
         self._rng = random.Random(config.seed)
+        self._round_seed: int | None = None
         self.rounds = 0
 
     # -------------------------------------------------------------- requests
     def _sampling(self, n: int, max_tokens: int) -> dict[str, object]:
-        seed = None if self.config.seed is None else self._rng.randrange(2**31)
+        # One seed per round, not per request: requests that share their sampling parameters
+        # (seed included) go out as one batched generate call.
+        seed = self._round_seed
         return {
             "n": n,
             "temperature": self.config.temperature,
@@ -274,13 +277,17 @@ class Cascade:
             texts = [
                 f"{_FAST_PREFIX}{'Y' if v else 'N' if v is not None else '?'}]]" for v in verdicts
             ]
-            tokens = [1] * n
+            # One request produced all of them: book its tokens once, on the first vote.
+            tokens = [result.completions[0].tokens] + [0] * (n - 1)
         else:
             verdicts = [parse_verdict(c.text) for c in result.completions]
             texts = [c.text for c in result.completions]
             tokens = [c.tokens for c in result.completions]
-        for verdict, text, tok in zip(verdicts, texts, tokens, strict=True):
-            outcome.calls.append(JudgeCall(stage, "vote", verdict, text, result.prompt_tokens, tok))
+        prompt_tokens = [result.prompt_tokens] * len(verdicts)
+        if self.config.fast_judge:
+            prompt_tokens = [result.prompt_tokens] + [0] * (len(verdicts) - 1)
+        for verdict, text, tok, ptok in zip(verdicts, texts, tokens, prompt_tokens, strict=True):
+            outcome.calls.append(JudgeCall(stage, "vote", verdict, text, ptok, tok))
             if verdict is not True:  # unanimity: the first no (or unparseable) ends it
                 self._reject(item, stage)
                 return
@@ -305,6 +312,11 @@ class Cascade:
 
     # -------------------------------------------------------------------- run
     def run(self, inputs: list[CascadeInput]) -> list[PromptOutcome]:
+        if self.config.seed is not None:
+            # Reproducible for the same prompts, but not the same seeds for every batch (which
+            # would correlate the judge's samples across batches).
+            salt = "\0".join(p.prompt_id for p in inputs)
+            self._rng = random.Random(f"{self.config.seed}\0{salt}")
         outcomes = [PromptOutcome(p.prompt_id, p.question, []) for p in inputs]
         items: list[list[_Item]] = []
         for pi, p in enumerate(inputs):
@@ -322,6 +334,8 @@ class Cascade:
             active = [it for row in items for it in self._needed(row)]
             if not active:
                 break
+            if self.config.seed is not None:
+                self._round_seed = self._rng.randrange(2**31)
             results = self.engine.generate([self._request(it) for it in active])
             self.rounds += 1
             for it, res in zip(active, results, strict=True):

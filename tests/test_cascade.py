@@ -209,3 +209,29 @@ def test_cascade_runs_on_a_real_tiny_model(tiny_engine) -> None:
     assert out.accepted == []
     assert all(c.rejected_at in ("cycle", "skipped") for c in out.candidates)
     assert out.judge_calls >= 2 and out.judge_tokens > 0
+
+
+def test_a_seeded_round_shares_one_seed_so_the_engine_can_batch_it() -> None:
+    judge = ScriptedJudge(_yes)
+    cascade = Cascade(judge, CascadeConfig(votes=2, policy="all-valid", seed=7))
+    cascade.run([CascadeInput(f"p{i}", Q, ["19", "19."]) for i in range(3)])
+    start = 0
+    keys_per_round = []
+    for size in judge.batches:
+        keys_per_round.append({r.sampling_key() for r in judge.calls[start : start + size]})
+        start += size
+    assert all(len(keys) == 1 for keys in keys_per_round)  # one generate call per round
+    seeds = [next(iter(k))[5] for k in keys_per_round]
+    assert len(set(seeds)) == len(seeds)  # but a new seed every round
+    # Another batch of prompts gets other seeds (no correlation across batches) ...
+    other = ScriptedJudge(_yes)
+    Cascade(other, CascadeConfig(votes=2, policy="all-valid", seed=7)).run(
+        [CascadeInput("other", Q, ["19"])]
+    )
+    assert other.calls[0].seed != judge.calls[0].seed
+    # ... and the same prompts the same ones (reproducible).
+    again = ScriptedJudge(_yes)
+    Cascade(again, CascadeConfig(votes=2, policy="all-valid", seed=7)).run(
+        [CascadeInput(f"p{i}", Q, ["19", "19."]) for i in range(3)]
+    )
+    assert [r.seed for r in again.calls] == [r.seed for r in judge.calls]

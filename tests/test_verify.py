@@ -160,7 +160,10 @@ def test_sigkill_mid_run_then_restart_stores_everything_exactly_once(
 
 
 def test_the_active_adapter_judges_when_configured(
-    kafka: KafkaSettings, topics: TopicsConfig, yes_model_dir: Path, tmp_path: Path,
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    yes_model_dir: Path,
+    tmp_path: Path,
     tiny_model_dir: Path,
 ) -> None:
     from adapters.files import adapter_digest
@@ -171,16 +174,25 @@ def test_the_active_adapter_judges_when_configured(
     version = "yes-sd-v0001"
     build_adapter(tiny_model_dir, registry / version, seed=5, scale=0.001)  # nearly a no-op
     p = Producer(kafka)
-    p.send(topics.adapter_events, AdapterEvent(action="promote", version=version, path=version,
-                                               sha256=adapter_digest(registry / version)))
+    p.send(
+        topics.adapter_events,
+        AdapterEvent(
+            action="promote",
+            version=version,
+            path=version,
+            sha256=adapter_digest(registry / version),
+        ),
+    )
     p.flush()
     p.close()
     _produce(kafka, topics.candidates, _messages(2))
     settings = _settings(kafka, topics, tmp_path, yes_model_dir)
-    settings = settings.model_copy(update={
-        "verify": settings.verify.model_copy(update={"judge": "active"}),
-        "adapters": settings.adapters.model_copy(update={"registry_dir": registry}),
-    })
+    settings = settings.model_copy(
+        update={
+            "verify": settings.verify.model_copy(update={"judge": "active"}),
+            "adapters": settings.adapters.model_copy(update={"registry_dir": registry}),
+        }
+    )
     engine = TransformersEngine(yes_model_dir)
     used: list[str | None] = []
     real_generate = engine.generate

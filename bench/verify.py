@@ -1,0 +1,1024 @@
+"""Judge cost of the verify cascade (early exit vs naive) and the verify worker's throughput.
+
+One run, one model (the embedded SmolLM2-135M-Instruct, on the CPU), the same candidates
+(arithmetic questions with plausible answers, some right, some wrong, in varying order):
+
+1. **Cost at identical decisions.** The NAIVE full cascade is run first: every candidate of
+   every prompt gets the inferred question and ``v`` votes in each of the 3 stages, no early
+   exit, every vote recorded (a candidate is valid iff its inferred question is non-empty and
+   all its votes are yes; first-valid keeps the first valid one). From those very votes the
+   bench derives what the project's early exit (policy first-valid, ``votes_per_round`` 1)
+   needs to reach the same decisions: a candidate's votes are read in order and stop at the
+   first no (or unparseable); a prompt's candidates stop at the first accepted one. Judge
+   calls and judge tokens (generated) per candidate are compared — the same decisions by
+   construction, so this is the apples-to-apples comparison. The naive run samples its ``v``
+   votes of a stage as one ``n=v`` request and lets each round batch (one
+   ``torch.manual_seed`` per run instead of one seed per request); that changes its wall time,
+   not its calls or tokens.
+   Then the real project ``Cascade`` (same config and seed, its own sampling) judges the same
+   candidates; its calls/tokens are reported, and whether its decisions matched the naive
+   ones (they need not: its votes are different samples).
+2. **Worker throughput.** The project cascade run above is recorded round by round (the
+   engine instance's ``generate`` is wrapped to observe). **raw** replays exactly those
+   ``ChatRequest`` lists through ``TransformersEngine.generate``, round by round, no Kafka.
+   **selfdistill** is a ``VerifyWorker`` over the same engine, consuming the same
+   ``CandidatesMessage`` s (pre-produced to a 1-partition topic of an embedded broker, so one
+   poll holds the whole batch, in order) and storing into a temporary SQLite file; timed from
+   the group being ready (``loop.ready``) to the commit of the batch holding the last
+   message. Judge tokens: what the engine generated (the same count on both paths), checked
+   against the sum of ``votes.completion_tokens`` in the store (equal for reasoning votes; the
+   store books a fast-judge vote as one token each) and the ``selfdistill_judge_tokens_total``
+   counter (prompt + completion tokens, as booked in the store). With a fixed seed the worker issues the very same requests, so both paths
+   generate the same tokens; the report says whether they did. With ``--repeats`` the order
+   of the two paths alternates and the median of the per-repeat ratios is reported. The
+   worker's own split (wall time vs time inside ``engine.generate``) is reported too: it
+   measures the layer's overhead free of the model's speed drifting between runs on a CPU
+   shared with other work. ``--batched-replay`` (on by default) also replays the rounds with
+   the per-request seeds dropped, so each round is one batched ``generate`` call: what
+   ``verify.seed`` costs, since a seed is part of the engine's sampling key.
+
+Both paths use ``--threads`` torch threads (1 by default: on the shared 2-core box two
+OpenMP threads were no faster for this model, and stalled badly whenever another process
+took a core).
+
+    PYTHONPATH=. .venv/bin/python -m bench.verify --json bench-verify.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import kafka
+from prometheus_client import REGISTRY
+
+from daemon.cascade import (
+    _FAST_PREFIX,
+    STAGES,
+    Cascade,
+    CascadeConfig,
+    CascadeInput,
+    JudgeCall,
+    PromptOutcome,
+    naive_calls,
+)
+from daemon.engines.base import ChatRequest, ChatResult
+from daemon.verdicts import parse_verdict
+from daemon.verify import question_of
+from streams.broker import BrokerConfig, EmbeddedBroker, free_port
+from streams.connection import KafkaSettings
+from streams.producer import Producer
+from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
+from streams.topics import TopicsConfig, ensure_topics
+
+TARGET_RATIO = 0.9
+
+# (a, op, b): questions whose right answer the candidates state, or miss.
+PROBLEMS = [
+    (17, "+", 25),
+    (9, "*", 7),
+    (84, "-", 39),
+    (144, "/", 12),
+    (36, "+", 48),
+    (13, "*", 6),
+    (100, "-", 57),
+    (96, "/", 8),
+    (58, "+", 67),
+    (12, "*", 15),
+    (73, "-", 28),
+    (81, "/", 9),
+]
+WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+
+
+# ---------------------------------------------------------------------- setup
+def quiet() -> None:
+    """Warnings only; no progress bars or transformers chatter."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "kafka_python": kafka.__version__,
+    }
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _solve(a: int, op: str, b: int) -> int:
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+
+
+def candidate_texts(a: int, op: str, b: int, n: int, shift: int) -> list[str]:
+    """n distinct plausible answers, right and wrong ones interleaved, rotated by ``shift``."""
+    right = _solve(a, op, b)
+    wrong = right + (1 if right % 2 else -1)  # a near miss
+    far = right + 10
+    sym = {"*": "×", "/": "÷"}.get(op, op)
+    pool = [
+        f"{a} {sym} {b} = {wrong}.",
+        f"{a} {sym} {b} = {right}.",
+        f"We compute {a} {WORDS[op]} {b}. {a} {sym} {b} = {right}. The answer is {right}.",
+        f"Working it out step by step, {a} {WORDS[op]} {b} gives {far}. The answer is {far}.",
+        f"The answer is {right}.",
+        f"I think it is {wrong}, since {a} {sym} {b} is about {wrong}.",
+    ]
+    rotated = pool[shift % len(pool) :] + pool[: shift % len(pool)]
+    out = [rotated[k % len(rotated)] for k in range(n)]
+    return [t if k < len(pool) else f"{t} (#{k})" for k, t in enumerate(out)]
+
+
+def make_messages(
+    n_prompts: int, n_cands: int, tokenizer: Any, tag: str, s: Knobs
+) -> list[CandidatesMessage]:
+    msgs = []
+    for i in range(n_prompts):
+        a, op, b = PROBLEMS[i % len(PROBLEMS)]
+        if i >= len(PROBLEMS):
+            a += i // len(PROBLEMS)
+        texts = candidate_texts(a, op, b, n_cands, shift=i)
+        msgs.append(
+            CandidatesMessage(
+                id=f"{tag}-{i:04d}",
+                messages=[ChatMessage(role="user", content=f"What is {a} {WORDS[op]} {b}?")],
+                samples=[
+                    Sample(text=t, completion_tokens=len(tokenizer.encode(t)), finish_reason="stop")
+                    for t in texts
+                ],
+                sampling=SamplingParams(n=n_cands, temperature=s.temperature, top_p=s.top_p),
+                domain="arithmetic",
+            )
+        )
+    return msgs
+
+
+def inputs_of(msgs: Sequence[CandidatesMessage]) -> list[CascadeInput]:
+    """What the verify handler builds from a batch (``VerifyHandler._judge``)."""
+    return [CascadeInput(m.id, question_of(m.messages), [x.text for x in m.samples]) for m in msgs]
+
+
+@dataclass
+class Knobs:
+    prompts: int
+    candidates: int
+    votes: int
+    max_tokens: int
+    infer_max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    fast_judge: bool
+
+    def cascade(self) -> CascadeConfig:
+        return CascadeConfig(
+            votes=self.votes,
+            policy="first-valid",
+            votes_per_round=1,
+            parallel_candidates=1,
+            fast_judge=self.fast_judge,
+            judge_max_tokens=self.max_tokens,
+            infer_max_tokens=self.infer_max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+        )
+
+
+# ------------------------------------------------------------ 1. the naive cascade
+class NaiveCascade(Cascade):
+    """The full cascade without early exit: every candidate gets the inferred question and
+    ``v`` votes in every stage, whatever the earlier votes said; every vote is recorded."""
+
+    def __init__(self, engine: Any, config: CascadeConfig) -> None:
+        super().__init__(
+            engine,
+            config.model_copy(update={"policy": "all-valid", "votes_per_round": config.votes}),
+        )
+
+    def _sampling(self, n: int, max_tokens: int) -> dict[str, object]:
+        # One torch.manual_seed per run instead of one seed per request: requests of a
+        # round share a sampling key and so one batched generate call.
+        return {**super()._sampling(n, max_tokens), "seed": None}
+
+    def _apply(self, item: Any, result: ChatResult) -> None:
+        cfg = self.config
+        stage = cfg.stages[item.stage]
+        outcome = self._stage(item, stage)
+        if stage == "cycle" and item.inferred is None:
+            c = result.completions[0]
+            item.inferred = c.text.strip()  # may be empty: still compared, never valid
+            outcome.calls.append(
+                JudgeCall(stage, "infer", None, c.text, result.prompt_tokens, c.tokens)
+            )
+            return
+        if cfg.fast_judge:
+            verdicts = self._fast_votes(result.completions[0].top_logprobs, cfg.votes)
+            texts = [
+                f"{_FAST_PREFIX}{'Y' if v else 'N' if v is not None else '?'}]]" for v in verdicts
+            ]
+            tokens = [1] * cfg.votes
+        else:
+            verdicts = [parse_verdict(c.text) for c in result.completions]
+            texts = [c.text for c in result.completions]
+            tokens = [c.tokens for c in result.completions]
+        for verdict, text, tok in zip(verdicts, texts, tokens, strict=True):
+            outcome.calls.append(JudgeCall(stage, "vote", verdict, text, result.prompt_tokens, tok))
+        outcome.passed = all(v is True for v in verdicts) and (
+            stage != "cycle" or bool(item.inferred)
+        )
+        item.stage += 1
+        if item.stage == len(cfg.stages):
+            item.done = True
+            item.out.accepted = all(s.passed for s in item.out.stages)
+            if not item.out.accepted:
+                item.out.rejected_at = next(s.stage for s in item.out.stages if not s.passed)
+
+
+@dataclass
+class CandidateCost:
+    """One candidate's judge cost and fate, under one way of judging."""
+
+    calls: int = 0
+    tokens: int = 0  # generated (completion) tokens of the judge
+    prompt_tokens: int = 0
+    accepted: bool = False
+    rejected_at: str | None = None
+    stages: list[tuple[str, bool]] = field(default_factory=list)  # (stage, passed), reached
+
+
+def costs_of(outcome: PromptOutcome) -> list[CandidateCost]:
+    """What an outcome actually spent (the naive run, or the project cascade's)."""
+    out = []
+    for c in outcome.candidates:
+        calls = c.calls
+        out.append(
+            CandidateCost(
+                len(calls),
+                sum(j.completion_tokens for j in calls),
+                sum(j.prompt_tokens for j in calls),
+                c.accepted,
+                c.rejected_at,
+                [(s.stage, s.passed) for s in c.stages],
+            )
+        )
+    return out
+
+
+def early_exit_from(naive: PromptOutcome, policy: str = "first-valid") -> list[CandidateCost]:
+    """What early exit spends to reach the naive run's decisions from the naive run's votes.
+
+    Votes are read in the order they were drawn and stop at the first no (or unparseable);
+    an empty inferred question ends the cycle stage after the infer call; under first-valid
+    the prompt's later candidates are never judged once one is accepted.
+    """
+    out: list[CandidateCost] = []
+    settled = False
+    for c in naive.candidates:
+        if settled:
+            out.append(CandidateCost(rejected_at="skipped"))
+            continue
+        if c.rejected_at == "static":
+            out.append(CandidateCost(rejected_at="static"))
+            continue
+        cost = CandidateCost()
+        for s in c.stages:
+            passed = True
+            for j in s.calls:
+                cost.calls += 1
+                cost.tokens += j.completion_tokens
+                cost.prompt_tokens += j.prompt_tokens
+                ok = bool(j.output.strip()) if j.kind == "infer" else j.verdict is True
+                if not ok:
+                    passed = False
+                    break
+            cost.stages.append((s.stage, passed))
+            if not passed:
+                cost.rejected_at = s.stage
+                break
+        cost.accepted = cost.rejected_at is None
+        if cost.accepted and policy == "first-valid":
+            settled = True
+        out.append(cost)
+    return out
+
+
+def kept(costs: Sequence[CandidateCost]) -> int | None:
+    """first-valid: the index of the sample a prompt keeps (None: no sample)."""
+    return next((i for i, c in enumerate(costs) if c.accepted), None)
+
+
+def summarise(rows: list[list[CandidateCost]], stages: Sequence[str]) -> dict[str, Any]:
+    flat = [c for row in rows for c in row]
+    n = len(flat)
+    funnel = {}
+    for st in stages:
+        reached = sum(1 for c in flat for s, _ in c.stages if s == st)
+        passed = sum(1 for c in flat for s, p in c.stages if s == st and p)
+        funnel[st] = {
+            "reached": reached,
+            "passed": passed,
+            "pass_rate": round(passed / reached, 3) if reached else None,
+        }
+    judged = sum(1 for c in flat if c.rejected_at not in ("skipped", "static"))
+    return {
+        "candidates": n,
+        "judged": judged,
+        "calls": sum(c.calls for c in flat),
+        "tokens": sum(c.tokens for c in flat),
+        "prompt_tokens": sum(c.prompt_tokens for c in flat),
+        "calls_per_candidate": round(sum(c.calls for c in flat) / n, 3),
+        "tokens_per_candidate": round(sum(c.tokens for c in flat) / n, 2),
+        "prompt_tokens_per_candidate": round(sum(c.prompt_tokens for c in flat) / n, 1),
+        "accepted_candidates": sum(c.accepted for c in flat),
+        "kept": [kept(row) for row in rows],
+        "prompts_with_sample": sum(kept(row) is not None for row in rows),
+        "funnel": funnel,
+    }
+
+
+def vote_stats(outcomes: list[PromptOutcome], stages: Sequence[str]) -> dict[str, Any]:
+    """Per stage, over every vote of the naive run: yes / no / unparseable."""
+    out: dict[str, Any] = {}
+    for st in stages:
+        votes = [
+            j.verdict
+            for o in outcomes
+            for c in o.candidates
+            for s in c.stages
+            if s.stage == st
+            for j in s.calls
+            if j.kind == "vote"
+        ]
+        out[st] = {
+            "votes": len(votes),
+            "yes": sum(v is True for v in votes),
+            "no": sum(v is False for v in votes),
+            "unparseable": sum(v is None for v in votes),
+        }
+    infers = [
+        j
+        for o in outcomes
+        for c in o.candidates
+        for s in c.stages
+        for j in s.calls
+        if j.kind == "infer"
+    ]
+    out["empty_inferred"] = sum(1 for j in infers if not j.output.strip())
+    return out
+
+
+# ------------------------------------------------------------ recording the engine
+class Recorder:
+    """Wraps the engine instance's ``generate`` to note each call's requests, tokens and time
+    (observation only: the call runs unchanged). ``close()`` restores the class method."""
+
+    def __init__(self, engine: Any) -> None:
+        import torch
+
+        self.engine = engine
+        self.rounds: list[list[ChatRequest]] = []
+        self.tokens: list[list[list[int]]] = []  # per round, per request: tokens per sample
+        self.seconds = 0.0
+        self.threads: set[int] = set()  # torch threads seen by the calling threads
+        self.prompt_tokens = 0  # read by the engine, once per request
+        inner = engine.generate
+
+        def generate(requests: Sequence[ChatRequest]) -> list[ChatResult]:
+            self.threads.add(torch.get_num_threads())
+            t0 = time.perf_counter()
+            results = inner(requests)
+            self.seconds += time.perf_counter() - t0
+            self.rounds.append(list(requests))
+            self.tokens.append([[c.tokens for c in r.completions] for r in results])
+            self.prompt_tokens += sum(r.prompt_tokens for r in results)
+            return results
+
+        engine.generate = generate
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(t for rnd in self.tokens for req in rnd for t in req)
+
+    def close(self) -> None:
+        del self.engine.generate
+
+
+# ------------------------------------------------------------ 2. the two paths
+@dataclass
+class PathSample:
+    seconds: float
+    tokens: int
+    per_round: list[list[list[int]]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def run_raw(engine: Any, rounds: list[list[ChatRequest]]) -> PathSample:
+    """Replay the recorded rounds through ``TransformersEngine.generate``; no Kafka."""
+    per_round: list[list[list[int]]] = []
+    t0 = time.perf_counter()
+    for requests in rounds:
+        results = engine.generate(requests)
+        per_round.append([[c.tokens for c in r.completions] for r in results])
+    seconds = time.perf_counter() - t0
+    tokens = sum(t for rnd in per_round for req in rnd for t in req)
+    return PathSample(seconds, tokens, per_round, {"rounds": len(rounds)})
+
+
+def engine_calls(rounds: list[list[ChatRequest]]) -> int:
+    """model.generate calls TransformersEngine makes: one per sampling key per round."""
+    return sum(len({r.sampling_key() for r in rnd}) for rnd in rounds)
+
+
+class _StampedEvent(threading.Event):
+    """``loop.ready`` that notes when it was first set."""
+
+    at: float | None = None
+
+    def set(self) -> None:
+        if self.at is None:
+            self.at = time.perf_counter()
+        super().set()
+
+
+def judge_tokens_counter() -> float:
+    return sum(
+        REGISTRY.get_sample_value("selfdistill_judge_tokens_total", {"stage": s}) or 0.0
+        for s in STAGES
+    )
+
+
+def histogram_sum(name: str) -> float:
+    return REGISTRY.get_sample_value(f"{name}_sum", {}) or 0.0
+
+
+def run_worker(
+    engine: Any,
+    kafka_settings: KafkaSettings,
+    msgs: list[CandidatesMessage],
+    knobs: Knobs,
+    tag: str,
+    timeout: float,
+) -> tuple[PathSample, dict[str, Any]]:
+    """A VerifyWorker over ``engine`` on pre-produced candidates; ready → last commit."""
+    from daemon.config import Settings
+    from daemon.verify import VerifyWorker
+
+    topics = TopicsConfig(candidates=f"bench-candidates-{tag}", partitions=1)
+    ensure_topics(kafka_settings, topics)
+    producer = Producer(kafka_settings, name=f"bench-{tag}")
+    try:
+        for m in msgs:
+            producer.send(topics.candidates, m, key=m.id)
+        producer.flush()
+    finally:
+        producer.close()
+    with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
+        settings = Settings(
+            data_dir=tmp,
+            kafka={**kafka_settings.model_dump(), "batch_size": len(msgs)},
+            topics=topics.model_dump(),
+            verify={**knobs.cascade().model_dump(), "group_id": f"bench-verify-{tag}"},
+        )
+        worker = VerifyWorker(settings, engine)
+        loop = worker.loop
+        ready = _StampedEvent()
+        loop.ready = ready
+        done = threading.Event()
+        done_at: list[float] = []
+        inner_process = loop._process
+
+        def process(polled: Any) -> None:
+            inner_process(polled)  # decode, handler (judge + store), commit
+            if not done_at and loop.stats.processed >= len(msgs):
+                done_at.append(time.perf_counter())
+                done.set()
+
+        loop._process = process  # type: ignore[method-assign]
+        store_seconds = [0.0]
+        inner_record = worker.store.record
+
+        def record(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner_record(*a, **kw)
+            finally:
+                store_seconds[0] += time.perf_counter() - t0
+
+        worker.store.record = record  # type: ignore[method-assign]
+        tokens0 = judge_tokens_counter()
+        handler0 = histogram_sum("selfdistill_verify_batch_seconds")
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                worker.run(handle_signals=False)
+            except BaseException as exc:
+                errors.append(exc)
+                ready.set()
+                done.set()
+
+        thread = threading.Thread(target=run, name=f"bench-verify-{tag}", daemon=True)
+        recorder = Recorder(engine)
+        try:
+            thread.start()
+            if not ready.wait(120) or errors:
+                raise RuntimeError("the verify worker did not join its group") from (
+                    errors[0] if errors else None
+                )
+            finished = done.wait(timeout)
+        finally:
+            worker.stop()
+            thread.join(120)
+            recorder.close()
+        if errors:
+            raise errors[0]
+        if not finished or not done_at or ready.at is None:
+            raise TimeoutError(
+                f"the worker processed {loop.stats.processed} of {len(msgs)} in {timeout:.0f} s"
+            )
+        if loop.stats.commit_failures or loop.stats.dead_lettered or loop.stats.handler_failures:
+            raise RuntimeError(f"the worker's batch did not go cleanly: {loop.stats}")
+        db = settings.store.path_in(Path(tmp))
+        conn = sqlite3.connect(db)
+        try:
+            v_calls, v_tokens, v_prompt = conn.execute(
+                "SELECT count(*), coalesce(sum(completion_tokens), 0), "
+                "coalesce(sum(prompt_tokens), 0) FROM votes"
+            ).fetchone()
+            kept_rows = dict(
+                conn.execute("SELECT prompt_id, idx FROM candidates WHERE accepted = 1").fetchall()
+            )
+        finally:
+            conn.close()
+    seconds = done_at[0] - ready.at
+    extra = {
+        "rounds": len(recorder.rounds),
+        "torch_threads": sorted(recorder.threads),
+        "batches": loop.stats.batches,
+        "engine_generate_s": round(recorder.seconds, 3),
+        "handler_s": round(histogram_sum("selfdistill_verify_batch_seconds") - handler0, 3),
+        "store_record_s": round(store_seconds[0], 3),
+        "engine_prompt_tokens": recorder.prompt_tokens,
+        "votes_rows": v_calls,
+        "votes_completion_tokens": int(v_tokens),
+        "votes_prompt_tokens": int(v_prompt),
+        "counter_tokens": int(judge_tokens_counter() - tokens0),
+    }
+    decisions = {"kept": [kept_rows.get(m.id) for m in msgs], "requests": recorder.rounds}
+    # Tokens/s counts what the engine generated, as on the raw path. The votes table books
+    # the same number for reasoning votes; a fast-judge request yields all of a stage's
+    # remaining votes from one generated token and is booked as one token per vote.
+    return PathSample(seconds, recorder.completion_tokens, recorder.tokens, extra), decisions
+
+
+# ----------------------------------------------------------------------- main
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from daemon.engines.model_files import resolve_model_dir
+    from daemon.engines.transformers_engine import TransformersEngine
+
+    knobs = Knobs(
+        args.prompts,
+        args.candidates,
+        args.votes,
+        args.max_tokens,
+        args.infer_max_tokens,
+        args.temperature,
+        args.top_p,
+        args.seed,
+        args.fast_judge,
+    )
+    cfg = knobs.cascade()
+    model_dir = resolve_model_dir("embedded")
+    t = time.perf_counter()
+    engine = TransformersEngine(model_dir, device="cpu")
+    log(f"loaded {model_dir.name} in {time.perf_counter() - t:.1f} s")
+    results: dict[str, Any] = {
+        "model": model_dir.name,
+        "dtype": str(engine.base.dtype).removeprefix("torch."),
+    }
+    msgs = make_messages(args.prompts, args.candidates, engine.tokenizer, "c", knobs)
+    inputs = inputs_of(msgs)
+    stages = list(cfg.stages)
+    try:
+        # ---- 1a. naive: every vote of every candidate
+        t = time.perf_counter()
+        torch.manual_seed(args.seed)
+        naive = NaiveCascade(engine, cfg).run(inputs)
+        log(f"naive cascade: {time.perf_counter() - t:.1f} s")
+        naive_rows = [costs_of(o) for o in naive]
+        derived_rows = [early_exit_from(o) for o in naive]
+        # Identical decisions by construction; check it.
+        for nrow, drow in zip(naive_rows, derived_rows, strict=True):
+            if kept(nrow) != kept(drow):
+                raise AssertionError("early exit derived a different decision")
+        # ---- 1b. the project cascade (its own votes), recorded for the raw replay
+        t = time.perf_counter()
+        recorder = Recorder(engine)
+        try:
+            project = Cascade(engine, cfg).run(inputs)
+        finally:
+            recorder.close()
+        log(
+            f"project cascade: {time.perf_counter() - t:.1f} s, {len(recorder.rounds)} rounds "
+            f"({sum(len(r) for r in recorder.rounds)} requests), "
+            f"{recorder.completion_tokens} judge tokens"
+        )
+        project_rows = [costs_of(o) for o in project]
+        naive_s = summarise(naive_rows, stages)
+        derived_s = summarise(derived_rows, stages)
+        project_s = summarise(project_rows, stages)
+        results["cost"] = {
+            "naive": naive_s,
+            "early_exit": derived_s,
+            "project_cascade": project_s,
+            "naive_calls_formula": naive_calls(cfg),
+            "ratio_calls": round(naive_s["calls"] / max(derived_s["calls"], 1), 3),
+            "ratio_tokens": round(naive_s["tokens"] / max(derived_s["tokens"], 1), 3),
+            "project_matches_naive": project_s["kept"] == naive_s["kept"],
+            "votes": vote_stats(naive, stages),
+            "project_rounds": len(recorder.rounds),
+            "project_requests": sum(len(r) for r in recorder.rounds),
+        }
+        rounds = recorder.rounds
+        unseeded = [[replace(r, seed=None) for r in rnd] for rnd in rounds]
+
+        # ---- 2. throughput: raw replay vs the worker
+        samples: dict[str, list[PathSample]] = {"raw": [], "selfdistill": []}
+        worker_kept: list[list[int | None]] = []
+        same_requests: list[bool] = []
+        with EmbeddedBroker(BrokerConfig(port=free_port())) as broker:
+            kafka_settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
+
+            def raw() -> PathSample:
+                return run_raw(engine, rounds)
+
+            def layer() -> PathSample:
+                tag = f"r{len(samples['selfdistill'])}"
+                sample, decisions = run_worker(
+                    engine,
+                    kafka_settings,
+                    # The recorded run's prompt ids: the cascade's seeds are salted by them,
+                    # so the worker issues exactly the recorded requests. Each run has its own
+                    # topic, group and store, so equal ids cannot collide.
+                    make_messages(args.prompts, args.candidates, engine.tokenizer, "c", knobs),
+                    knobs,
+                    tag,
+                    args.timeout,
+                )
+                worker_kept.append(decisions["kept"])
+                same_requests.append(decisions["requests"] == rounds)
+                return sample
+
+            paths: dict[str, Callable[[], PathSample]] = {"raw": raw, "selfdistill": layer}
+            for rep in range(args.repeats):
+                order = ["raw", "selfdistill"] if rep % 2 == 0 else ["selfdistill", "raw"]
+                for name in order:
+                    sample = paths[name]()
+                    samples[name].append(sample)
+                    log(
+                        f"  rep {rep + 1}/{args.repeats} {name:11s} {sample.tokens_per_s:7.1f} "
+                        f"judge tokens/s ({sample.tokens} tokens in {sample.seconds:.2f} s) "
+                        f"{sample.extra}"
+                    )
+            if args.batched_replay:
+                # What the same requests cost when a round is one batch: drop the per-request
+                # seeds (part of the engine's sampling key), seed torch once instead.
+                torch.manual_seed(args.seed)
+                batched = run_raw(engine, unseeded)
+                log(
+                    f"  batched replay   {batched.tokens_per_s:7.1f} judge tokens/s "
+                    f"({batched.tokens} tokens in {batched.seconds:.2f} s)"
+                )
+    finally:
+        engine.close()
+
+    raw_s, layer_s = samples["raw"], samples["selfdistill"]
+    ratios = [b.tokens_per_s / a.tokens_per_s for a, b in zip(raw_s, layer_s, strict=True)]
+    ratio = statistics.median(ratios)
+    results["throughput"] = {
+        "tokens_per_s": {
+            "raw": round(statistics.median(x.tokens_per_s for x in raw_s), 2),
+            "selfdistill": round(statistics.median(x.tokens_per_s for x in layer_s), 2),
+            "ratio": round(ratio, 3),
+            "ratios": [round(r, 3) for r in ratios],
+        },
+        "meets_target": ratio >= TARGET_RATIO,
+        "same_tokens": all(x.per_round == recorder.tokens for x in raw_s + layer_s),
+        "same_requests": all(same_requests),
+        "worker_matches_project": all(k == project_s["kept"] for k in worker_kept),
+        "samples": {
+            name: [
+                {
+                    "seconds": round(x.seconds, 3),
+                    "tokens": x.tokens,
+                    "tokens_per_s": round(x.tokens_per_s, 2),
+                    **x.extra,
+                }
+                for x in xs
+            ]
+            for name, xs in samples.items()
+        },
+        # Share of the worker's wall time spent inside engine.generate: what Kafka, the
+        # cascade's bookkeeping and SQLite cost, free of the model's speed drifting between
+        # the two paths on a shared CPU.
+        "engine_share": [round(x.extra["engine_generate_s"] / x.seconds, 4) for x in layer_s],
+    }
+    if args.batched_replay:
+        results["throughput"]["batched_replay"] = {
+            "seconds": round(batched.seconds, 3),
+            "tokens": batched.tokens,
+            "tokens_per_s": round(batched.tokens_per_s, 2),
+            "engine_calls": engine_calls(unseeded),
+            "seeded_engine_calls": engine_calls(rounds),
+        }
+    return results
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]) -> str:
+    c, tp = results["cost"], results["throughput"]
+    n, d, p = c["naive"], c["early_exit"], c["project_cascade"]
+    total = n["candidates"]
+    mode = (
+        "fast judge (P(Y) vs P(N) after the verdict prefix)"
+        if args.fast_judge
+        else "reasoning judge"
+    )
+    lines = [
+        f"verify cascade: {args.prompts} prompts × {args.candidates} candidates, v={args.votes} "
+        f"votes × {len(STAGES)} stages, {mode}, judge_max_tokens {args.max_tokens}, "
+        f"infer_max_tokens {args.infer_max_tokens}, temperature {args.temperature}, "
+        f"top_p {args.top_p}, seed {args.seed}, {args.repeats} repeat(s)",
+        f"model: {results['model']} ({results['dtype']}, cpu, torch threads "
+        f"{info['torch_threads']})",
+        f"machine: {info['processor']}, nproc={info['nproc']}, python {info['python']}, "
+        f"torch {info['torch']}, transformers {info['transformers']}, "
+        f"kafka-python {info['kafka_python']} ({info['platform']})",
+        "",
+        f"1. judge cost per candidate ({total} candidates; naive = {c['naive_calls_formula']} "
+        "calls each: the inferred question + v votes × 3 stages; tokens = generated judge tokens)",
+        "",
+        "| cascade | calls/candidate | judge tokens/candidate | prompt tokens/candidate "
+        "| valid candidates | prompts with a sample |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(name: str, s: dict[str, Any], valid: str) -> str:
+        return (
+            f"| {name} | {s['calls_per_candidate']:.2f} | {s['tokens_per_candidate']:.1f} "
+            f"| {s['prompt_tokens_per_candidate']:.0f} | {valid} "
+            f"| {s['prompts_with_sample']}/{len(s['kept'])} |"
+        )
+
+    lines += [
+        row("naive (no early exit, all candidates)", n, f"{n['accepted_candidates']}/{total}"),
+        row(
+            "early exit, first-valid, 1 vote/round (same votes)",
+            d,
+            f"{d['accepted_candidates']}/{d['judged']} judged",
+        ),
+        f"| ratio naive / early exit | {c['ratio_calls']:.2f}× | {c['ratio_tokens']:.2f}× | "
+        f"{n['prompt_tokens'] / max(d['prompt_tokens'], 1):.2f}× | | |",
+        row(
+            "project Cascade (its own votes, same seed)",
+            p,
+            f"{p['accepted_candidates']}/{p['judged']} judged",
+        ),
+        "",
+        f"decisions (kept candidate per prompt, first-valid): naive = early exit = {n['kept']} "
+        f"(identical by construction); project Cascade {p['kept']} — "
+        + (
+            "matched"
+            if c["project_matches_naive"]
+            else "differ: its votes are other samples of the same judge (the early-exit row above is "
+            "the apples-to-apples comparison)"
+        ),
+        "",
+        "per-stage pass rates (naive: every candidate reaches every stage; early exit and "
+        "project Cascade: passed / reached)",
+        "",
+        "| stage | naive | early exit | project Cascade | naive votes yes / no / unparseable |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for st in STAGES:
+        if st not in n["funnel"]:
+            continue
+        a, b, q, v = n["funnel"][st], d["funnel"][st], p["funnel"][st], c["votes"][st]
+        lines.append(
+            f"| {st} | {a['passed']}/{a['reached']} ({_pct(a['pass_rate'])}) "
+            f"| {b['passed']}/{b['reached']} ({_pct(b['pass_rate'])}) "
+            f"| {q['passed']}/{q['reached']} ({_pct(q['pass_rate'])}) "
+            f"| {v['yes']} / {v['no']} / {v['unparseable']} |"
+        )
+    lines += [
+        f"acceptance: {n['accepted_candidates']}/{total} candidates valid "
+        f"({_pct(n['accepted_candidates'] / total)}); {n['prompts_with_sample']}/{len(n['kept'])} "
+        f"prompts get a sample; {c['votes']['empty_inferred']} empty inferred question(s)",
+        "",
+        f"2. judge throughput: the project cascade's {c['project_requests']} requests in "
+        f"{c['project_rounds']} rounds; raw = TransformersEngine.generate replay, no Kafka; "
+        "selfdistill = embedded broker → VerifyWorker → SQLite, loop.ready → last commit",
+        "",
+        "| path | judge tokens | seconds | judge tokens/s | ratio (worker/raw) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    raw, layer = tp["samples"]["raw"], tp["samples"]["selfdistill"]
+    t = tp["tokens_per_s"]
+    mark = "" if tp["meets_target"] else " ✗"
+    lines += [
+        f"| raw | {raw[0]['tokens']} | {statistics.median(x['seconds'] for x in raw):.2f} "
+        f"| {t['raw']:.2f} | |",
+        f"| selfdistill | {layer[0]['tokens']} | "
+        f"{statistics.median(x['seconds'] for x in layer):.2f} | {t['selfdistill']:.2f} "
+        f"| {t['ratio']:.2f}{mark} |",
+        "",
+        "ratio: median of per-repeat ratios (" + ", ".join(f"{r:.2f}" for r in t["ratios"]) + ")",
+    ]
+    for x, r in zip(layer, raw, strict=True):
+        rest = x["seconds"] - x["engine_generate_s"]
+        lines.append(
+            f"worker wall {x['seconds']:.2f} s = engine.generate {x['engine_generate_s']:.2f} s "
+            f"+ the rest {rest:.2f} s (store.record {x['store_record_s']:.3f} s; handler "
+            f"{x['handler_s']:.2f} s; {x['batches']} batch(es), {x['rounds']} rounds); "
+            f"the raw replay of the same requests took {r['seconds']:.2f} s"
+        )
+    share = statistics.median(tp["engine_share"])
+    lines.append(
+        f"layer overhead (Kafka + cascade bookkeeping + SQLite) = worker wall − its "
+        f"engine.generate time: {100 * (1 - share):.2f}% of the wall, i.e. a ratio of "
+        f"{share:.3f} if the model ran at the same speed on both paths; the rest of any gap is "
+        "the model's own speed varying between runs on this shared CPU"
+    )
+    if "batched_replay" in tp:
+        b = tp["batched_replay"]
+        lines.append(
+            f"per-request seeds (verify.seed set) make every judge request its own "
+            f"model.generate call ({b['seeded_engine_calls']} calls); the same rounds with the "
+            f"seeds dropped batch into {b['engine_calls']} calls: {b['tokens_per_s']:.2f} judge "
+            f"tokens/s ({b['tokens']} tokens in {b['seconds']:.2f} s; other samples, so other "
+            f"token counts) vs {t['raw']:.2f} seeded"
+        )
+    w = layer[0]
+    booked = w["votes_completion_tokens"] + w["votes_prompt_tokens"]
+    lines += [
+        f"worker tokens: the engine generated {w['tokens']} (and read {w['engine_prompt_tokens']} "
+        f"prompt tokens); the store's votes table books {w['votes_completion_tokens']} completion "
+        f"+ {w['votes_prompt_tokens']} prompt = {booked} in {w['votes_rows']} rows; "
+        f"selfdistill_judge_tokens_total counted {w['counter_tokens']} (prompt + completion)"
+        + (
+            ""
+            if w["votes_completion_tokens"] == w["tokens"]
+            else " — the store books each fast-judge vote as 1 token with the whole prompt, though "
+            "one request yields all of a stage's remaining votes"
+        ),
+        "same requests and tokens on both paths as the recorded cascade: "
+        + (
+            "yes"
+            if tp["same_tokens"] and tp["same_requests"]
+            else f"no (requests {tp['same_requests']}, tokens {tp['same_tokens']})"
+        )
+        + "; worker's stored decisions = project Cascade's: "
+        + ("yes" if tp["worker_matches_project"] else "no"),
+        "",
+        f"target: ratio ≥ {TARGET_RATIO} — {'met' if tp['meets_target'] else 'NOT met'}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=4, help="prompts (candidate groups)")
+    ap.add_argument("--candidates", type=int, default=3, help="candidates per prompt")
+    ap.add_argument("--votes", type=int, default=2, help="v: votes per stage")
+    ap.add_argument("--max-tokens", type=int, default=48, help="judge_max_tokens")
+    ap.add_argument("--infer-max-tokens", type=int, default=32, help="infer_max_tokens")
+    ap.add_argument("--temperature", type=float, default=0.6, help="judge temperature")
+    ap.add_argument("--top-p", type=float, default=0.95, help="judge top_p")
+    ap.add_argument("--seed", type=int, default=0, help="the cascade's seed (all runs)")
+    ap.add_argument(
+        "--fast-judge",
+        action="store_true",
+        help="votes from P(Y) vs P(N) of the next token (CascadeConfig.fast_judge)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternating raw / worker runs; median ratio reported",
+    )
+    ap.add_argument(
+        "--batched-replay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also replay the rounds with the per-request seeds dropped, so each "
+        "round is one batched generate call (what per-request seeds cost)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for both paths (0: torch's default). 1 by "
+        "default: on a 2-core box shared with other work, 2 OpenMP threads are no "
+        "faster for this model and stall whenever a core is taken",
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=900.0, help="longest wait for one worker run, in seconds"
+    )
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    if (
+        min(
+            args.prompts,
+            args.candidates,
+            args.votes,
+            args.max_tokens,
+            args.infer_max_tokens,
+            args.repeats,
+        )
+        < 1
+    ):
+        ap.error(
+            "--prompts, --candidates, --votes, --max-tokens, --infer-max-tokens and "
+            "--repeats must be positive"
+        )
+    if args.temperature <= 0:
+        ap.error("--temperature must be positive (the judge samples its votes)")
+    for name in [n for n in os.environ if n.startswith("SELFDISTILL_")]:
+        log(f"ignoring {name} (the bench builds its own settings)")
+        del os.environ[name]
+
+    quiet()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    info = machine()
+    results = run_bench(args)
+    print(render(results, args, info))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "bench": "verify",
+                    "settings": {
+                        k: (str(v) if isinstance(v, Path) else v)
+                        for k, v in vars(args).items()
+                        if k != "json"
+                    },
+                    "target_ratio": TARGET_RATIO,
+                    "machine": info,
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
