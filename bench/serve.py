@@ -35,31 +35,26 @@ on the new adapter.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import kafka
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
+from bench.common import TARGET_RATIO, log, machine, quiet, settings_of, write_json
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import AdapterEvent, CandidatesMessage, PromptMessage, ResponseMessage
 from streams.topics import TopicsConfig, ensure_topics
 
-TARGET_RATIO = 0.9
 QUESTIONS = [
     "What is the capital of France, and why is it famous?",
     "Explain in two sentences why the sky is blue.",
@@ -81,23 +76,6 @@ QUESTIONS = [
 
 
 # ---------------------------------------------------------------------- setup
-def quiet() -> None:
-    """Warnings only; no progress bars or transformers chatter."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    # peft asks transformers 5 for a deprecated property when it wraps a model.
-    warnings.filterwarnings(
-        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-    )
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def make_prompts(n: int, tag: str) -> list[PromptMessage]:
     out = []
     for i in range(n):
@@ -106,24 +84,6 @@ def make_prompts(n: int, tag: str) -> list[PromptMessage]:
             q = f"{q} (variant {i // len(QUESTIONS)})"
         out.append(PromptMessage(id=f"{tag}-{i:04d}", prompt=q))
     return out
-
-
-def machine() -> dict[str, Any]:
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "kafka_python": kafka.__version__,
-    }
 
 
 def metric(name: str, labels: dict[str, str] | None = None) -> float:
@@ -652,10 +612,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def fmt_span(x: dict[str, Any]) -> str:
     text = f"{x['what']} {x['called']:+.1f}"
     if x["started"] is not None and x["started"] - x["called"] >= 0.05:
@@ -781,27 +737,19 @@ def main(argv: list[str] | None = None) -> int:
         del os.environ[name]
 
     quiet()
-    info = machine()
+    info = machine("torch", "transformers", "peft")
     results = run_bench(args)
     print(render(results, args, info))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "bench": "serve",
-                    "settings": {
-                        k: (str(v) if isinstance(v, Path) else v)
-                        for k, v in vars(args).items()
-                        if k != "json"
-                    },
-                    "target_ratio": TARGET_RATIO,
-                    "machine": info,
-                    "results": results,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_json(
+        args.json,
+        {
+            "bench": "serve",
+            "settings": settings_of(args),
+            "target_ratio": TARGET_RATIO,
+            "machine": info,
+            "results": results,
+        },
+    )
     return 0
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import threading
@@ -35,17 +33,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import kafka
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
+from bench.common import TARGET_RATIO, machine, write_json
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
 from streams.consumer import ConsumerLoop, Record
 from streams.producer import Producer
 from streams.schemas import PromptMessage
 
-TARGET_RATIO = 0.9
 PARTITIONS = 4
 # The layer's Producer uses acks="all", linger_ms=5; the raw baseline is given the same
 # delivery settings so the comparison measures the layer, not a weaker durability choice.
@@ -70,16 +67,6 @@ def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
         admin.create_topics([NewTopic(t, partitions, 1) for t in names])
     finally:
         admin.close()
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "kafka_python": kafka.__version__,
-    }
 
 
 # ------------------------------------------------------------------ produce
@@ -316,24 +303,20 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     results = run_bench(args.messages, args.batch_size, args.repeats)
     print(render(results, args, info))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "bench": "streams",
-                    "messages": args.messages,
-                    "batch_size": args.batch_size,
-                    "partitions": PARTITIONS,
-                    "repeats": args.repeats,
-                    "target_ratio": TARGET_RATIO,
-                    "producer_settings": PRODUCER_SETTINGS,
-                    "machine": info,
-                    "results": results,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_json(
+        args.json,
+        {
+            "bench": "streams",
+            "messages": args.messages,
+            "batch_size": args.batch_size,
+            "partitions": PARTITIONS,
+            "repeats": args.repeats,
+            "target_ratio": TARGET_RATIO,
+            "producer_settings": PRODUCER_SETTINGS,
+            "machine": info,
+            "results": results,
+        },
+    )
     return 0
 
 

@@ -47,25 +47,21 @@ took a core).
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import platform
 import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import kafka
 from prometheus_client import REGISTRY
 
+from bench.common import TARGET_RATIO, log, machine, quiet, settings_of, write_json
 from daemon.cascade import (
     _FAST_PREFIX,
     STAGES,
@@ -84,8 +80,6 @@ from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
 from streams.topics import TopicsConfig, ensure_topics
-
-TARGET_RATIO = 0.9
 
 # (a, op, b): questions whose right answer the candidates state, or miss.
 PROBLEMS = [
@@ -106,40 +100,6 @@ WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
 
 
 # ---------------------------------------------------------------------- setup
-def quiet() -> None:
-    """Warnings only; no progress bars or transformers chatter."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def machine() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "kafka_python": kafka.__version__,
-    }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _solve(a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
 
@@ -996,27 +956,19 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    info = machine()
+    info = machine("torch", "transformers")
     results = run_bench(args)
     print(render(results, args, info))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "bench": "verify",
-                    "settings": {
-                        k: (str(v) if isinstance(v, Path) else v)
-                        for k, v in vars(args).items()
-                        if k != "json"
-                    },
-                    "target_ratio": TARGET_RATIO,
-                    "machine": info,
-                    "results": results,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_json(
+        args.json,
+        {
+            "bench": "verify",
+            "settings": settings_of(args),
+            "target_ratio": TARGET_RATIO,
+            "machine": info,
+            "results": results,
+        },
+    )
     return 0
 
 

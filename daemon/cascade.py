@@ -20,6 +20,7 @@ verdicts (``PromptOutcome``), which the verify worker stores.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Sequence
@@ -157,7 +158,9 @@ def question_of(messages: Sequence[Any]) -> str:
     return messages[-1].content
 
 
+@functools.cache
 def load_templates(prompts_dir: Path | None = None) -> dict[str, Template]:
+    """The judge prompts, read once per process (a Cascade is built for every batch)."""
     names = ("infer", "compare", "factuality", "correctness")
     out = {}
     for name in names:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from daemon.config import ConfigError, Settings, config_path, load_settings, render_toml
 from daemon.logs import setup_logging
+from daemon.signals import wait_for_stop_signal
 
 app = typer.Typer(
     name="selfdistill",
@@ -73,22 +73,6 @@ def settings() -> Settings:
     return state.settings
 
 
-def _wait_for_signal() -> int:
-    """Block until SIGINT or SIGTERM; return the signal number."""
-    got: list[int] = []
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        got.append(signum)
-        done.set()
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, on_signal)
-    while not done.wait(0.5):
-        pass
-    return got[0]
-
-
 # ----------------------------------------------------------------------- broker
 @app.command()
 def broker(
@@ -126,7 +110,7 @@ def broker(
             kafka = s.kafka.model_copy(update={"bootstrap_servers": b.bootstrap})
             made = ensure_topics(kafka, s.topics)
             log.info("topics: %s", ", ".join(f"{t} ({st})" for t, st in made.items()))
-        signum = _wait_for_signal()
+        signum = wait_for_stop_signal()
         log.info("%s received; stopping the broker", signal.Signals(signum).name)
     finally:
         b.stop()

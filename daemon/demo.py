@@ -155,11 +155,13 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
         deadline = time.monotonic() + demo.timeout_s
         try:
             with console.status("") as status:
-                while verifier.handler.verified < report.produced and time.monotonic() < deadline:
+                while (
+                    verifier.loop.stats.processed < report.produced and time.monotonic() < deadline
+                ):
                     status.update(
-                        f"5. serve: {worker.handler.served}/{report.produced} prompts answered "
+                        f"5. serve: {worker.loop.stats.processed}/{report.produced} prompts answered "
                         f"({n} samples each, up to {demo.max_tokens} tokens); verify: "
-                        f"{verifier.handler.verified} judged, {verifier.handler.accepted} "
+                        f"{verifier.loop.stats.processed} judged, {verifier.handler.accepted} "
                         "samples accepted"
                     )
                     time.sleep(0.5)
@@ -169,7 +171,7 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
             for t in threads:
                 t.join(60)
         stats = worker.loop.stats
-        report.verified = verifier.handler.verified
+        report.verified = verifier.loop.stats.processed
         console.print(
             f"5. serve answered {stats.processed} prompts in {stats.batches} transactional "
             f"batches; {stats.dead_lettered} messages dead-lettered. verify judged "

@@ -66,7 +66,6 @@ class AdapterRouter:
         self._loaded: list[str] = []  # oldest first; what this router loaded
         self._lock = threading.Lock()  # guards _active, _in_use, _loaded
         self._swap_lock = threading.Lock()  # one swap at a time
-        self.last: SwapResult | None = None
         self._settled = threading.Event()  # cleared while a swap is under way
         self._settled.set()
         self.swap_wait_s = 600.0  # longest a new batch waits for a swap to finish
@@ -94,7 +93,9 @@ class AdapterRouter:
             if name is not None:
                 with self._lock:
                     self._in_use[name] -= 1
-                self._evict()
+                    stale = name != self._active and self._in_use[name] == 0
+                if stale:  # the common case (still active) costs no engine call per batch
+                    self._evict()
 
     def apply(self, event: AdapterEvent) -> SwapResult:
         """Make ``event.version`` active, or explain why not while the old one keeps serving."""
@@ -102,10 +103,10 @@ class AdapterRouter:
         target = None if event.version == BASE else event.version
         with self._swap_lock:
             if target == self._active:
-                return self._record(SwapResult(True, target, event.version, 0.0))
+                return SwapResult(True, target, event.version, 0.0)
             self._settled.clear()  # new batches wait for the outcome
             try:
-                return self._record(self._swap(event, target, started))
+                return self._swap(event, target, started)
             finally:
                 self._settled.set()
                 self._evict()
@@ -121,6 +122,7 @@ class AdapterRouter:
                     self.engine.load_adapter(target, str(path))
                     with self._lock:
                         self._loaded.append(target)
+                    ADAPTERS_LOADED.set(len(self.engine.adapters()))
                     try:
                         self._run_canary(target)
                     except Exception:
@@ -166,7 +168,6 @@ class AdapterRouter:
             victims = [a for a in self._loaded if a not in keep and self._in_use[a] == 0]
         for name in victims:
             self._unload(name)
-        ADAPTERS_LOADED.set(len(self.engine.adapters()))
 
     def _unload(self, name: str) -> None:
         with self._lock:
@@ -176,10 +177,7 @@ class AdapterRouter:
             self.engine.unload_adapter(name)
         except EngineError as exc:
             log.warning("unloading %s: %s", name, exc)
-
-    def _record(self, result: SwapResult) -> SwapResult:
-        self.last = result
-        return result
+        ADAPTERS_LOADED.set(len(self.engine.adapters()))
 
 
 class AdapterEventFollower:
@@ -189,12 +187,10 @@ class AdapterEventFollower:
         self.kafka = kafka
         self.topic = topic
         self.router = router
-        self.applied = 0
         self.bad = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        kw = kafka.client_kwargs("adapter-events")
-        kw.update(enable_auto_commit=False, isolation_level=kafka.isolation_level)
+        kw = kafka.reader_kwargs("adapter-events")
         self.consumer = connect(lambda: KafkaConsumer(**kw), kafka, "adapter-events reader")
         tp = TopicPartition(topic, 0)
         self.consumer.assign([tp])
@@ -225,11 +221,7 @@ class AdapterEventFollower:
             if events:
                 last = events[-1]
                 quiet_since = time.monotonic()
-        if last is None:
-            return None
-        result = self.router.apply(last)
-        self.applied += 1
-        return result
+        return None if last is None else self.router.apply(last)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="adapter-events", daemon=True)
@@ -239,7 +231,6 @@ class AdapterEventFollower:
         while not self._stop.is_set():
             for event in self._read(500):
                 self.router.apply(event)
-                self.applied += 1
 
     def stop(self) -> None:
         self._stop.set()
@@ -247,3 +238,19 @@ class AdapterEventFollower:
             self._thread.join(10)
         with contextlib.suppress(Exception):
             self.consumer.close(autocommit=False)
+
+
+@contextlib.contextmanager
+def follow_adapter_events(
+    kafka: KafkaSettings, topic: str, router: AdapterRouter
+) -> Iterator[None]:
+    """Restore the newest adapter from history, then apply promotions until the block ends."""
+    follower = AdapterEventFollower(kafka, topic, router)
+    try:
+        restored = follower.catch_up()
+        if restored is not None:
+            log.info("restored from %s: %s", topic, restored.version or BASE)
+        follower.start()
+        yield
+    finally:
+        follower.stop()

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from daemon.cascade import Cascade, CascadeConfig, CascadeInput, question_of
 from daemon.engines.base import ChatRequest, Engine
-from daemon.hotswap import AdapterEventFollower, AdapterRouter
+from daemon.hotswap import AdapterRouter, follow_adapter_events
 from daemon.metrics import (
     CANDIDATES_GENERATED,
     GENERATED_TOKENS,
@@ -29,6 +29,7 @@ from daemon.metrics import (
     PROMPTS_SERVED,
     SERVE_LATENCY,
 )
+from daemon.signals import wait_for_stop_signal
 from streams.consumer import BatchResult, Output, Record
 from streams.schemas import (
     CandidatesMessage,
@@ -128,10 +129,6 @@ class ServeHandler:
     topics: TopicsConfig
     cascade: CascadeConfig | None = None  # the judging knobs, for answer_policy "verified"
 
-    def __post_init__(self) -> None:
-        self.lock = threading.Lock()
-        self.served = 0
-
     def __call__(self, batch: list[Record[PromptMessage]]) -> BatchResult:
         cfg = self.config
         sampling = cfg.sampling()
@@ -198,8 +195,6 @@ class ServeHandler:
             GENERATED_TOKENS.inc(res.completion_tokens)
             CANDIDATES_GENERATED.inc(len(res.completions))
         PROMPTS_SERVED.inc(len(batch))
-        with self.lock:
-            self.served += len(batch)
         return BatchResult(outputs=outputs)
 
     def _choose(self, batch: list[Record[PromptMessage]], results: list[Any]) -> list[int]:
@@ -256,7 +251,6 @@ class ServeWorker:
             transactional_id=cfg.transactional_id_or_default(),
             name="serve",
         )
-        self.follower: AdapterEventFollower | None = None
 
     def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:
         """Restore the active adapter from history, follow promotions, serve until stopped."""
@@ -264,17 +258,10 @@ class ServeWorker:
 
         if self.settings.topics.create:
             ensure_topics(self.settings.kafka, self.settings.topics)
-        self.follower = AdapterEventFollower(
+        with follow_adapter_events(
             self.settings.kafka, self.settings.topics.adapter_events, self.router
-        )
-        try:
-            restored = self.follower.catch_up()
-            if restored is not None:
-                log.info("restored from adapter-events: %s", restored.version or "base")
-            self.follower.start()
+        ):
             self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
-        finally:
-            self.follower.stop()
 
     def stop(self) -> None:
         self.loop.request_stop()
@@ -312,18 +299,8 @@ def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) ->
         if worker:
             ServeWorker(settings, engine).run()
         else:
-            _wait_for_stop_signal()
+            wait_for_stop_signal()
+            log.info("stop signal received; shutting the API down")
     finally:
         server.should_exit = True
         thread.join(10)
-
-
-def _wait_for_stop_signal() -> None:
-    import signal
-
-    stop = threading.Event()
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
-    log.info("stop signal received; shutting the API down")

@@ -49,12 +49,7 @@ def tail(
     embedded broker answers wrongly; without ``follow`` it stops after ``idle_timeout_s``
     with nothing new.
     """
-    kw = kafka.client_kwargs("tail")
-    kw.update(
-        isolation_level=kafka.isolation_level,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=max(kafka.max_message_bytes * 2, 1024 * 1024),
-    )
+    kw = kafka.reader_kwargs("tail")
     consumer = connect(lambda: KafkaConsumer(**kw), kafka, "tail consumer")
     try:
         parts = consumer.partitions_for_topic(topic)

@@ -10,8 +10,8 @@ the batch: the loop retries it with backoff and never commits past it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -64,9 +64,7 @@ class VerifyHandler:
     router: AdapterRouter | None = None  # set when the active adapter judges
 
     def __post_init__(self) -> None:
-        self.lock = threading.Lock()
-        self.verified = 0
-        self.accepted = 0
+        self.accepted = 0  # samples newly accepted (written by the handler thread only)
 
     def __call__(self, batch: list[Record[CandidatesMessage]]) -> None:
         started = time.monotonic()
@@ -83,9 +81,7 @@ class VerifyHandler:
             _observe(outcome)
         VERIFY_SECONDS.observe(time.monotonic() - started)
         SAMPLES_ACCEPTED.inc(accepted)
-        with self.lock:
-            self.verified += len(batch)
-            self.accepted += accepted
+        self.accepted += accepted
 
     def _judge(
         self, batch: list[Record[CandidatesMessage]], adapter: str | None
@@ -125,10 +121,7 @@ class VerifyWorker:
         cfg = settings.verify
         self.settings = settings
         self.engine = engine or make_engine(settings.model, settings.engine)
-        self.store = Store(
-            settings.store.path_in(settings.data_dir),
-            heldout_fraction=settings.store.heldout_fraction,
-        )
+        self.store = Store.open(settings.store, settings.data_dir)
         self.router: AdapterRouter | None = None
         if cfg.judge == "active":
             from daemon.hotswap import AdapterRouter
@@ -146,23 +139,22 @@ class VerifyWorker:
         )
 
     def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:
-        from daemon.hotswap import AdapterEventFollower
+        from daemon.hotswap import follow_adapter_events
         from streams.topics import ensure_topics
 
         if self.settings.topics.create:
             ensure_topics(self.settings.kafka, self.settings.topics)
-        follower = None
-        if self.router is not None:
-            follower = AdapterEventFollower(
+        following = (
+            follow_adapter_events(
                 self.settings.kafka, self.settings.topics.adapter_events, self.router
             )
-            follower.catch_up()
-            follower.start()
+            if self.router is not None
+            else contextlib.nullcontext()
+        )
         try:
-            self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
+            with following:
+                self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
         finally:
-            if follower is not None:
-                follower.stop()
             self.store.close()
 
     def stop(self) -> None:

@@ -148,6 +148,12 @@ class KafkaSettings(BaseModel):
         kw.update(self.client_options)
         return kw
 
+    def reader_kwargs(self, suffix: str = "") -> dict[str, Any]:
+        """A consumer outside any group (assigned partitions, nothing committed): tail, followers."""
+        kw = self.client_kwargs(suffix)
+        kw.update(enable_auto_commit=False, isolation_level=self.isolation_level)
+        return kw
+
     def consumer_kwargs(self, group_id: str | None, suffix: str = "") -> dict[str, Any]:
         kw = self.client_kwargs(suffix)
         kw.update(

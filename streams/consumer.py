@@ -180,10 +180,6 @@ class ConsumerLoop(Generic[M]):
         """Finish the in-flight batch, commit it, then leave. Safe from any thread or signal."""
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     @contextlib.contextmanager
     def _signals(self, enabled: bool) -> Iterator[None]:
         if not enabled or threading.current_thread() is not threading.main_thread():
@@ -340,9 +336,7 @@ class ConsumerLoop(Generic[M]):
             if done:
                 break
             self._keepalive_poll()
-        paused = self.consumer.paused()
-        if paused:
-            self.consumer.resume(*paused)
+        self._resume_paused()
 
     def _sleep_polling(self, seconds: float) -> None:
         assert self.consumer is not None
@@ -351,6 +345,10 @@ class ConsumerLoop(Generic[M]):
             self._keepalive_poll(
                 timeout_ms=int(min(self.keepalive_s, deadline - time.monotonic()) * 1000)
             )
+        self._resume_paused()
+
+    def _resume_paused(self) -> None:
+        assert self.consumer is not None
         paused = self.consumer.paused()
         if paused:
             self.consumer.resume(*paused)
@@ -373,53 +371,48 @@ class ConsumerLoop(Generic[M]):
         assert self.producer is not None and self.consumer is not None
         owned = self.consumer.assignment()
         if self.transactional_id:
+            # Outputs, dead letters and offsets commit together; until then the batch is not
+            # processed (an aborted batch must be redone, never committed by the listener).
             with self._lock:
                 commit = {
                     tp: om for tp, om in {**self._processed, **offsets}.items() if tp in owned
                 }
             self.producer.begin()
             try:
-                for o in outputs:
-                    self.producer.send(o.topic, o.value, key=o.key, headers=o.headers)
-                for dl in dead:
-                    self.producer.send_dead_letter(self.dlq_topic, dl)
+                self._send(outputs, dead)
                 self.producer.commit_transaction(commit, self.consumer.group_metadata())
             except Exception:
                 self.producer.abort()
                 raise
             self._count_dead(dead)
-            with self._lock:
-                for tp in commit:
-                    self._processed.pop(tp, None)
-            self.stats.commits += 1
-            OFFSET_COMMITS.labels(self.topic).inc()
-            return
+        else:
+            self._send(outputs, dead)
+            if outputs or dead:
+                self.producer.flush()  # raises: nothing committed while an output may be lost
+            self._count_dead(dead)
+            with self._lock:  # durable now: pending until committed (here or by the listener)
+                self._processed.update(offsets)
+                commit = {tp: om for tp, om in self._processed.items() if tp in owned}
+            try:
+                self.consumer.commit(commit)
+            except Exception as exc:
+                # The effect is durable; the offsets stay pending and are committed by the
+                # next batch or by the rebalance listener. Redelivery repeats idempotent work.
+                self.stats.commit_failures += 1
+                log.warning("offset commit failed (%r); will retry with the next commit", exc)
+                return
+        with self._lock:  # only this thread adds offsets, so the committed ones are the newest
+            for tp in commit:
+                self._processed.pop(tp, None)
+        self.stats.commits += 1
+        OFFSET_COMMITS.labels(self.topic).inc()
 
+    def _send(self, outputs: list[Output], dead: list[DeadLetter]) -> None:
+        assert self.producer is not None
         for o in outputs:
             self.producer.send(o.topic, o.value, key=o.key, headers=o.headers)
         for dl in dead:
             self.producer.send_dead_letter(self.dlq_topic, dl)
-        if outputs or dead:
-            self.producer.flush()  # raises: nothing committed while an output may be lost
-        self._count_dead(dead)
-        with self._lock:
-            for tp, om in offsets.items():
-                self._processed[tp] = om
-            commit = {tp: om for tp, om in self._processed.items() if tp in owned}
-        try:
-            self.consumer.commit(commit)
-        except Exception as exc:
-            # The effect is durable; the offsets stay pending and are committed by the next
-            # batch or by the rebalance listener. Redelivery would only repeat idempotent work.
-            self.stats.commit_failures += 1
-            log.warning("offset commit failed (%r); will retry with the next commit", exc)
-            return
-        with self._lock:
-            for tp, om in commit.items():
-                if self._processed.get(tp) == om:
-                    del self._processed[tp]
-        self.stats.commits += 1
-        OFFSET_COMMITS.labels(self.topic).inc()
 
     def _take_processed(
         self, partitions: set[TopicPartition] | None

@@ -7,6 +7,7 @@ every pending send and raises :class:`ProduceError` if any failed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -76,8 +77,6 @@ class Producer:
         if isinstance(value, BaseModel):
             data = encode(value)
         elif isinstance(value, Mapping):
-            import json
-
             data = json.dumps(value).encode()
         else:
             data = value

@@ -9,7 +9,7 @@ key, not the workers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 #: An OpenAI-style chat message: {"role": "user" | "system" | "assistant", "content": str}.
@@ -75,13 +75,6 @@ class ChatResult:
     @property
     def completion_tokens(self) -> int:
         return sum(c.tokens for c in self.completions)
-
-
-@dataclass
-class AdapterInfo:
-    name: str
-    path: str
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
