@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.verify
+	$(BIN)/python -m bench.train
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

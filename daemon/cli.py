@@ -26,6 +26,12 @@ config_app = typer.Typer(help="Inspect and write the configuration.", no_args_is
 topics_app = typer.Typer(help="Create and list the daemon's Kafka topics.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(topics_app, name="topics")
+adapters_app = typer.Typer(
+    help="The adapter registry: list, inspect, promote, roll back, pin.", no_args_is_help=True
+)
+task_app = typer.Typer(help="The bundled offline task (seed prompts + labeled held-out set).")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(task_app, name="task")
 
 err = Console(stderr=True)
 
@@ -342,6 +348,238 @@ def export(
             err.print(f"[red]error:[/] {exc}", highlight=False)
             raise typer.Exit(1) from None
     err.print(f"wrote {n} sample(s) to {out}", highlight=False)
+
+
+# ------------------------------------------------------------------------ train
+@app.command()
+def train(
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one cycle now and exit (no scheduler).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="With --once: train even below train.min_new_samples.")
+    ] = False,
+) -> None:
+    """Train LoRA adapters on new accepted samples, gate them on held-out data, promote.
+
+    Without --once, runs on train.interval_s / train.cron until SIGTERM; runs never overlap
+    (a file lock in the registry), and a failed or killed run is retried at the next tick.
+    """
+    from daemon.train import run_cycle, run_scheduler
+
+    s = settings()
+    if not once:
+        run_scheduler(s, progress=sys.stderr.isatty())
+        return
+    try:
+        report = run_cycle(s, force=force, progress=sys.stderr.isatty())
+    except Exception as exc:
+        err.print(f"[red]training cycle failed:[/] {exc!r}", highlight=False)
+        raise typer.Exit(1) from None
+    _print_cycle(report)
+    raise typer.Exit(1 if report.outcome == "busy" else 0)
+
+
+def _print_cycle(report: object) -> None:
+    from daemon.train import CycleReport
+
+    assert isinstance(report, CycleReport)
+    out = Console()
+    out.print(f"[bold]{report.outcome}[/]: {report.reason}", highlight=False)
+    if report.version:
+        out.print(
+            f"version {report.version}: {report.trained_on} samples "
+            f"({report.new_samples} new), loss {report.training.get('final_loss', float('nan')):.4f}, "
+            f"{report.training.get('seconds', 0):.0f}s training",
+            highlight=False,
+        )
+        for check in report.decision.get("checks", []):
+            out.print(
+                f"  {check['metric']}: candidate {_num(check['candidate'])} vs "
+                f"{report.against} {_num(check['active'])} → "
+                f"{'ok' if check['passed'] else 'skipped' if check['passed'] is None else 'FAIL'}"
+                f" ({check['rule']})",
+                highlight=False,
+            )
+    for line in report.recovered:
+        out.print(f"  recovered: {line}", highlight=False)
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+# --------------------------------------------------------------------- adapters
+def _registry():  # type: ignore[no-untyped-def]
+    from daemon.train import open_registry
+
+    return open_registry(settings())
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """Every adapter version: status, data, loss, gate numbers. `*` marks what serves."""
+    from rich.table import Table
+
+    from adapters.gate import HELDOUT, LABELED
+
+    with _registry() as reg:
+        records, pinned, active = reg.list(), reg.pinned(), reg.active_version()
+    title = f"serving: {active}" + (f" (pinned: {pinned})" if pinned else "")
+    columns = ("version", "status", "parent", "samples", "loss", LABELED, HELDOUT, "created")
+    rows = []
+    for r in records:
+        metrics = r.eval.get("candidate", {}).get("metrics", {})
+        rows.append(
+            (
+                ("* " if r.status == "promoted" else "  ") + r.version,
+                r.status,
+                r.parent or "-",
+                str(r.sample_count),
+                "-" if r.train_loss is None else f"{r.train_loss:.4f}",
+                _num(metrics.get(LABELED)),
+                _num(metrics.get(HELDOUT)),
+                _when(r.created_at),
+            )
+        )
+    if not sys.stdout.isatty():  # piped: one tab-separated line per adapter, for scripts
+        typer.echo(title)
+        for row in [columns, *rows]:
+            typer.echo("\t".join(row))
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _when(ts: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@adapters_app.command("show")
+def adapters_show(version: Annotated[str, typer.Argument(help="An adapter version.")]) -> None:
+    """One adapter in full (JSON): provenance, hyperparameters, training, every eval number,
+    the gate's decision, and its promotion history."""
+    from adapters.registry import RegistryError
+
+    with _registry() as reg:
+        try:
+            rec = reg.require(version)
+        except RegistryError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        data = rec.as_dict()
+        data["events"] = reg.events(version)
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _announce(action: str, fn: object) -> None:
+    from adapters.files import AdapterFileError
+    from adapters.registry import RegistryError
+    from streams.producer import ProduceError
+
+    try:
+        event = fn()  # type: ignore[operator]
+    except (RegistryError, AdapterFileError) as exc:
+        err.print(f"[red]{action} refused:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except ProduceError as exc:
+        err.print(f"[red]{action} not announced (registry unchanged):[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(f"{event.action} {event.version}: published to adapter-events")
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    version: Annotated[str, typer.Argument(help="The adapter version to serve.")],
+    reason: Annotated[str | None, typer.Option(help="Recorded with the promotion.")] = None,
+) -> None:
+    """Serve VERSION on every replica now (the gate is not consulted)."""
+    from daemon.promote import promote
+
+    s = settings()
+    with _registry() as reg:
+        _announce(
+            "promote", lambda: promote(s, reg, version, actor="cli", reason=reason or "operator")
+        )
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    version: Annotated[
+        str | None,
+        typer.Argument(help="Where to go: a version or 'base' (default: the previous one)."),
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Recorded with the rollback.")] = None,
+) -> None:
+    """Go back to the previously promoted adapter (or VERSION, or the base) on every replica."""
+    from daemon.promote import rollback
+
+    s = settings()
+    with _registry() as reg:
+        _announce(
+            "rollback",
+            lambda: rollback(s, reg, version, actor="cli", reason=reason or "operator"),
+        )
+
+
+@adapters_app.command("pin")
+def adapters_pin(
+    reason: Annotated[str | None, typer.Option(help="Recorded with the pin.")] = None,
+) -> None:
+    """Keep the active adapter: the train worker stops promoting until `unpin`."""
+    with _registry() as reg:
+        active = reg.active_version()
+        reg.pin(active, actor="cli", reason=reason)
+    typer.echo(f"pinned to {active}: automatic promotion is off until `selfdistill adapters unpin`")
+
+
+@adapters_app.command("unpin")
+def adapters_unpin() -> None:
+    """Allow automatic promotion again."""
+    with _registry() as reg:
+        was = reg.unpin(actor="cli")
+    typer.echo("unpinned" if was else "was not pinned")
+
+
+@adapters_app.command("gate")
+def adapters_gate(
+    version: Annotated[str, typer.Argument(help="A candidate adapter version.")],
+) -> None:
+    """Score VERSION against the active adapter again and apply the gate (promoting it if it
+    passes, unless pinned) — e.g. after an evaluation failed or the eval set changed."""
+    from daemon.store import Store
+    from daemon.train import gate_candidate
+
+    s = settings()
+    with _registry() as reg, Store.open(s.store, s.data_dir) as store:
+        try:
+            report = gate_candidate(s, reg, store, version)
+        except Exception as exc:
+            err.print(f"[red]gate failed:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    _print_cycle(report)
+
+
+# ------------------------------------------------------------------------- task
+@task_app.command("generate")
+def task_generate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write into.")],
+    prompts: Annotated[int, typer.Option(help="Unlabeled seed prompts.")] = 200,
+    heldout: Annotated[int, typer.Option(help="Labeled held-out problems.")] = 40,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write prompts.jsonl (for `selfdistill produce`) and heldout.jsonl (for
+    train.eval.labeled_set): arithmetic and unit-conversion problems with exact answers."""
+    from daemon.tasks import build_task
+
+    p, h = build_task(out, n_prompts=prompts, n_heldout=heldout, seed=seed)
+    typer.echo(f"wrote {p} and {h}")
 
 
 # ------------------------------------------------------------------------- demo

@@ -23,6 +23,7 @@ from daemon.demo import DemoConfig
 from daemon.engines import EngineConfig, ModelConfig
 from daemon.serve import ServeConfig
 from daemon.store import StoreConfig
+from daemon.train import TrainConfig
 from daemon.verify import VerifyConfig
 from streams.broker import BrokerConfig
 from streams.connection import KafkaSettings
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
     )
     store: StoreConfig = Field(
         default_factory=StoreConfig, description="The sample store (SQLite)."
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="The train worker: schedule, LoRA hyperparameters, eval gate.",
     )
     demo: DemoConfig = Field(default_factory=DemoConfig, description="`selfdistill demo` budgets.")
 

@@ -1,9 +1,11 @@
 """``selfdistill demo``: the main job on the embedded defaults, end to end, on one machine.
 
-It grows with the daemon. Today: the embedded broker and topics; the serve worker on the
-embedded SmolLM2 answering the bundled prompts, each with extra candidates, in one Kafka
-transaction per batch; malformed messages dead-lettered with their reasons while the good
-ones flow. Budgets are small so it fits a CPU in a few minutes.
+The embedded broker and topics; the serve worker on the embedded SmolLM2 answering the
+bundled prompts, each with extra candidates, in one Kafka transaction per batch; malformed
+messages dead-lettered with their reasons while the good ones flow; the verify worker
+judging the candidates with the model's own cascade into the SQLite store; then one training
+cycle: a LoRA adapter on the accepted samples, scored against the base by the eval gate,
+promoted or rejected. Budgets are small so it fits a CPU in a few minutes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ class DemoConfig(BaseModel):
         True, description="Demo judges vote from next-token Y/N probabilities (fast on a CPU)."
     )
     timeout_s: float = Field(900.0, gt=0, description="Give up waiting for answers after this.")
+    train_steps: int = Field(
+        12, ge=0, description="LoRA optimizer steps of the demo's training cycle (0: skip it)."
+    )
+    eval_items: int = Field(
+        8, ge=1, description="Labeled held-out problems the demo's eval gate scores."
+    )
 
 
 @dataclass
@@ -65,6 +73,7 @@ class DemoReport:
     store_counts: dict[str, int] = field(default_factory=dict)
     funnel: dict[str, Any] = field(default_factory=dict)
     accepted: list[dict[str, Any]] = field(default_factory=list)
+    cycle: Any = None  # daemon.train.CycleReport of the training step
     seconds: float = 0.0
 
     @property
@@ -186,22 +195,77 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
         report.candidates = _read_all(kafka, topics.candidates, CandidatesMessage)
         report.dead_letters = list(tail(kafka, topics.dlq(topics.prompts), dead_letter=True))
         _show(console, report, topics.dlq(topics.prompts))
+        c = report.store_counts
+        console.print(
+            f"6. store {settings.store.path_in(settings.data_dir)}: {c.get('accepted', 0)} "
+            f"accepted samples ({c.get('accepted_train', 0)} train, "
+            f"{c.get('accepted_heldout', 0)} held out) from {c.get('candidates', 0)} "
+            f"candidates; {c.get('votes', 0)} judge calls recorded"
+        )
+        if demo.train_steps and c.get("accepted_train", 0):
+            report.cycle = _train(run, engine, console)
+        elif demo.train_steps:
+            console.print("7. nothing accepted for training: no training cycle this time")
+        engine.close()
     report.seconds = time.monotonic() - started
-    c = report.store_counts
     console.print(
-        f"6. store {settings.store.path_in(settings.data_dir)}: {c.get('accepted', 0)} accepted "
-        f"samples ({c.get('accepted_train', 0)} train, {c.get('accepted_heldout', 0)} held out) "
-        f"from {c.get('candidates', 0)} candidates; {c.get('votes', 0)} judge calls recorded"
-    )
-    console.print(
-        f"7. broker stopped. {len({r.id for r in report.responses})}/{report.produced} prompts "
+        f"9. broker stopped. {len({r.id for r in report.responses})}/{report.produced} prompts "
         f"answered exactly once, {len(report.dead_letters)} dead letters kept with reasons; "
         f"{report.seconds:.0f}s in all."
     )
-    console.print(
-        "[dim]Training and the eval gate join this demo as they land (README, Status).[/]"
-    )
     return report
+
+
+def _train(settings: Settings, engine: Any, console: Console) -> Any:
+    """One training cycle on what verify accepted: LoRA → eval gate → promotion or not."""
+    from daemon.train import run_cycle
+
+    demo = settings.demo
+    run = settings.model_copy(
+        update={
+            "train": settings.train.model_copy(
+                update={
+                    "lora": settings.train.lora.model_copy(
+                        update={"max_steps": demo.train_steps, "batch_size": 4, "max_length": 256}
+                    ),
+                    "eval": settings.train.eval.model_copy(
+                        update={
+                            "labeled_max": demo.eval_items,
+                            "max_tokens": demo.max_tokens,
+                            "heldout_max": min(settings.train.eval.heldout_max, 4),
+                        }
+                    ),
+                }
+            )
+        }
+    )
+    with console.status(
+        f"7. training a LoRA adapter ({demo.train_steps} steps) and scoring it against the base"
+    ):
+        cycle = run_cycle(run, engine=engine, force=True)
+    console.print(
+        f"7. trained [bold]{cycle.version}[/] on {cycle.trained_on} accepted samples "
+        f"(loss {cycle.training.get('final_loss', float('nan')):.3f}, "
+        f"{cycle.training.get('seconds', 0):.0f}s)"
+    )
+    gate = Table(title=f"the eval gate: {cycle.version} vs {cycle.against}")
+    for col in ("metric", "candidate", cycle.against or "active", "rule", "ok"):
+        gate.add_column(col)
+    for check in cycle.decision.get("checks", []):
+        gate.add_row(
+            check["metric"],
+            _fmt(check["candidate"]),
+            _fmt(check["active"]),
+            check["rule"],
+            "-" if check["passed"] is None else "yes" if check["passed"] else "no",
+        )
+    console.print(gate)
+    console.print(f"8. gate: [bold]{cycle.outcome}[/] — {cycle.reason}")
+    return cycle
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _show(console: Console, report: DemoReport, dlq: str) -> None:

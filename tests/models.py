@@ -30,7 +30,8 @@ def build_tiny_llama(out: Path, embedded_dir: Path, seed: int = 0) -> Path:
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        # No pad_token_id: SmolLM2 pads with its end-of-turn token, and a padding_idx would
+        # pin that token's (tied) embedding to zero, so the model could never learn to stop.
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)

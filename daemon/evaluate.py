@@ -1,0 +1,208 @@
+"""Scoring an adapter for the eval gate: the numbers ``adapters.gate.decide`` compares.
+
+Two metrics, both computed on data no adapter was trained on:
+
+* ``labeled_pass@1`` — greedy answers to a labeled held-out set (JSONL of question,
+  reference and grader; default: the bundled task's ``heldout.jsonl``), graded by
+  ``daemon/graders.py``. The only number here backed by ground truth.
+* ``heldout_cascade_pass`` — the model's greedy answers to the held-out slice of the
+  accepted data (``split = 'heldout'``, never trained on), judged by the cascade: the rate at
+  which the adapter's own answers pass the same bar its training data passed. The judge is
+  always the *base* model, whatever ``verify.judge`` says: a candidate must not grade itself,
+  and the candidate and the active adapter must face the same judge for the numbers to be
+  comparable.
+
+Judging is expensive, so the held-out slice is capped (``heldout_max``) and judged with
+``heldout_votes`` votes per stage. An evaluation's fingerprint (eval data + knobs) keys a
+cache in the registry: the active adapter is scored once per fingerprint, not once per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.gate import HELDOUT, LABELED
+from daemon.cascade import Cascade, CascadeConfig, CascadeInput, question_of
+from daemon.engines.base import ChatRequest, Engine
+from daemon.graders import LabeledItem, grade, load_labeled
+from streams.schemas import ChatMessage
+
+log = logging.getLogger(__name__)
+
+
+class EvalConfig(BaseModel):
+    """What the gate measures and at what budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labeled_set: Path | None = Field(
+        None,
+        description="JSONL of {id, question, answer, grader: exact|numeric|regex|choice}; "
+        "default: the bundled task's held-out set (daemon/data/task/heldout.jsonl).",
+    )
+    labeled_max: int | None = Field(
+        None, ge=1, description="Score only the first N labeled items (None: all)."
+    )
+    max_tokens: int = Field(96, ge=1, description="Longest greedy answer when scoring.")
+    heldout_max: int = Field(
+        16,
+        ge=0,
+        description="Held-out accepted samples whose prompts are answered and judged by the "
+        "cascade (0: skip that metric).",
+    )
+    heldout_votes: int = Field(
+        1, ge=1, le=64, description="Votes per cascade stage when judging held-out answers."
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
+
+    def labeled_path(self) -> Path:
+        if self.labeled_set is not None:
+            return self.labeled_set
+        from daemon.tasks import bundled_heldout
+
+        return bundled_heldout()
+
+
+@dataclass
+class EvalReport:
+    """One adapter's scores and, per item, what it answered (shown by `adapters show`)."""
+
+    adapter: str  # a version, or "base"
+    metrics: dict[str, float | None]
+    counts: dict[str, int]
+    seconds: float
+    fingerprint: str
+    labeled: list[dict[str, Any]] = field(default_factory=list)
+    heldout: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fingerprint(
+    items: Sequence[LabeledItem],
+    heldout: Sequence[dict[str, Any]],
+    config: EvalConfig,
+    cascade: CascadeConfig,
+    model: str,
+) -> str:
+    """Same data, knobs and base model → same fingerprint → a cached score is still valid."""
+    h = hashlib.sha256()
+    h.update(model.encode() + b"\0")
+    h.update(config.model_dump_json(exclude={"labeled_set"}).encode() + b"\0")
+    h.update(cascade.model_dump_json().encode() + b"\0")
+    for item in items:
+        h.update(item.model_dump_json().encode() + b"\0")
+    for row in heldout:
+        h.update(str(row["id"]).encode() + b"\0")
+    return h.hexdigest()[:24]
+
+
+def eval_cascade_config(verify: CascadeConfig, config: EvalConfig) -> CascadeConfig:
+    """The verifier's cascade at the eval budget: every candidate judged on its own."""
+    return verify.model_copy(update={"votes": config.heldout_votes, "policy": "all-valid"})
+
+
+def load_eval_data(
+    config: EvalConfig, heldout_rows: Sequence[dict[str, Any]]
+) -> tuple[list[LabeledItem], list[dict[str, Any]]]:
+    items = load_labeled(config.labeled_path())
+    if config.labeled_max is not None:
+        items = items[: config.labeled_max]
+    return items, list(heldout_rows)[: config.heldout_max]
+
+
+def _answers(
+    engine: Engine,
+    chats: Sequence[Sequence[dict[str, str]]],
+    adapter: str | None,
+    config: EvalConfig,
+) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(chats), config.batch_size):
+        batch = [
+            ChatRequest(
+                list(chat), n=1, temperature=0.0, max_tokens=config.max_tokens, adapter=adapter
+            )
+            for chat in chats[i : i + config.batch_size]
+        ]
+        for result in engine.generate(batch):
+            out.append(result.completions[0].text if result.completions else "")
+    return out
+
+
+def evaluate(
+    engine: Engine,
+    adapter: str | None,
+    items: Sequence[LabeledItem],
+    heldout: Sequence[dict[str, Any]],
+    config: EvalConfig,
+    cascade: CascadeConfig,
+    *,
+    fingerprint_: str = "",
+) -> EvalReport:
+    """Score ``adapter`` (None: the base model) on both metrics. The adapter must be loaded."""
+    started = time.monotonic()
+    name = adapter or "base"
+    metrics: dict[str, float | None] = {LABELED: None, HELDOUT: None}
+    labeled: list[dict[str, Any]] = []
+    if items:
+        outputs = _answers(
+            engine, [[{"role": "user", "content": it.question}] for it in items], adapter, config
+        )
+        for it, text in zip(items, outputs, strict=True):
+            labeled.append({"id": it.id, "output": text, "passed": grade(it, text)})
+        metrics[LABELED] = sum(r["passed"] for r in labeled) / len(labeled)
+
+    judged: list[dict[str, Any]] = []
+    if heldout:
+        prompts = [row["messages"][:-1] for row in heldout]
+        answers = _answers(engine, prompts, adapter, config)
+        inputs = [
+            CascadeInput(
+                prompt_id=str(row["id"]),
+                question=question_of([ChatMessage(**m) for m in chat]),
+                candidates=[text],
+            )
+            for row, chat, text in zip(heldout, prompts, answers, strict=True)
+        ]
+        outcomes = Cascade(engine, eval_cascade_config(cascade, config), adapter=None).run(inputs)
+        for row, text, outcome in zip(heldout, answers, outcomes, strict=True):
+            cand = outcome.candidates[0]
+            judged.append(
+                {
+                    "id": row["id"],
+                    "output": text,
+                    "passed": cand.accepted,
+                    "rejected_at": cand.rejected_at,
+                }
+            )
+        metrics[HELDOUT] = sum(r["passed"] for r in judged) / len(judged)
+
+    report = EvalReport(
+        adapter=name,
+        metrics=metrics,
+        counts={"labeled": len(labeled), "heldout": len(judged)},
+        seconds=round(time.monotonic() - started, 2),
+        fingerprint=fingerprint_,
+        labeled=labeled,
+        heldout=judged,
+    )
+    log.info(
+        "eval %s: %s (%d labeled, %d held-out, %.1fs)",
+        name,
+        json.dumps({k: None if v is None else round(v, 3) for k, v in metrics.items()}),
+        len(labeled),
+        len(judged),
+        report.seconds,
+    )
+    return report

@@ -1,0 +1,399 @@
+"""The train worker: on a schedule, turn new accepted samples into a gated adapter.
+
+One cycle (:func:`run_cycle`), in order:
+
+1. take the registry's training lock (a second scheduler or a manual ``--once`` skips
+   instead of overlapping) and :meth:`Registry.recover` what a crashed run left behind;
+2. count accepted train-split samples not in the last adapter's snapshot; fewer than
+   ``train.min_new_samples`` → nothing to do (a crashed run registered nothing, so its
+   samples are still new and the next cycle retries them);
+3. reserve the next version name, freeze the data as a store snapshot named after it, train
+   a LoRA adapter (``adapters.training``) into a staging directory, rename it into place,
+   register it as a candidate;
+4. score the candidate and the active adapter (``daemon/evaluate.py``) and apply the gate
+   (``adapters.gate``); the numbers and the decision are stored with the candidate;
+5. promote (publish to ``adapter-events``, ``daemon/promote.py``) if the gate says so,
+   ``auto_promote`` is on and no operator pinned the registry.
+
+The scheduler (:func:`run_scheduler`) is APScheduler with ``max_instances=1`` and
+``coalesce``: a run that outlasts its interval delays the next one instead of stacking.
+A failed cycle is logged and retried at the next tick; the daemon keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from adapters.gate import GateConfig, decide
+from adapters.registry import BASE, AdapterRecord, Registry, RegistryBusy
+from adapters.training import TrainingConfig
+from daemon.evaluate import (
+    EvalConfig,
+    eval_cascade_config,
+    evaluate,
+    fingerprint,
+    load_eval_data,
+)
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+    from daemon.engines.base import Engine
+    from daemon.store import Store
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["skipped", "busy", "promoted", "rejected", "candidate", "failed"]
+
+
+class TrainConfig(BaseModel):
+    """The train worker: when it trains, how, and how a new adapter is judged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(
+        3600.0, gt=0, description="Check for new samples every this many seconds."
+    )
+    cron: str | None = Field(
+        None,
+        description="A crontab expression ('0 3 * * *': 03:00 daily); overrides interval_s.",
+    )
+    min_new_samples: int = Field(
+        50, ge=1, description="Train only when at least this many new accepted samples exist."
+    )
+    lora: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="LoRA hyperparameters."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="What the gate measures.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="The promotion rule.")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str | None) -> str | None:
+        if v is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(v)
+            except ValueError as exc:
+                raise ValueError(f"not a crontab expression: {exc}") from None
+        return v
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did, for the log, the CLI and the tests."""
+
+    outcome: Outcome
+    reason: str
+    version: str | None = None
+    new_samples: int = 0
+    trained_on: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    candidate: dict[str, Any] = field(default_factory=dict)  # metrics
+    active: dict[str, Any] = field(default_factory=dict)  # metrics of what it was compared to
+    against: str | None = None
+    decision: dict[str, Any] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_registry(settings: Settings) -> Registry:
+    return Registry(settings.adapters.path(settings.data_dir))
+
+
+def model_label(settings: Settings) -> str:
+    """The name version names are built from (``smollm2-135m-instruct-sd-v0001``)."""
+    if settings.model.name:
+        return settings.model.name
+    if settings.model.path == "embedded":
+        from daemon.engines.model_files import EMBEDDED_NAME
+
+        return EMBEDDED_NAME
+    return settings.model.path
+
+
+# ------------------------------------------------------------------------- the cycle
+def run_cycle(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    force: bool = False,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> CycleReport:
+    """One training cycle, start to gate decision. ``force`` ignores ``min_new_samples``.
+
+    ``engine`` (optional) scores the adapters; without one, the configured engine is built
+    for the evaluation and closed after it. ``should_stop`` is polled between training
+    steps: a shutdown interrupts training (the run is recorded as failed, nothing is left
+    on disk) instead of waiting for it to finish.
+    """
+    from daemon.store import Store
+
+    started = time.monotonic()
+    registry = open_registry(settings)
+    try:
+        with registry.training_lock():
+            recovered = registry.recover()
+            for line in recovered:
+                log.warning("recovery: %s", line)
+            with Store.open(settings.store, settings.data_dir) as store:
+                report = _cycle(settings, registry, store, engine, force, progress, should_stop)
+            report.recovered = recovered
+    except RegistryBusy as exc:
+        report = CycleReport("busy", str(exc))
+    finally:
+        registry.close()
+    report.seconds = round(time.monotonic() - started, 2)
+    log.info("train cycle: %s (%s)", report.outcome, report.reason)
+    return report
+
+
+def _cycle(
+    settings: Settings,
+    registry: Registry,
+    store: Store,
+    engine: Engine | None,
+    force: bool,
+    progress: bool,
+    should_stop: Callable[[], bool] | None,
+) -> CycleReport:
+    cfg = settings.train
+    last = registry.last_trained()
+    since = last.snapshot_id if last is not None else None
+    new = store.new_accepted_since(since)
+    if new == 0 or (new < cfg.min_new_samples and not force):
+        return CycleReport(
+            "skipped",
+            f"{new} new accepted samples since {since or 'the start'}; "
+            f"training needs {cfg.min_new_samples}",
+            new_samples=new,
+        )
+    active = registry.active()
+    parent = active.version if cfg.lora.init == "active" and active is not None else None
+    version = registry.next_version(model_label(settings))
+    run_id = registry.begin_run(version, parent)
+    log.info("training %s on %d new samples (init from %s)", version, new, parent or "base")
+    try:
+        count = store.create_snapshot(version, "train", note=f"training run {run_id}")
+        rows = store.snapshot_samples(version)
+        if parent is not None and active is not None and active.snapshot_id:
+            # Continuing from the active adapter: it has seen its own snapshot already.
+            seen = {r["id"] for r in store.snapshot_samples(active.snapshot_id)}
+            rows = [r for r in rows if r["id"] not in seen]
+        registry.set_run_data(run_id, version, count)
+        training = _train(
+            settings, registry, version, rows, active if parent else None, progress, should_stop
+        )
+        from adapters.files import adapter_digest
+
+        registry.register(
+            version,
+            parent=parent,
+            base_model=settings.model.path,
+            sha256=adapter_digest(registry.root / version),
+            snapshot_id=version,
+            sample_count=len(rows),
+            hyperparams=cfg.lora.model_dump(mode="json"),
+            training=training,
+        )
+        registry.finish_run(run_id, "done")
+    except BaseException as exc:
+        registry.finish_run(run_id, "failed", repr(exc)[:2000])
+        raise
+    report = gate_candidate(settings, registry, store, version, engine=engine)
+    report.new_samples = new
+    report.trained_on = len(rows)
+    report.training = training
+    return report
+
+
+def _train(
+    settings: Settings,
+    registry: Registry,
+    version: str,
+    rows: list[dict[str, Any]],
+    init: AdapterRecord | None,
+    progress: bool,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    from adapters.training import train_lora
+    from daemon.engines.model_files import resolve_model_dir
+
+    model_dir = resolve_model_dir(settings.model.path, settings.model.cache_dir)
+    init_dir = registry.full_path(init) if init is not None else None
+    with registry.staging(version) as tmp:
+        result = train_lora(
+            model_dir,
+            [r["messages"] for r in rows],
+            tmp,
+            settings.train.lora,
+            init_adapter=init_dir,
+            progress=progress,
+            should_stop=should_stop,
+            threads=settings.engine.torch_threads,
+        )
+    return result.as_dict()
+
+
+# ---------------------------------------------------------------------- the gate
+def gate_candidate(
+    settings: Settings,
+    registry: Registry,
+    store: Store,
+    version: str,
+    *,
+    engine: Engine | None = None,
+) -> CycleReport:
+    """Score ``version`` and the active adapter, record the decision, promote if it passes."""
+    cfg = settings.train
+    candidate = registry.require(version)
+    active = registry.active()
+    items, heldout = load_eval_data(cfg.eval, store.accepted_samples("heldout"))
+    cascade = eval_cascade_config(settings.verify, cfg.eval)
+    fp = fingerprint(items, heldout, cfg.eval, cascade, settings.model.path)
+
+    own = engine is None
+    if engine is None:
+        from daemon.engines import make_engine
+
+        engine = make_engine(settings.model, settings.engine)
+    loaded: list[str] = []
+    try:
+
+        def score(rec: AdapterRecord | None) -> dict[str, Any]:
+            name = rec.version if rec is not None else BASE
+            cached = registry.cached_eval(name, fp)
+            if cached is not None:
+                log.info("eval %s: cached %s", name, cached["metrics"])
+                return cached
+            if rec is not None and rec.version not in engine.adapters():
+                from adapters.files import verify_adapter
+
+                path = verify_adapter(registry.root, rec.path, rec.sha256)
+                engine.load_adapter(rec.version, str(path))
+                loaded.append(rec.version)
+            report = evaluate(
+                engine,
+                rec.version if rec is not None else None,
+                items,
+                heldout,
+                cfg.eval,
+                cascade,
+                fingerprint_=fp,
+            ).as_dict()
+            registry.store_eval(name, fp, report)
+            return report
+
+        cand_eval = score(candidate)
+        active_eval = score(active)
+    finally:
+        for name in loaded:
+            try:
+                engine.unload_adapter(name)
+            except Exception as exc:  # a leftover adapter costs memory, not correctness
+                log.warning("unloading %s after eval: %s", name, exc)
+        if own:
+            engine.close()
+
+    decision = decide(cand_eval["metrics"], active_eval["metrics"], cfg.gate)
+    pinned = registry.pinned()
+    against = active.version if active is not None else BASE
+    record = {
+        **decision.as_dict(),
+        "against": against,
+        "fingerprint": fp,
+        "pinned": pinned,
+        "auto_promote": cfg.gate.auto_promote,
+    }
+    registry.record_decision(
+        version,
+        {"candidate": cand_eval, "active": active_eval},
+        record,
+        rejected=not decision.promote,
+    )
+    outcome: Outcome = "rejected"
+    reason = decision.reason
+    if decision.promote:
+        if pinned is not None:
+            outcome, reason = "candidate", f"passed the gate, but pinned to {pinned}: {reason}"
+        elif not cfg.gate.auto_promote:
+            outcome, reason = "candidate", f"passed the gate (auto_promote off): {reason}"
+        else:
+            from daemon.promote import promote
+
+            promote(settings, registry, version, actor="train", reason=decision.reason)
+            outcome = "promoted"
+    return CycleReport(
+        outcome,
+        reason,
+        version=version,
+        candidate=cand_eval["metrics"],
+        active=active_eval["metrics"],
+        against=against,
+        decision=record,
+    )
+
+
+# ------------------------------------------------------------------ the scheduler
+def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
+    """Run cycles on the configured interval or cron until SIGTERM/SIGINT."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    cfg = settings.train
+    trigger = (
+        CronTrigger.from_crontab(cfg.cron) if cfg.cron else IntervalTrigger(seconds=cfg.interval_s)
+    )
+    scheduler = BlockingScheduler()
+    stopping = threading.Event()
+
+    def job() -> None:
+        try:
+            run_cycle(settings, progress=progress, should_stop=stopping.is_set)
+        except Exception:
+            log.exception("train cycle failed; retrying at the next tick")
+
+    scheduler.add_job(
+        job,
+        trigger,
+        id="train",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+        next_run_time=None if cfg.cron else _now(),
+    )
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping the scheduler (a training run is interrupted)", signum)
+        stopping.set()
+        threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    log.info(
+        "train scheduler: %s, min_new_samples=%d",
+        f"cron {cfg.cron!r}" if cfg.cron else f"every {cfg.interval_s:g}s",
+        cfg.min_new_samples,
+    )
+    scheduler.start()
+
+
+def _now() -> Any:
+    from datetime import datetime
+
+    return datetime.now(UTC)

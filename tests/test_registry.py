@@ -1,0 +1,234 @@
+"""The adapter registry on a real SQLite file and directory, and the gate's decision rule."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adapters.gate import HELDOUT, LABELED, GateConfig, decide
+from adapters.registry import (
+    BASE,
+    Registry,
+    RegistryBusy,
+    RegistryError,
+    model_stem,
+    version_number,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _add(reg: Registry, model: str = "Tiny-Model") -> str:
+    """A registered candidate with real files, as the train worker leaves one."""
+    version = reg.next_version(model)
+    run = reg.begin_run(version, None)
+    with reg.staging(version) as tmp:
+        (tmp / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+        (tmp / "adapter_model.safetensors").write_bytes(b"weights " + version.encode())
+    reg.register(
+        version,
+        parent=None,
+        base_model=model,
+        sha256="0" * 64,
+        snapshot_id=version,
+        sample_count=3,
+        hyperparams={"r": 4},
+        training={"final_loss": 0.5},
+    )
+    reg.finish_run(run, "done")
+    return version
+
+
+def test_versions_are_named_after_the_model_and_never_reused(tmp_path: Path) -> None:
+    assert model_stem("SmolLM2-135M-Instruct") == "smollm2-135m-instruct"
+    assert model_stem("/models/Llama 3.1/") == "llama-3.1"
+    assert version_number("smollm2-135m-instruct-sd-v0012") == 12
+    assert version_number("base") is None
+    reg = Registry(tmp_path)
+    v1 = _add(reg)
+    assert v1 == "tiny-model-sd-v0001"
+    # A run that reserved v0002 and died keeps its number: the next one is v0003.
+    reg.begin_run(reg.next_version("Tiny-Model"), None)
+    assert reg.next_version("Tiny-Model") == "tiny-model-sd-v0003"
+    # A directory nobody recorded (copied in by hand) also counts.
+    (tmp_path / "tiny-model-sd-v0009").mkdir()
+    assert reg.next_version("Tiny-Model") == "tiny-model-sd-v0010"
+    rec = reg.require(v1)
+    assert rec.status == "candidate" and rec.sample_count == 3 and rec.train_loss == 0.5
+    assert rec.hyperparams == {"r": 4} and reg.full_path(rec) == (tmp_path / v1).resolve()
+
+
+def test_staging_renames_into_place_only_on_success(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    with pytest.raises(RuntimeError), reg.staging("m-sd-v0001") as tmp:
+        (tmp / "adapter_model.safetensors").write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert not (tmp_path / "m-sd-v0001").exists()
+    assert not any(p.name.startswith(".staging-") for p in tmp_path.iterdir())
+    with reg.staging("m-sd-v0001") as tmp:
+        (tmp / "a").write_text("x")
+    assert (tmp_path / "m-sd-v0001" / "a").read_text() == "x"
+    with pytest.raises(RegistryError, match="immutable"), reg.staging("m-sd-v0001"):
+        pass
+    with pytest.raises(RegistryError, match="not a version"), reg.staging("../escape"):
+        pass
+
+
+def test_promote_rollback_stack_and_pin_are_recorded(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    v1, v2, v3 = _add(reg), _add(reg), _add(reg)
+    assert reg.active_version() == BASE
+    with pytest.raises(RegistryError, match="already active"):
+        reg.plan_rollback()  # nothing promoted yet: the base is already serving
+    assert reg.promote(v1, actor="train") == BASE
+    assert reg.promote(v2, actor="train") == v1
+    assert reg.promote(v3, actor="cli", reason="manual") == v2
+    assert [r.status for r in reg.list()] == ["retired", "retired", "promoted"]
+    # rollback walks back through the promotion history: v3 → v2 → v1 → base
+    assert reg.plan_rollback() == v2
+    reg.rollback(v2, actor="cli")
+    assert reg.active_version() == v2 and reg.require(v3).status == "rolled-back"
+    assert reg.plan_rollback() == v1
+    reg.rollback(reg.plan_rollback(), actor="cli")
+    assert reg.plan_rollback() == BASE
+    reg.rollback(BASE, actor="cli", reason="bad answers")
+    assert reg.active() is None
+    assert {r.version: r.status for r in reg.list()} == {
+        v1: "rolled-back",
+        v2: "rolled-back",
+        v3: "rolled-back",
+    }
+    # a named target, and refusals
+    assert reg.plan_rollback(v3) == v3
+    with pytest.raises(RegistryError, match="no adapter"):
+        reg.plan_rollback("m-sd-v0099")
+    with pytest.raises(RegistryError, match="no adapter"):
+        reg.promote("m-sd-v0099", actor="cli")
+    reg.promote(v3, actor="cli")
+    with pytest.raises(RegistryError, match="already active"):
+        reg.promote(v3, actor="cli")
+    reg.pin(v3, actor="cli", reason="freeze for the launch")
+    assert reg.pinned() == v3
+    assert reg.unpin(actor="cli") == v3 and reg.pinned() is None
+    actions = [e["action"] for e in reversed(reg.events())]
+    assert actions == [
+        "promote", "promote", "promote", "rollback", "rollback", "rollback", "promote", "pin",
+        "unpin",
+    ]  # fmt: skip
+    last_rollback = next(e for e in reg.events() if e["action"] == "rollback")
+    assert last_rollback["version"] == BASE and last_rollback["previous"] == v1
+    assert last_rollback["reason"] == "bad answers"
+
+
+def test_a_decision_is_stored_and_a_rejection_is_an_event(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    v1 = _add(reg)
+    reg.record_decision(
+        v1, {"candidate": {"metrics": {LABELED: 0.1}}}, {"reason": "worse"}, rejected=True
+    )
+    rec = reg.require(v1)
+    assert rec.status == "rejected" and rec.decision == {"reason": "worse"}
+    assert rec.eval["candidate"]["metrics"][LABELED] == 0.1
+    assert reg.events(v1)[0]["action"] == "reject"
+    reg.store_eval(BASE, "fp1", {"metrics": {LABELED: 0.3}})
+    assert reg.cached_eval(BASE, "fp1") == {"metrics": {LABELED: 0.3}}
+    assert reg.cached_eval(BASE, "fp2") is None
+
+
+def test_recovery_after_a_crash_between_any_two_steps(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    good = _add(reg)
+    # crash 1: killed while writing (staging left behind, run still "running")
+    v2 = reg.next_version("Tiny-Model")
+    reg.begin_run(v2, None)
+    (tmp_path / f".staging-{v2}.abcd").mkdir()
+    (tmp_path / f".staging-{v2}.abcd" / "adapter_model.safetensors").write_bytes(b"half")
+    # crash 2: killed after the rename, before the row
+    v3 = reg.next_version("Tiny-Model")
+    reg.begin_run(v3, None)
+    (tmp_path / v3).mkdir()
+    with reg.training_lock():
+        done = reg.recover()
+    assert len(done) == 4, done
+    assert sorted(
+        p.name for p in tmp_path.iterdir() if not p.name.startswith((".", "registry"))
+    ) == [good]
+    assert not (tmp_path / v3).exists() and (tmp_path / good).is_dir()
+    assert not any(p.name.startswith(".staging-") for p in tmp_path.iterdir())
+    states = {r["version"]: r["state"] for r in reg.runs()}
+    assert states == {good: "done", v2: "crashed", v3: "crashed"}
+    assert [r.version for r in reg.list()] == [good]
+    assert reg.next_version("Tiny-Model").endswith("v0004")  # neither number is reused
+
+
+def test_the_training_lock_excludes_another_process(tmp_path: Path) -> None:
+    Registry(tmp_path).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                from pathlib import Path
+                from adapters.registry import Registry
+                with Registry(Path({str(tmp_path)!r})).training_lock():
+                    print("locked", flush=True)
+                    time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        reg = Registry(tmp_path)
+        with pytest.raises(RegistryBusy), reg.training_lock():
+            pass
+        holder.kill()  # the OS releases the lock of a dead holder: no stale lock files
+        holder.wait()
+        with reg.training_lock():
+            pass
+    finally:
+        holder.kill()
+
+
+def test_registry_refuses_a_newer_schema(tmp_path: Path) -> None:
+    Registry(tmp_path).close()
+    with sqlite3.connect(tmp_path / "registry.db") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(RegistryError, match="newer"):
+        Registry(tmp_path)
+    assert os.path.exists(tmp_path / "registry.db")
+
+
+# ------------------------------------------------------------------------ the gate
+def test_gate_promotes_only_a_clear_win_without_regressions() -> None:
+    cfg = GateConfig(margin=0.05, tolerance=0.1)
+    win = decide({LABELED: 0.6, HELDOUT: 0.5}, {LABELED: 0.5, HELDOUT: 0.55}, cfg)
+    assert win.promote and win.checks[0].metric == LABELED
+    assert win.checks[0].delta == pytest.approx(0.1)
+    small = decide({LABELED: 0.53, HELDOUT: 0.5}, {LABELED: 0.5, HELDOUT: 0.5}, cfg)
+    assert not small.promote and "does not beat" in small.reason
+    tie = decide({LABELED: 0.5}, {LABELED: 0.5}, GateConfig(margin=0.0))
+    assert not tie.promote  # a tie keeps what serves, even with margin 0
+    regress = decide({LABELED: 0.9, HELDOUT: 0.2}, {LABELED: 0.5, HELDOUT: 0.5}, cfg)
+    assert not regress.promote and HELDOUT in regress.reason
+    # a metric without data is skipped, unless it is the primary
+    skip = decide({LABELED: 0.9, HELDOUT: None}, {LABELED: 0.5, HELDOUT: 0.4}, cfg)
+    assert skip.promote and skip.checks[1].passed is None
+    blind = decide({LABELED: None}, {LABELED: 0.1}, cfg)
+    assert not blind.promote and "could not be measured" in blind.reason
+    other = decide(
+        {LABELED: 0.1, HELDOUT: 0.9}, {LABELED: 0.5, HELDOUT: 0.5}, GateConfig(primary=HELDOUT)
+    )
+    assert not other.promote and LABELED in other.reason  # labeled now may not regress
+    assert other.as_dict()["checks"][0]["metric"] == HELDOUT
