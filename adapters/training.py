@@ -172,6 +172,17 @@ class _Batch:
     tokens: int
     answer_tokens: int
 
+    def to(self, device: torch.device) -> _Batch:
+        if self.input_ids.device == device:
+            return self
+        return _Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            self.tokens,
+            self.answer_tokens,
+        )
+
 
 def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices sorted by length (ties by index), chunked: batches of similar lengths."""
@@ -267,6 +278,7 @@ def train_lora(
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
     threads: int | None = None,
+    device: str = "auto",
 ) -> TrainResult:
     """Train a LoRA adapter on ``conversations`` (answer tokens only) and save it to ``out_dir``.
 
@@ -274,7 +286,8 @@ def train_lora(
     ``init_adapter``, that adapter's weights and LoRA shape are trained further instead
     (``config.init == "active"``, the caller picks the adapter). ``should_stop`` is polled
     between forward passes; when it returns True, :class:`TrainingInterrupted` is raised and
-    nothing is written. Raises ValueError when no conversation is usable.
+    nothing is written. Raises ValueError when no conversation is usable. ``device``:
+    "auto" trains on CUDA when there is one, else on the CPU.
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -296,7 +309,10 @@ def train_lora(
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(dev)
     torch.manual_seed(config.seed)
     with warnings.catch_warnings():
         # peft asks transformers 5 for a deprecated property when it wraps a model.
@@ -320,7 +336,7 @@ def train_lora(
         _collate([examples[i] for i in idx], pad_id)
         for idx in _length_batches([len(x) for x, _ in examples], config.batch_size)
     ]
-    loss_fn = _pick_loss(peft_model, _collate([examples[0]], pad_id))
+    loss_fn = _pick_loss(peft_model, _collate([examples[0]], pad_id).to(dev))
     steps_per_epoch = math.ceil(len(batches) / config.grad_accum)
     total_steps = (
         config.max_steps if config.max_steps is not None else steps_per_epoch * config.epochs
@@ -355,7 +371,7 @@ def train_lora(
                 for b in group:
                     if should_stop is not None and should_stop():
                         raise TrainingInterrupted(f"stopped after {steps} of {total_steps} steps")
-                    batch = batches[b]
+                    batch = batches[b].to(dev)
                     loss_sum = loss_fn(peft_model, batch)
                     (loss_sum / group_answer).backward()
                     summed = float(loss_sum.detach())

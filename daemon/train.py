@@ -244,6 +244,7 @@ def _train(
             progress=progress,
             should_stop=should_stop,
             threads=settings.engine.torch_threads,
+            device=settings.model.device,
         )
     return result.as_dict()
 

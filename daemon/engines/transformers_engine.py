@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -199,12 +200,17 @@ class TransformersEngine:
             except AdapterFileError as exc:
                 raise AdapterLoadError(f"adapter {name!r} refused: {exc}") from exc
             try:
-                if self.model is self.base:
-                    self.model = PeftModel.from_pretrained(
-                        self.base, path, adapter_name=name, is_trainable=False
+                with warnings.catch_warnings():
+                    # peft asks transformers 5 for a deprecated property when it wraps a model
+                    warnings.filterwarnings(
+                        "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
                     )
-                else:
-                    self.model.load_adapter(path, adapter_name=name, is_trainable=False)
+                    if self.model is self.base:
+                        self.model = PeftModel.from_pretrained(
+                            self.base, path, adapter_name=name, is_trainable=False
+                        )
+                    else:
+                        self.model.load_adapter(path, adapter_name=name, is_trainable=False)
                 self.model.eval()
                 self._check_finite(name)
             except Exception as exc:
