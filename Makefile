@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench install clean
+.PHONY: demo test lint format bench install clean tools
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,17 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# promtool and a real Prometheus server for the deploy/ tests (Debian's package; needs root).
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing Debian's prometheus package (promtool + server) for the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 demo: $(STAMP)
 	$(BIN)/selfdistill demo
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -127,15 +127,26 @@ class AdapterRecord:
 class Registry:
     """The registry directory and its database. Cheap to open; safe across processes (WAL)."""
 
-    def __init__(self, root: Path, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, root: Path, *, busy_timeout_s: float = 30.0, read_only: bool = False
+    ) -> None:
+        """``read_only`` (for ``selfdistill status``) opens with SQLite's ``mode=ro``: it
+        takes no write lock and creates nothing; the database must exist."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_FILE
+        self._lock = threading.RLock()
+        if read_only:
+            if not self.db_path.is_file():
+                raise FileNotFoundError(f"no adapter registry at {self.db_path}")
+            uri = self.db_path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, check_same_thread=False)
+            self.db = Database(conn, execute_plugins=False)
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.db_path, timeout=busy_timeout_s, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a promotion must survive a power cut
         self.db = Database(conn, execute_plugins=False)
-        self._lock = threading.RLock()
         self._create_schema()
 
     def close(self) -> None:

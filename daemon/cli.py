@@ -309,9 +309,13 @@ def verify() -> None:
     redelivery after a crash changes nothing. A store that cannot be written (full disk,
     read-only) stops the commits and is retried with backoff: nothing is lost.
     """
+    from daemon.observe import observability
     from daemon.verify import VerifyWorker
 
-    VerifyWorker(settings()).run()
+    s = settings()
+    worker = VerifyWorker(s)
+    with observability(s.metrics, "verify", worker.loop.ready.is_set):
+        worker.run()
 
 
 @app.command()
@@ -580,6 +584,18 @@ def task_generate(
 
     p, h = build_task(out, n_prompts=prompts, n_heldout=heldout, seed=seed)
     typer.echo(f"wrote {p} and {h}")
+
+
+# ----------------------------------------------------------------------- status
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """One screen: the active adapter and its eval numbers, the last training runs, the
+    cascade funnel and acceptance rate, store size, dead letters, and each worker's health."""
+    from daemon.status import run_status
+
+    raise typer.Exit(run_status(settings(), as_json=as_json))
 
 
 # ------------------------------------------------------------------------- demo

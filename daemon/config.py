@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from daemon.demo import DemoConfig
 from daemon.engines import EngineConfig, ModelConfig
+from daemon.observe import MetricsConfig
 from daemon.serve import ServeConfig
 from daemon.store import StoreConfig
 from daemon.train import TrainConfig
@@ -91,6 +92,10 @@ class Settings(BaseSettings):
     train: TrainConfig = Field(
         default_factory=TrainConfig,
         description="The train worker: schedule, LoRA hyperparameters, eval gate.",
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="Each worker's /metrics, /healthz and /readyz endpoint.",
     )
     demo: DemoConfig = Field(default_factory=DemoConfig, description="`selfdistill demo` budgets.")
 

@@ -56,3 +56,47 @@ VERIFY_SECONDS = Histogram(
     "Time to judge and store one batch of candidate groups.",
     buckets=(0.1, 0.5, 1, 5, 15, 60, 180, 600, 1800),
 )
+VOTES = Counter(
+    "selfdistill_votes_total",
+    "Judge votes by stage and verdict (yes, no, unparsed: an unparseable vote counts as no).",
+    ["stage", "verdict"],
+)
+STORE_SAMPLES = Gauge(
+    "selfdistill_store_samples",
+    "Accepted samples in the store, by split (train, heldout); set by verify.",
+    ["split"],
+)
+STORE_PROMPTS = Gauge("selfdistill_store_prompts", "Prompts recorded in the store.")
+
+TRAINING_RUNS = Counter(
+    "selfdistill_training_runs_total",
+    "Train cycles by result (promoted, rejected, candidate, skipped, busy, failed).",
+    ["result"],
+)
+TRAINING_SECONDS = Histogram(
+    "selfdistill_training_seconds",
+    "Duration of a cycle that trained an adapter (training, eval and gate).",
+    buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400),
+)
+TRAINING_LOSS = Gauge("selfdistill_training_loss", "Final training loss of the newest adapter.")
+TRAINING_TOKENS_PER_SECOND = Gauge(
+    "selfdistill_training_tokens_per_second", "Training throughput of the newest adapter."
+)
+EVAL_SCORE = Gauge(
+    "selfdistill_eval_score",
+    "Eval gate scores in [0, 1] by adapter version ('base' included) and metric "
+    "(labeled_pass@1, heldout_cascade_pass); the train worker keeps the newest versions only.",
+    ["version", "metric"],
+)
+GATE_DECISIONS = Counter(
+    "selfdistill_gate_decisions_total",
+    "Eval gate decisions on candidates (promote, reject, held: passed but pinned or "
+    "auto_promote off).",
+    ["decision"],
+)
+ADAPTER_EVENTS = Counter(
+    "selfdistill_adapter_events_total",
+    "Promotions and rollbacks published to adapter-events, by action and actor (train, cli).",
+    ["action", "actor"],
+)
+BUILD_INFO = Info("selfdistill_build", "Version of selfdistill and Python, and which worker.")

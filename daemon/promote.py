@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from adapters.files import verify_adapter
 from adapters.registry import BASE, Registry
+from daemon.metrics import ADAPTER_EVENTS
 from streams.producer import Producer
 from streams.schemas import AdapterEvent
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from daemon.config import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _actor(actor: str) -> str:
+    return actor if actor in ("train", "cli") else "other"  # a bounded label
 
 
 def publish(settings: Settings, event: AdapterEvent) -> None:
@@ -62,6 +67,7 @@ def promote(
     event = _event(registry, "promote", version, reason)
     publish(settings, event)
     previous = registry.promote(version, actor=actor, reason=reason)
+    ADAPTER_EVENTS.labels("promote", _actor(actor)).inc()
     log.info("promoted %s (was %s) by %s: %s", version, previous, actor, reason or "-")
     return event
 
@@ -79,5 +85,6 @@ def rollback(
     event = _event(registry, "rollback", version, reason)
     publish(settings, event)
     previous = registry.rollback(version, actor=actor, reason=reason)
+    ADAPTER_EVENTS.labels("rollback", _actor(actor)).inc()
     log.warning("rolled back %s → %s by %s: %s", previous, version, actor, reason or "-")
     return event

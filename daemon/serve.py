@@ -274,17 +274,39 @@ def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) ->
     cfg = settings.serve.http
     token = cfg.admin_token.get_secret_value() if cfg.admin_token else None
     if http:
-        from daemon.openai_server import build_server, is_loopback
+        from daemon.openai_server import is_loopback
 
         if not token and not is_loopback(cfg.host):  # before minutes of model loading
             raise ValueError(
                 f"serve.http.admin_token is required when serve.http.host ({cfg.host}) is not "
                 "a loopback address: the adapter endpoints would be open to the network"
             )
+    from daemon.observe import observability
+
     engine = make_engine(settings.model, settings.engine)
+    serve_worker = ServeWorker(settings, engine) if worker else None
+
+    def ready() -> bool:
+        return serve_worker.loop.ready.is_set() if serve_worker is not None else True
+
+    with observability(settings.metrics, "serve", ready):
+        _run_serve(settings, engine, serve_worker, http, token)
+
+
+def _run_serve(
+    settings: Settings,
+    engine: Engine,
+    serve_worker: ServeWorker | None,
+    http: bool,
+    token: str | None,
+) -> None:
+    cfg = settings.serve.http
     if not http:
-        ServeWorker(settings, engine).run()
+        assert serve_worker is not None
+        serve_worker.run()
         return
+    from daemon.openai_server import build_server
+
     registry = settings.adapters.path(settings.data_dir)
     registry.mkdir(parents=True, exist_ok=True)
     server = build_server(
@@ -296,8 +318,8 @@ def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) ->
     thread.start()
     log.info("OpenAI-compatible API on http://%s:%d/v1", cfg.host, cfg.port)
     try:
-        if worker:
-            ServeWorker(settings, engine).run()
+        if serve_worker is not None:
+            serve_worker.run()
         else:
             wait_for_stop_signal()
             log.info("stop signal received; shutting the API down")

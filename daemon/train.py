@@ -22,6 +22,7 @@ A failed cycle is logged and retried at the next tick; the daemon keeps running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -42,6 +43,14 @@ from daemon.evaluate import (
     evaluate,
     fingerprint,
     load_eval_data,
+)
+from daemon.metrics import (
+    EVAL_SCORE,
+    GATE_DECISIONS,
+    TRAINING_LOSS,
+    TRAINING_RUNS,
+    TRAINING_SECONDS,
+    TRAINING_TOKENS_PER_SECOND,
 )
 
 if TYPE_CHECKING:
@@ -109,8 +118,8 @@ class CycleReport:
         return asdict(self)
 
 
-def open_registry(settings: Settings) -> Registry:
-    return Registry(settings.adapters.path(settings.data_dir))
+def open_registry(settings: Settings, *, read_only: bool = False) -> Registry:
+    return Registry(settings.adapters.path(settings.data_dir), read_only=read_only)
 
 
 def model_label(settings: Settings) -> str:
@@ -154,9 +163,18 @@ def run_cycle(
             report.recovered = recovered
     except RegistryBusy as exc:
         report = CycleReport("busy", str(exc))
+    except BaseException:
+        TRAINING_RUNS.labels("failed").inc()
+        raise
     finally:
         registry.close()
     report.seconds = round(time.monotonic() - started, 2)
+    TRAINING_RUNS.labels(report.outcome).inc()
+    if report.version is not None:
+        TRAINING_SECONDS.observe(report.seconds)
+        if report.training.get("final_loss") is not None:
+            TRAINING_LOSS.set(report.training["final_loss"])
+        TRAINING_TOKENS_PER_SECOND.set(report.training.get("tokens_per_s") or 0.0)
     log.info("train cycle: %s (%s)", report.outcome, report.reason)
     return report
 
@@ -309,6 +327,8 @@ def gate_candidate(
         if own:
             engine.close()
 
+    _export_scores(registry, version, cand_eval["metrics"])
+    _export_scores(registry, active.version if active is not None else BASE, active_eval["metrics"])
     decision = decide(cand_eval["metrics"], active_eval["metrics"], cfg.gate)
     pinned = registry.pinned()
     against = active.version if active is not None else BASE
@@ -337,6 +357,9 @@ def gate_candidate(
 
             promote(settings, registry, version, actor="train", reason=decision.reason)
             outcome = "promoted"
+    GATE_DECISIONS.labels(
+        "promote" if outcome == "promoted" else "held" if outcome == "candidate" else "reject"
+    ).inc()
     return CycleReport(
         outcome,
         reason,
@@ -346,6 +369,26 @@ def gate_candidate(
         against=against,
         decision=record,
     )
+
+
+_SCORED: list[str] = []  # versions with an eval_score series, oldest first
+KEEP_SCORED = 8
+
+
+def _export_scores(registry: Registry, version: str, metrics: dict[str, Any]) -> None:
+    """``selfdistill_eval_score{version, metric}`` for the newest versions only: one series
+    per version per metric, so old versions are dropped to keep the label set bounded."""
+    for metric, value in metrics.items():
+        if value is not None:
+            EVAL_SCORE.labels(version, metric).set(value)
+    if version in _SCORED:
+        _SCORED.remove(version)
+    _SCORED.append(version)
+    while len(_SCORED) > KEEP_SCORED:
+        old = _SCORED.pop(0)
+        for metric in metrics:
+            with contextlib.suppress(KeyError):
+                EVAL_SCORE.remove(old, metric)
 
 
 # ------------------------------------------------------------------ the scheduler
@@ -391,7 +434,10 @@ def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
         f"cron {cfg.cron!r}" if cfg.cron else f"every {cfg.interval_s:g}s",
         cfg.min_new_samples,
     )
-    scheduler.start()
+    from daemon.observe import observability
+
+    with observability(settings.metrics, "train", lambda: scheduler.running):
+        scheduler.start()
 
 
 def _now() -> Any:

@@ -26,7 +26,10 @@ from daemon.metrics import (
     JUDGE_TOKENS,
     SAMPLES_ACCEPTED,
     STAGE_RESULTS,
+    STORE_PROMPTS,
+    STORE_SAMPLES,
     VERIFY_SECONDS,
+    VOTES,
 )
 from streams.consumer import Record
 from streams.schemas import CandidatesMessage
@@ -65,6 +68,7 @@ class VerifyHandler:
 
     def __post_init__(self) -> None:
         self.accepted = 0  # samples newly accepted (written by the handler thread only)
+        self._sized_at = 0.0
 
     def __call__(self, batch: list[Record[CandidatesMessage]]) -> None:
         started = time.monotonic()
@@ -82,6 +86,18 @@ class VerifyHandler:
         VERIFY_SECONDS.observe(time.monotonic() - started)
         SAMPLES_ACCEPTED.inc(accepted)
         self.accepted += accepted
+        self.report_store_size()
+
+    def report_store_size(self, every_s: float = 10.0) -> None:
+        """Store size for the dashboard's growth panel; counted at most every ``every_s``."""
+        now = time.monotonic()
+        if now - self._sized_at < every_s:
+            return
+        self._sized_at = now
+        counts = self.store.counts()
+        STORE_PROMPTS.set(counts["prompts"])
+        for split in ("train", "heldout"):
+            STORE_SAMPLES.labels(split).set(counts[f"accepted_{split}"])
 
     def _judge(
         self, batch: list[Record[CandidatesMessage]], adapter: str | None
@@ -101,13 +117,15 @@ def _observe(outcome: PromptOutcome) -> None:
         if c.rejected_at in ("skipped", "superseded"):
             continue
         CANDIDATES_JUDGED.inc()
-        if c.rejected_at == "static":
-            STAGE_RESULTS.labels("static", "fail").inc()
+        STAGE_RESULTS.labels("static", "fail" if c.rejected_at == "static" else "pass").inc()
         for s in c.stages:
             STAGE_RESULTS.labels(s.stage, "pass" if s.passed else "fail").inc()
             for call in s.calls:
                 JUDGE_CALLS.labels(s.stage).inc()
                 JUDGE_TOKENS.labels(s.stage).inc(call.prompt_tokens + call.completion_tokens)
+                if call.kind == "vote":
+                    verdict = {True: "yes", False: "no", None: "unparsed"}[call.verdict]
+                    VOTES.labels(s.stage, verdict).inc()
 
 
 class VerifyWorker:
@@ -152,9 +170,12 @@ class VerifyWorker:
             else contextlib.nullcontext()
         )
         try:
+            self.handler.report_store_size(every_s=0)  # the gauges start with the worker
             with following:
                 self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
         finally:
+            with contextlib.suppress(Exception):
+                self.handler.report_store_size(every_s=0)
             self.store.close()
 
     def stop(self) -> None:

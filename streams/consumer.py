@@ -41,6 +41,7 @@ from streams.connection import KafkaSettings, connect
 from streams.deadletter import DeadLetter
 from streams.metrics import (
     BATCH_SECONDS,
+    CONSUMER_LAG,
     DLQ_MESSAGES,
     HANDLER_FAILURES,
     MESSAGES_CONSUMED,
@@ -174,6 +175,8 @@ class ConsumerLoop(Generic[M]):
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-handler")
         self.ready = threading.Event()  # set once the group has assigned partitions
+        self._next_offset: dict[TopicPartition, int] = {}  # for the lag gauge
+        self._lag_at = 0.0
 
     # ----------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -240,13 +243,36 @@ class ConsumerLoop(Generic[M]):
                     ):
                         log.info("%s idle for %.0fs; stopping", self.name, max_idle_s)
                         break
+                    self._report_lag()
         finally:
             self._close()
         return self.stats
 
+    def _report_lag(self, force: bool = False) -> None:
+        """Records behind the high watermark, from fetch responses, at most once a second.
+
+        Not ``end_offsets``: the embedded broker answers ListOffsets wrongly. A partition
+        whose watermark or position is not known yet is left out rather than guessed.
+        """
+        now = time.monotonic()
+        if (now - self._lag_at < 1.0 and not force) or self.consumer is None:
+            return
+        self._lag_at = now
+        lag, known = 0, False
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            nxt = self._next_offset.get(tp)
+            if high is not None and nxt is not None:
+                lag += max(high - nxt, 0)
+                known = True
+        if known:
+            CONSUMER_LAG.labels(self.topic).set(lag)
+
     def _close(self) -> None:
         self._executor.shutdown(wait=True)
         if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                self._report_lag(force=True)  # the last word, not a throttled stale one
             with contextlib.suppress(Exception):
                 pending = self._take_processed(None)
                 if pending:
@@ -278,6 +304,7 @@ class ConsumerLoop(Generic[M]):
             by_partition[tp] = records
             # Records of one partition arrive in offset order: commit after the last.
             offsets[tp] = OffsetAndMetadata(raws[-1].offset + 1, "", -1)
+            self._next_offset[tp] = raws[-1].offset + 1
             count += len(raws)
         MESSAGES_CONSUMED.labels(self.topic).inc(count)
         self.stats.consumed += count

@@ -5,7 +5,7 @@ Labels are topic names and bounded reason codes only, never keys or ids.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES_CONSUMED = Counter(
     "selfdistill_messages_consumed_total", "Records read from a topic by a worker loop.", ["topic"]
@@ -36,4 +36,10 @@ BATCH_SECONDS = Histogram(
     "Time a worker's handler spent on one batch.",
     ["topic"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 180, 600, 1800),
+)
+CONSUMER_LAG = Gauge(
+    "selfdistill_consumer_lag_messages",
+    "Records behind the partition's high watermark, summed per topic, as the broker reported "
+    "it in fetch responses (not ListOffsets, which the embedded broker answers wrongly).",
+    ["topic"],
 )

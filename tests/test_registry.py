@@ -232,3 +232,17 @@ def test_gate_promotes_only_a_clear_win_without_regressions() -> None:
     )
     assert not other.promote and LABELED in other.reason  # labeled now may not regress
     assert other.as_dict()["checks"][0]["metric"] == HELDOUT
+
+
+def test_a_read_only_registry_reads_and_cannot_write(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Registry(tmp_path / "nothing", read_only=True)
+    assert not (tmp_path / "nothing").exists()  # a look creates nothing
+    reg = Registry(tmp_path)
+    v1 = _add(reg)
+    reg.close()
+    ro = Registry(tmp_path, read_only=True)
+    assert [r.version for r in ro.list()] == [v1]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.promote(v1, actor="test")
+    ro.close()
