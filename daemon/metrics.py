@@ -100,3 +100,22 @@ ADAPTER_EVENTS = Counter(
     ["action", "actor"],
 )
 BUILD_INFO = Info("selfdistill_build", "Version of selfdistill and Python, and which worker.")
+
+# Every bounded label value exists from the start at 0: a counter series that first appears
+# at 1 is invisible to rate()/increase(), so the first swap failure would never alert.
+for _result in ("ok", "refused", "failed"):
+    ADAPTER_SWAPS.labels(_result)
+for _result in ("promoted", "rejected", "candidate", "skipped", "busy", "failed"):
+    TRAINING_RUNS.labels(_result)
+for _decision in ("promote", "reject", "held"):
+    GATE_DECISIONS.labels(_decision)
+for _action in ("promote", "rollback"):
+    for _actor in ("train", "cli"):
+        ADAPTER_EVENTS.labels(_action, _actor)
+STAGE_RESULTS.labels("static", "pass")
+STAGE_RESULTS.labels("static", "fail")
+for _stage in ("cycle", "factuality", "correctness"):
+    for _result in ("pass", "fail"):
+        STAGE_RESULTS.labels(_stage, _result)
+    for _verdict in ("yes", "no", "unparsed"):
+        VOTES.labels(_stage, _verdict)
