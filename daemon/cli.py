@@ -598,6 +598,32 @@ def status(
     raise typer.Exit(run_status(settings(), as_json=as_json))
 
 
+# --------------------------------------------------------------------------- up
+@app.command()
+def up(
+    until_promotion: Annotated[
+        bool,
+        typer.Option("--until-promotion", help="Stop once an adapter is promoted and serving."),
+    ] = False,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    max_cycles: Annotated[
+        int | None, typer.Option(help="Stop after this many training cycles decided.")
+    ] = None,
+) -> None:
+    """Run serve, verify and the train scheduler together in one process on one model
+    (a single machine; in production run the three commands separately)."""
+    from daemon.up import run_up
+
+    state = run_up(
+        settings(), until_promotion=until_promotion, max_cycles=max_cycles, max_minutes=max_minutes
+    )
+    err.print(
+        f"stopped ({state.stopped_by}); {len(state.cycles)} training cycle(s), "
+        f"promoted: {state.promoted or 'none'}",
+        highlight=False,
+    )
+
+
 # ------------------------------------------------------------------------- demo
 @app.command()
 def demo() -> None:

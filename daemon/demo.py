@@ -10,7 +10,7 @@ promoted or rejected. Budgets are small so it fits a CPU in a few minutes.
 
 from __future__ import annotations
 
-import threading
+import json
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -51,7 +51,9 @@ class DemoConfig(BaseModel):
     fast_judge: bool = Field(
         True, description="Demo judges vote from next-token Y/N probabilities (fast on a CPU)."
     )
-    timeout_s: float = Field(900.0, gt=0, description="Give up waiting for answers after this.")
+    timeout_s: float = Field(
+        900.0, gt=0, description="Bound of the whole loop (answers, verdicts, training, gate)."
+    )
     train_steps: int = Field(
         12, ge=0, description="LoRA optimizer steps of the demo's training cycle (0: skip it)."
     )
@@ -74,6 +76,7 @@ class DemoReport:
     funnel: dict[str, Any] = field(default_factory=dict)
     accepted: list[dict[str, Any]] = field(default_factory=list)
     cycle: Any = None  # daemon.train.CycleReport of the training step
+    after_swap: list[ResponseMessage] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -91,11 +94,54 @@ def _read_all(kafka: Any, topic: str, schema: type[BaseModel]) -> list[Any]:
     return [schema.model_validate(r["value"]) for r in tail(kafka, topic, idle_timeout_s=1.0)]
 
 
+def _demo_settings(settings: Settings, bootstrap: str) -> Settings:
+    """The configured settings at the demo's budgets, on the embedded broker."""
+    demo = settings.demo
+    train = settings.train
+    return settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"bootstrap_servers": bootstrap, "batch_size": demo.batch_size}
+            ),
+            "serve": settings.serve.model_copy(
+                update={
+                    "extra_candidates": demo.extra_candidates,
+                    "max_tokens": demo.max_tokens,
+                    "transactional_id": "selfdistill-demo-serve",
+                }
+            ),
+            "verify": settings.verify.model_copy(
+                update={
+                    "votes": demo.votes,
+                    "fast_judge": demo.fast_judge,
+                    "infer_max_tokens": demo.max_tokens,
+                }
+            ),
+            "train": train.model_copy(
+                update={
+                    "interval_s": 5.0,
+                    "cron": None,
+                    "lora": train.lora.model_copy(
+                        update={"max_steps": demo.train_steps, "batch_size": 4, "max_length": 256}
+                    ),
+                    "eval": train.eval.model_copy(
+                        update={
+                            "labeled_max": demo.eval_items,
+                            "max_tokens": demo.max_tokens,
+                            "heldout_max": min(train.eval.heldout_max, 4),
+                        }
+                    ),
+                }
+            ),
+        }
+    )
+
+
 def run_demo(settings: Settings, console: Console) -> DemoReport:
     from daemon.engines import make_engine
-    from daemon.serve import ServeWorker
+    from daemon.status import collect_status, render_status
     from daemon.store import Store
-    from daemon.verify import VerifyWorker
+    from daemon.up import Up
 
     started = time.monotonic()
     report = DemoReport()
@@ -109,29 +155,8 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
     with broker:
         report.bootstrap = broker.bootstrap
         console.print(f"1. embedded broker (Tansu) listening on [bold]{broker.bootstrap}[/]")
-        kafka = settings.kafka.model_copy(
-            update={"bootstrap_servers": broker.bootstrap, "batch_size": demo.batch_size}
-        )
-        run = settings.model_copy(
-            update={
-                "kafka": kafka,
-                "serve": settings.serve.model_copy(
-                    update={
-                        "extra_candidates": demo.extra_candidates,
-                        "max_tokens": demo.max_tokens,
-                        "transactional_id": "selfdistill-demo-serve",
-                    }
-                ),
-                "verify": settings.verify.model_copy(
-                    update={
-                        "votes": demo.votes,
-                        "fast_judge": demo.fast_judge,
-                        "infer_max_tokens": demo.max_tokens,
-                    }
-                ),
-            }
-        )
-        topics = settings.topics
+        run = _demo_settings(settings, broker.bootstrap)
+        kafka, topics = run.kafka, run.topics
         report.topics = ensure_topics(kafka, topics)
         console.print(f"2. topics ready: {', '.join(report.topics)}")
 
@@ -140,112 +165,88 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
         console.print(
             f"3. model [bold]{engine.model_name}[/] loaded ({settings.engine.kind} engine)"
         )
-        worker = ServeWorker(run, engine)
-        verifier = VerifyWorker(run, engine)  # one model, shared: it serves and it judges
-        threads = [
-            threading.Thread(target=w.run, kwargs={"handle_signals": False}, daemon=True)
-            for w in (worker, verifier)
-        ]
-        for t in threads:
-            t.start()
 
-        producer = Producer(kafka, name="demo-producer")
-        prod = produce_prompts(producer, topics.prompts, bundled_prompts())
-        report.produced, report.bad_lines = len(prod.produced), prod.failed
-        for _label, raw in MALFORMED:
-            producer.send(topics.prompts, raw, key="malformed")
-        producer.flush()
-        producer.close()
-        console.print(
-            f"4. produced {report.produced} bundled prompts to '{topics.prompts}', "
-            f"plus {len(MALFORMED)} malformed messages ({', '.join(m for m, _ in MALFORMED)})"
-        )
-        n = 1 + demo.extra_candidates
-        deadline = time.monotonic() + demo.timeout_s
-        try:
-            with console.status("") as status:
-                while (
-                    verifier.loop.stats.processed < report.produced and time.monotonic() < deadline
-                ):
-                    status.update(
-                        f"5. serve: {worker.loop.stats.processed}/{report.produced} prompts answered "
-                        f"({n} samples each, up to {demo.max_tokens} tokens); verify: "
-                        f"{verifier.loop.stats.processed} judged, {verifier.handler.accepted} "
-                        "samples accepted"
-                    )
-                    time.sleep(0.5)
-        finally:
-            for w in (worker, verifier):
-                w.stop()
-            for t in threads:
-                t.join(60)
-        stats = worker.loop.stats
-        report.verified = verifier.loop.stats.processed
-        console.print(
-            f"5. serve answered {stats.processed} prompts in {stats.batches} transactional "
-            f"batches; {stats.dead_lettered} messages dead-lettered. verify judged "
-            f"{report.verified} prompts' candidates ({demo.votes} votes per stage"
-            f"{', fast judge' if demo.fast_judge else ''})"
-        )
-        with Store.open(settings.store, settings.data_dir, read_only=True) as store:
-            report.store_counts = store.counts()
-            report.funnel = store.stage_funnel()
-            report.accepted = store.accepted_samples(split=None)
-        report.responses = _read_all(kafka, topics.responses, ResponseMessage)
-        report.candidates = _read_all(kafka, topics.candidates, CandidatesMessage)
-        report.dead_letters = list(tail(kafka, topics.dlq(topics.prompts), dead_letter=True))
-        _show(console, report, topics.dlq(topics.prompts))
-        c = report.store_counts
-        console.print(
-            f"6. store {settings.store.path_in(settings.data_dir)}: {c.get('accepted', 0)} "
-            f"accepted samples ({c.get('accepted_train', 0)} train, "
-            f"{c.get('accepted_heldout', 0)} held out) from {c.get('candidates', 0)} "
-            f"candidates; {c.get('votes', 0)} judge calls recorded"
-        )
-        if demo.train_steps and c.get("accepted_train", 0):
-            report.cycle = _train(run, engine, console)
-        elif demo.train_steps:
-            console.print("7. nothing accepted for training: no training cycle this time")
+        up: Up | None = None
+
+        def all_judged() -> bool:
+            return up is not None and up.verify.loop.stats.processed >= report.produced > 0
+
+        # One process, one model: serve, verify and the train scheduler share the engine.
+        up = Up(run, engine, max_cycles=1, max_minutes=demo.timeout_s / 60, train_when=all_judged)
+        with up, up.endpoints():
+            console.print(
+                "4. workers up in this process: serve, verify, train (scheduler every "
+                f"{run.train.interval_s:g}s; trains once every prompt is judged)"
+            )
+            producer = Producer(kafka, name="demo-producer")
+            prod = produce_prompts(producer, topics.prompts, bundled_prompts())
+            report.produced, report.bad_lines = len(prod.produced), prod.failed
+            for _label, raw in MALFORMED:
+                producer.send(topics.prompts, raw, key="malformed")
+            producer.flush()
+            console.print(
+                f"5. produced {report.produced} bundled prompts to '{topics.prompts}', "
+                f"plus {len(MALFORMED)} malformed messages ({', '.join(m for m, _ in MALFORMED)})"
+            )
+
+            with console.status("6. starting") as status:
+
+                def tick(u: Up) -> None:
+                    status.update(f"6. {u.progress()}")
+                    if all_judged() and u.state.training.startswith("waiting"):
+                        u.stop("nothing was accepted, so there is nothing to train on")
+
+                state = up.wait(tick)
+            # Every prompt is judged: stop verify now, or the answers asked after the swap
+            # would queue their candidates for minutes of judging before the demo can exit.
+            up.verify.stop()
+            report.verified = up.verify.loop.stats.processed
+            stats = up.serve.loop.stats
+            console.print(
+                f"6. serve answered {stats.processed} prompts in {stats.batches} transactional "
+                f"batches; {stats.dead_lettered} messages dead-lettered. verify judged "
+                f"{report.verified} prompts' candidates ({demo.votes} votes per stage"
+                f"{', fast judge' if demo.fast_judge else ''}); stopped: {state.stopped_by}"
+            )
+            with Store.open(settings.store, settings.data_dir, read_only=True) as store:
+                report.store_counts = store.counts()
+                report.funnel = store.stage_funnel()
+                report.accepted = store.accepted_samples(split=None)
+            report.responses = _read_all(kafka, topics.responses, ResponseMessage)
+            report.candidates = _read_all(kafka, topics.candidates, CandidatesMessage)
+            report.dead_letters = list(tail(kafka, topics.dlq(topics.prompts), dead_letter=True))
+            _show(console, report, topics.dlq(topics.prompts))
+            c = report.store_counts
+            console.print(
+                f"7. store {settings.store.path_in(settings.data_dir)}: {c.get('accepted', 0)} "
+                f"accepted samples ({c.get('accepted_train', 0)} train, "
+                f"{c.get('accepted_heldout', 0)} held out) from {c.get('candidates', 0)} "
+                f"candidates; {c.get('votes', 0)} judge calls recorded"
+            )
+            if state.cycles:
+                report.cycle = state.cycles[-1]
+                _show_cycle(console, report.cycle)
+                if state.swapped:
+                    report.after_swap = _after_swap(up, producer, console, report.cycle.version)
+            producer.close()
+            console.rule("[bold]selfdistill status")
+            render_status(collect_status(run), console)
         engine.close()
     report.seconds = time.monotonic() - started
     console.print(
-        f"9. broker stopped. {len({r.id for r in report.responses})}/{report.produced} prompts "
+        f"broker stopped. {len({r.id for r in report.responses})}/{report.produced} prompts "
         f"answered exactly once, {len(report.dead_letters)} dead letters kept with reasons; "
-        f"{report.seconds:.0f}s in all."
+        f"{report.seconds:.0f}s in all. The store, the registry and the adapters stay in "
+        f"{settings.data_dir}/ (`selfdistill status`, `selfdistill adapters list`)."
     )
     return report
 
 
-def _train(settings: Settings, engine: Any, console: Console) -> Any:
-    """One training cycle on what verify accepted: LoRA → eval gate → promotion or not."""
-    from daemon.train import run_cycle
-
-    demo = settings.demo
-    run = settings.model_copy(
-        update={
-            "train": settings.train.model_copy(
-                update={
-                    "lora": settings.train.lora.model_copy(
-                        update={"max_steps": demo.train_steps, "batch_size": 4, "max_length": 256}
-                    ),
-                    "eval": settings.train.eval.model_copy(
-                        update={
-                            "labeled_max": demo.eval_items,
-                            "max_tokens": demo.max_tokens,
-                            "heldout_max": min(settings.train.eval.heldout_max, 4),
-                        }
-                    ),
-                }
-            )
-        }
-    )
-    with console.status(
-        f"7. training a LoRA adapter ({demo.train_steps} steps) and scoring it against the base"
-    ):
-        cycle = run_cycle(run, engine=engine, force=True)
+def _show_cycle(console: Console, cycle: Any) -> None:
+    """The training cycle's numbers: what was trained, the gate's checks, the decision."""
     console.print(
-        f"7. trained [bold]{cycle.version}[/] on {cycle.trained_on} accepted samples "
-        f"(loss {cycle.training.get('final_loss', float('nan')):.3f}, "
+        f"8. trained [bold]{cycle.version}[/] on {cycle.trained_on} accepted samples "
+        f"(loss {_fmt(cycle.training.get('final_loss'))}, "
         f"{cycle.training.get('seconds', 0):.0f}s)"
     )
     gate = Table(title=f"the eval gate: {cycle.version} vs {cycle.against}")
@@ -260,8 +261,32 @@ def _train(settings: Settings, engine: Any, console: Console) -> Any:
             "-" if check["passed"] is None else "yes" if check["passed"] else "no",
         )
     console.print(gate)
-    console.print(f"8. gate: [bold]{cycle.outcome}[/] — {cycle.reason}")
-    return cycle
+    console.print(f"9. gate: [bold]{cycle.outcome}[/] — {cycle.reason}")
+
+
+def _after_swap(up: Any, producer: Producer, console: Console, version: str) -> list[Any]:
+    """Three prompts answered after the promotion: served by the new adapter."""
+    kafka, topics = up.settings.kafka, up.settings.topics
+    lines = [json.loads(x) for x in bundled_prompts()[:3]]
+    ids = [f"after-swap-{i}" for i in range(len(lines))]
+    for pid, line in zip(ids, lines, strict=True):
+        producer.send(topics.prompts, {**line, "id": pid}, key=pid)
+    producer.flush()
+    deadline = time.monotonic() + up.settings.demo.timeout_s
+    with console.status("10. asking again, now on the promoted adapter"):
+        while up.serve.loop.stats.processed < len(bundled_prompts()) + len(ids):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    after = [r for r in _read_all(kafka, topics.responses, ResponseMessage) if r.id in ids]
+    table = Table(title=f"10. answers after the hot-swap (served by {version})")
+    for col in ("prompt", "answer", "adapter"):
+        table.add_column(col, overflow="fold")
+    prompts = {pid: line["prompt"] for pid, line in zip(ids, lines, strict=True)}
+    for r in sorted(after, key=lambda r: r.id):
+        table.add_row(_clip(prompts[r.id], 48), _clip(r.text, 60), r.adapter or "base")
+    console.print(table)
+    return after
 
 
 def _fmt(x: float | None) -> str:

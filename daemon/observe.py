@@ -65,7 +65,9 @@ def set_build_info(worker: str) -> None:
     BUILD_INFO.info({"version": version(), "python": platform.python_version(), "worker": worker})
 
 
-def create_app(worker: str, ready: Callable[[], bool]):  # type: ignore[no-untyped-def]
+def create_app(  # type: ignore[no-untyped-def]
+    worker: str, ready: Callable[[], bool], *, metrics: bool = True
+):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -73,9 +75,11 @@ def create_app(worker: str, ready: Callable[[], bool]):  # type: ignore[no-untyp
     started = time.time()
     app = FastAPI(title=f"selfdistill {worker}", docs_url=None, redoc_url=None)
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    if metrics:  # off for the health-only endpoints of workers sharing one process
+
+        @app.get("/metrics")
+        def prometheus_metrics() -> Response:
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> dict[str, object]:
@@ -94,9 +98,17 @@ def create_app(worker: str, ready: Callable[[], bool]):  # type: ignore[no-untyp
 
 @contextlib.contextmanager
 def observability(
-    config: MetricsConfig, worker: Worker, ready: Callable[[], bool] = lambda: True
+    config: MetricsConfig,
+    worker: Worker,
+    ready: Callable[[], bool] = lambda: True,
+    *,
+    metrics: bool = True,
 ) -> Iterator[int | None]:
     """Serve the endpoints on the worker's port while the block runs; yields the port.
+
+    ``metrics=False``: health only. ``selfdistill up`` runs every worker in one process,
+    whose one registry is served on the serve port; a copy on each port would be scraped
+    (and summed) three times.
 
     A port already taken is logged and the worker runs without endpoints: losing metrics
     must not stop a worker from serving traffic.
@@ -110,7 +122,7 @@ def observability(
     port = config.port(worker)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(worker, ready),
+            create_app(worker, ready, metrics=metrics),
             host=config.host,
             port=port,
             log_level="warning",

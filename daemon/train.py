@@ -392,9 +392,10 @@ def _export_scores(registry: Registry, version: str, metrics: dict[str, Any]) ->
 
 
 # ------------------------------------------------------------------ the scheduler
-def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
-    """Run cycles on the configured interval or cron until SIGTERM/SIGINT."""
-    from apscheduler.schedulers.blocking import BlockingScheduler
+def add_training_job(scheduler: Any, settings: Settings, job: Callable[[], None]) -> None:
+    """Schedule ``job`` on the configured interval or cron: never two at once
+    (``max_instances=1``), missed ticks collapse into one (``coalesce``), the first tick
+    at once on an interval schedule."""
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
@@ -402,15 +403,6 @@ def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
     trigger = (
         CronTrigger.from_crontab(cfg.cron) if cfg.cron else IntervalTrigger(seconds=cfg.interval_s)
     )
-    scheduler = BlockingScheduler()
-    stopping = threading.Event()
-
-    def job() -> None:
-        try:
-            run_cycle(settings, progress=progress, should_stop=stopping.is_set)
-        except Exception:
-            log.exception("train cycle failed; retrying at the next tick")
-
     scheduler.add_job(
         job,
         trigger,
@@ -420,6 +412,27 @@ def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
         misfire_grace_time=None,
         next_run_time=None if cfg.cron else _now(),
     )
+    log.info(
+        "train scheduler: %s, min_new_samples=%d",
+        f"cron {cfg.cron!r}" if cfg.cron else f"every {cfg.interval_s:g}s",
+        cfg.min_new_samples,
+    )
+
+
+def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
+    """Run cycles on the configured interval or cron until SIGTERM/SIGINT."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    scheduler = BlockingScheduler()
+    stopping = threading.Event()
+
+    def job() -> None:
+        try:
+            run_cycle(settings, progress=progress, should_stop=stopping.is_set)
+        except Exception:
+            log.exception("train cycle failed; retrying at the next tick")
+
+    add_training_job(scheduler, settings, job)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping the scheduler (a training run is interrupted)", signum)
@@ -429,11 +442,6 @@ def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-    log.info(
-        "train scheduler: %s, min_new_samples=%d",
-        f"cron {cfg.cron!r}" if cfg.cron else f"every {cfg.interval_s:g}s",
-        cfg.min_new_samples,
-    )
     from daemon.observe import observability
 
     with observability(settings.metrics, "train", lambda: scheduler.running):

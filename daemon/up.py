@@ -1,0 +1,235 @@
+"""``selfdistill up``: every worker in one process, sharing one model, until a bound.
+
+serve, verify and the train scheduler run as threads around ONE engine (on a CPU there is
+no room for three copies of the model and their threads; on a GPU the same sharing keeps
+one copy in memory), optionally beside the embedded broker. Each part is the same code the
+separate worker commands run; ``up`` only composes them and decides when to stop:
+
+* ``until_promotion`` — a training cycle promoted an adapter and serve swapped to it;
+* ``max_cycles`` — that many training cycles reached a gate decision;
+* ``max_minutes`` — wall-clock bound;
+* SIGTERM / SIGINT.
+
+The process serves ``/metrics`` (all workers: one registry) on the serve port and
+``/healthz``, ``/readyz`` on every worker's port, so ``selfdistill status`` sees all three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from daemon.observe import observability
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
+    from daemon.engines.base import Engine
+    from daemon.serve import ServeWorker
+    from daemon.train import CycleReport
+    from daemon.verify import VerifyWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpState:
+    """What the loop has done so far: the progress line and the final report read it."""
+
+    started: float = field(default_factory=time.monotonic)
+    training: str = "idle"  # "waiting: ..." once a tick found too few new samples
+    cycles: list[CycleReport] = field(default_factory=list)
+    promoted: str | None = None
+    swapped: bool = False
+    stopped_by: str = ""
+    train_errors: int = 0
+
+    @property
+    def minutes(self) -> float:
+        return (time.monotonic() - self.started) / 60
+
+
+class Up:
+    """The workers of one process. Use as a context manager; :meth:`wait` blocks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        until_promotion: bool = False,
+        max_cycles: int | None = None,
+        max_minutes: float | None = None,
+        train_when: Callable[[], bool] | None = None,
+    ) -> None:
+        from daemon.serve import ServeWorker
+        from daemon.verify import VerifyWorker
+
+        self.settings = settings
+        self.engine = engine
+        self.until_promotion = until_promotion
+        self.max_cycles = max_cycles
+        self.max_minutes = max_minutes
+        self.train_when = train_when  # None: the schedule and min_new_samples decide
+        self.state = UpState()
+        self.serve: ServeWorker = ServeWorker(settings, engine)
+        self.verify: VerifyWorker = VerifyWorker(settings, engine)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._scheduler: Any = None
+        self._passes = 0
+
+    # -------------------------------------------------------------- lifecycle
+    def __enter__(self) -> Up:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        from daemon.train import add_training_job
+
+        for name, worker in (("serve", self.serve), ("verify", self.verify)):
+            t = threading.Thread(
+                target=worker.run, kwargs={"handle_signals": False}, name=name, daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+        self._scheduler = BackgroundScheduler()
+        add_training_job(self._scheduler, self.settings, self._train_tick)
+        self._scheduler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop("exit")
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)  # an interrupted training run ends first
+        for w in (self.serve, self.verify):
+            w.stop()
+        for t in self._threads:
+            t.join(120)
+
+    def stop(self, why: str) -> None:
+        if not self._stop.is_set():
+            self.state.stopped_by = self.state.stopped_by or why
+            self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @contextlib.contextmanager
+    def endpoints(self) -> Iterator[None]:
+        """/metrics on the serve port; /healthz and /readyz on each worker's port."""
+        m = self.settings.metrics
+        with (
+            observability(m, "serve", self.serve.loop.ready.is_set),
+            observability(m, "verify", self.verify.loop.ready.is_set, metrics=False),
+            observability(m, "train", lambda: self._scheduler is not None, metrics=False),
+        ):
+            yield
+
+    # -------------------------------------------------------------- training
+    def _should_stop_training(self) -> bool:
+        """Polled by the trainer before every forward pass: progress, and a prompt stop."""
+        self._passes += 1
+        self.state.training = f"training (forward pass {self._passes})"
+        return self._stop.is_set()
+
+    def _train_tick(self) -> None:
+        from daemon.train import run_cycle
+
+        if self._stop.is_set() or (self.train_when is not None and not self.train_when()):
+            return
+        self._passes = 0
+        self.state.training = "training"
+        try:
+            report = run_cycle(
+                self.settings,
+                engine=self.engine,
+                force=self.train_when is not None,
+                should_stop=self._should_stop_training,
+            )
+        except Exception as exc:
+            self.state.train_errors += 1
+            self.state.training = f"last cycle failed: {exc!r}"[:120]
+            log.exception("train cycle failed; retrying at the next tick")
+            return
+        if report.version is None:
+            self.state.training = f"waiting: {report.reason}"
+            return
+        self.state.cycles.append(report)
+        self.state.training = f"{report.version}: {report.outcome}"
+        if report.outcome == "promoted":
+            self.state.promoted = report.version
+
+    # ------------------------------------------------------------------ wait
+    def wait(self, tick: Callable[[Up], None] | None = None, every_s: float = 0.5) -> UpState:
+        """Block until a bound is reached or :meth:`stop`; ``tick`` runs every ``every_s``."""
+        while not self._stop.wait(every_s):
+            if tick is not None:
+                tick(self)
+            if self.state.promoted and self.serve.router.active == self.state.promoted:
+                self.state.swapped = True
+            decided = len(self.state.cycles)
+            if self.until_promotion and self.state.swapped:
+                self.stop("an adapter was promoted and swapped into serving")
+            elif self.max_cycles is not None and decided >= self.max_cycles:
+                if self.state.promoted and not self.state.swapped:
+                    continue  # let serve finish the swap first
+                self.stop(f"{decided} training cycle(s) decided")
+            elif self.max_minutes is not None and self.state.minutes >= self.max_minutes:
+                self.stop(f"max {self.max_minutes:g} minutes")
+        return self.state
+
+    def progress(self) -> str:
+        s, v = self.serve.loop.stats, self.verify.loop.stats
+        return (
+            f"serve: {s.processed} answered | verify: {v.processed} judged, "
+            f"{self.verify.handler.accepted} accepted | train: {self.state.training} | "
+            f"{self.state.minutes:.1f} min"
+        )
+
+
+def run_up(
+    settings: Settings,
+    *,
+    until_promotion: bool = False,
+    max_cycles: int | None = None,
+    max_minutes: float | None = None,
+) -> UpState:
+    """`selfdistill up` on the configured Kafka cluster (see `selfdistill demo` for one with
+    the embedded broker)."""
+    import signal
+
+    from daemon.engines import make_engine
+    from streams.topics import ensure_topics
+
+    if settings.topics.create:
+        ensure_topics(settings.kafka, settings.topics)
+    engine = make_engine(settings.model, settings.engine)
+    last_log = [0.0]
+
+    def tick(up: Up) -> None:
+        if time.monotonic() - last_log[0] >= 30:
+            last_log[0] = time.monotonic()
+            log.info("%s", up.progress())
+
+    try:
+        with (
+            Up(
+                settings,
+                engine,
+                until_promotion=until_promotion,
+                max_cycles=max_cycles,
+                max_minutes=max_minutes,
+            ) as up,
+            up.endpoints(),
+        ):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, _f: up.stop(f"signal {signum}"))
+            state = up.wait(tick)
+        log.info("up stopped: %s", state.stopped_by)
+        return state
+    finally:
+        engine.close()

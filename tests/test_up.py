@@ -1,0 +1,101 @@
+"""`selfdistill up` and the demo: every worker in one process, until a bound."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from adapters.registry import Registry
+from daemon.config import Settings
+from daemon.demo import run_demo
+from daemon.engines.transformers_engine import TransformersEngine
+from daemon.up import Up
+from streams.broker import free_port
+from streams.connection import KafkaSettings
+from streams.producer import Producer
+from streams.schemas import PromptMessage, ResponseMessage
+from streams.topics import TopicsConfig, ensure_topics
+from tests.conftest import read_topic, wait_for
+from tests.test_learning_loop import RIGHT, _accept, _settings
+
+
+def _free_metrics() -> dict[str, int]:
+    return {"serve_port": free_port(), "verify_port": free_port(), "train_port": free_port()}
+
+
+def test_up_trains_promotes_and_serves_the_new_adapter_then_stops(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    tiny_model_dir: Path,
+    tiny_engine: TransformersEngine,
+    tmp_path: Path,
+) -> None:
+    base = _settings(kafka, topics, tmp_path, tiny_model_dir, interval_s=1.0)
+    settings = base.model_copy(
+        update={
+            "metrics": base.metrics.model_copy(update=_free_metrics()),
+            "serve": base.serve.model_copy(
+                update={
+                    "max_tokens": 4,
+                    "temperature": 0.0,
+                    "extra_candidates": 0,
+                    "transactional_id": f"serve-{topics.prompts}",
+                    "group_id": f"serve-{topics.prompts}",
+                }
+            ),
+            "verify": base.verify.model_copy(update={"group_id": f"verify-{topics.prompts}"}),
+        }
+    )
+    ensure_topics(kafka, topics)
+    _accept(settings, RIGHT, 0, 30, seed=2)  # what verify accepted earlier
+    with Up(settings, tiny_engine, until_promotion=True, max_minutes=10) as up:
+        state = up.wait()
+        assert state.swapped and "promoted" in state.stopped_by, state
+        version = state.promoted
+        assert up.serve.router.active == version
+        (cycle,) = state.cycles
+        assert cycle.outcome == "promoted" and cycle.candidate["labeled_pass@1"] >= 0.8
+        # still serving: a prompt produced now is answered on the promoted adapter
+        p = Producer(kafka)
+        p.send(
+            topics.prompts,
+            PromptMessage(id="after", prompt="Item 700: lamp honey orbit. What is the code word?"),
+        )
+        p.flush()
+        p.close()
+        wait_for(lambda: up.serve.loop.stats.processed >= 1, 60)
+    (resp,) = [
+        ResponseMessage.model_validate_json(r.value) for r in read_topic(kafka, topics.responses)
+    ]
+    assert resp.adapter == version and resp.text.strip() == RIGHT
+    with Registry(settings.adapters.path(settings.data_dir), read_only=True) as reg:
+        assert reg.active_version() == version
+
+
+def test_demo_trains_on_what_verify_accepted_gates_it_and_shows_status(
+    tmp_path: Path, yes_model_dir: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        broker={"port": free_port()},
+        model={"path": str(yes_model_dir)},
+        metrics=_free_metrics(),
+        demo={"extra_candidates": 1, "max_tokens": 6, "votes": 1, "train_steps": 2},
+    )
+    out = io.StringIO()
+    report = run_demo(settings, Console(file=out, width=140))
+    text = out.getvalue()
+    assert report.answered_once and report.store_counts["accepted_train"] > 0
+    cycle = report.cycle
+    assert cycle is not None and cycle.outcome in ("promoted", "rejected")
+    assert f"9. gate: {cycle.outcome}" in text and "labeled_pass@1" in text
+    with Registry(settings.adapters.path(settings.data_dir), read_only=True) as reg:
+        assert reg.require(cycle.version).status == (
+            "promoted" if cycle.outcome == "promoted" else "rejected"
+        )
+    # the status screen, with every worker of the process answering its health check
+    assert "selfdistill status" in text
+    workers = text[text.index("workers (/healthz") :]
+    assert workers.count("ready") >= 3, workers
