@@ -43,11 +43,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	# Each prints the project's path against its raw baseline, measured in the same run.
-	$(BIN)/python -m bench.streams
-	$(BIN)/python -m bench.serve
-	$(BIN)/python -m bench.verify
-	$(BIN)/python -m bench.train
+	# Each prints the project's path against its raw baseline, measured in the same run,
+	# and leaves its result in bench/results/; bench.report puts them in one table.
+	rm -rf bench/results
+	$(BIN)/python -m bench.streams --json bench/results/streams.json
+	$(BIN)/python -m bench.serve --json bench/results/serve.json
+	$(BIN)/python -m bench.verify --json bench/results/verify.json
+	$(BIN)/python -m bench.train --json bench/results/train.json
+	$(BIN)/python -m bench.report --results bench/results --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

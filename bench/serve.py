@@ -48,7 +48,17 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from bench.common import TARGET_RATIO, log, machine, quiet, settings_of, write_json
+from bench.common import (
+    TARGET_RATIO,
+    log,
+    machine,
+    now,
+    quiet,
+    result_record,
+    result_row,
+    settings_of,
+    write_json,
+)
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer
@@ -355,6 +365,16 @@ def measure_swap(
 ) -> dict[str, Any]:
     """Promote ``event.version`` while prompts keep arriving; time switch and first answer."""
     timeline = Timeline(worker.engine)
+    # What router.apply returned (the router keeps no record of it): observed, not changed.
+    applied: list[Any] = []
+    router_apply = worker.router.apply
+
+    def apply(ev: AdapterEvent) -> Any:
+        result = router_apply(ev)
+        applied.append(result)
+        return result
+
+    worker.router.apply = apply
     stop = threading.Event()
     produced: list[str] = []
     lock = threading.Lock()
@@ -405,7 +425,7 @@ def measure_swap(
             if worker.router.active == event.version:
                 t_active = time.perf_counter()
                 break
-            last = worker.router.last
+            last = applied[-1] if applied else None
             if last is not None and last.requested == event.version and not last.ok:
                 raise RuntimeError(f"the swap was refused: {last.error}")
             time.sleep(0.005)
@@ -425,11 +445,12 @@ def measure_swap(
     finally:
         stop.set()
         streamer.join(30)
+        del worker.router.apply  # the class's method again
     if stream_errors:
         raise stream_errors[0]
     with lock:
         ids = list(produced)
-    last = worker.router.last
+    last = next((r for r in reversed(applied) if r.requested == event.version), None)
     t_start = t_event - 15.0  # the batches around the event
     return {
         "version": event.version,
@@ -680,6 +701,62 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     return "\n".join(lines)
 
 
+def report_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Throughput as bench.report's rows (``bench.common.result_row``)."""
+    tp = results["throughput"]
+    t, p = tp["tokens_per_s"], tp["prompts_per_s"]
+    raw = "plain model.generate (no Kafka)"
+    layer = tp["samples"]["selfdistill"]
+    wall = sum(x["seconds"] for x in layer)
+    outside = wall - sum(x["engine_generate_s"] for x in layer)
+    return [
+        result_row(
+            "serve worker: generated tokens/s (Kafka, transactional, candidates)",
+            "tokens/s",
+            raw,
+            t["raw"],
+            t["selfdistill"],
+            ratio=t["ratio"],
+            notes=(
+                "ratio: median of per-repeat ratios; same tokens on both paths: "
+                + ("yes" if tp["same_tokens"] else "no")
+                + f"; {100 * outside / wall:.1f}% of the worker's wall outside the engine"
+            ),
+        ),
+        result_row(
+            "serve worker: prompts/s",
+            "prompts/s",
+            raw,
+            p["raw"],
+            p["selfdistill"],
+            ratio=p["ratio"],
+            target=None,
+            notes="the same runs as tokens/s, counted in prompts",
+        ),
+    ]
+
+
+def report_conditions(
+    results: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]
+) -> list[str]:
+    """The run's sizes for bench.report, and the swap latency, which has no raw baseline."""
+    out = [
+        f"{results['model']}: {results['dtype']}, cpu, torch threads {info['torch_threads']}",
+        f"{args.prompts} prompts × n={args.candidates} samples, batch size {args.batch_size}, "
+        f"max_tokens {args.max_tokens}, temperature {args.temperature}, top_p {args.top_p}, "
+        f"seed {args.seed}, {args.partitions} partition(s)",
+        f"{args.repeats} repeat(s) after one warm-up batch per path, order alternating",
+    ]
+    if "swap" in results:
+        sw = results["swap"]
+        out.append(
+            f"swap latency (no raw baseline): promote event → router.active "
+            f"{sw['event_to_active_s']:.2f} s, → first response on the new adapter "
+            f"{sw['event_to_first_response_s']:.2f} s (LoRA r=8, under a steady stream)"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=16, help="prompts per path per run")
@@ -736,19 +813,25 @@ def main(argv: list[str] | None = None) -> int:
         log(f"ignoring {name} (the bench builds its own settings)")
         del os.environ[name]
 
+    started = now()
     quiet()
     info = machine("torch", "transformers", "peft")
     results = run_bench(args)
     print(render(results, args, info))
     write_json(
         args.json,
-        {
-            "bench": "serve",
-            "settings": settings_of(args),
-            "target_ratio": TARGET_RATIO,
-            "machine": info,
-            "results": results,
-        },
+        result_record(
+            "serve",
+            info,
+            started,
+            rows=report_rows(results),
+            conditions=report_conditions(results, args, info),
+            details={
+                "settings": settings_of(args),
+                "target_ratio": TARGET_RATIO,
+                "results": results,
+            },
+        ),
     )
     return 0
 

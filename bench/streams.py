@@ -36,7 +36,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
-from bench.common import TARGET_RATIO, machine, write_json
+from bench.common import TARGET_RATIO, machine, now, result_record, result_row, write_json
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
 from streams.consumer import ConsumerLoop, Record
@@ -282,6 +282,36 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     return "\n".join(lines)
 
 
+def report_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two paths as bench.report's rows (``bench.common.result_row``)."""
+    what = {
+        "produce": (
+            "produce: Producer.send (pydantic) + flush",
+            "raw KafkaProducer (json.dumps) + flush",
+        ),
+        "consume": (
+            "consume: ConsumerLoop (validate, commit per batch)",
+            "raw KafkaConsumer (json.loads, commit per poll)",
+        ),
+    }
+    notes = {
+        "produce": "the layer also validates every message and checks every send",
+        "consume": "group join excluded on both paths",
+    }
+    return [
+        result_row(
+            what[phase][0],
+            "msgs/s",
+            what[phase][1],
+            r["raw_msgs_per_s"],
+            r["selfdistill_msgs_per_s"],
+            ratio=r["ratio"],
+            notes=notes[phase],
+        )
+        for phase, r in results.items()
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=20000, help="messages per path per run")
@@ -300,22 +330,34 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
+    started = now()
     info = machine()
     results = run_bench(args.messages, args.batch_size, args.repeats)
     print(render(results, args, info))
     write_json(
         args.json,
-        {
-            "bench": "streams",
-            "messages": args.messages,
-            "batch_size": args.batch_size,
-            "partitions": PARTITIONS,
-            "repeats": args.repeats,
-            "target_ratio": TARGET_RATIO,
-            "producer_settings": PRODUCER_SETTINGS,
-            "machine": info,
-            "results": results,
-        },
+        result_record(
+            "streams",
+            info,
+            started,
+            rows=report_rows(results),
+            conditions=[
+                f"{args.messages} messages per path per repeat, batch size {args.batch_size}, "
+                f"{PARTITIONS} partitions, one embedded Tansu broker",
+                f"median of {args.repeats} repeat(s), the order of the paths alternating",
+                f"raw producer {PRODUCER_SETTINGS} (as the layer's Producer); raw consumer: "
+                "manual commit per poll, read_committed",
+            ],
+            details={
+                "messages": args.messages,
+                "batch_size": args.batch_size,
+                "partitions": PARTITIONS,
+                "repeats": args.repeats,
+                "target_ratio": TARGET_RATIO,
+                "producer_settings": PRODUCER_SETTINGS,
+                "results": results,
+            },
+        ),
     )
     return 0
 

@@ -39,7 +39,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import TARGET_RATIO, log, machine, quiet, settings_of, write_json
+from bench.common import (
+    TARGET_RATIO,
+    log,
+    machine,
+    now,
+    quiet,
+    result_record,
+    result_row,
+    settings_of,
+    write_json,
+)
 
 PATHS = ("baseline", "project")
 
@@ -328,6 +338,47 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     return "\n".join(lines)
 
 
+def report_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Throughput and memory as bench.report's rows (``bench.common.result_row``)."""
+    t, m, loss = results["tokens_per_s"], results["peak_rss_mib"], results["final_loss"]
+    baseline = "plain PEFT + torch loop (model(labels=...), AdamW)"
+    same = "same batches and tokens: " + ("yes" if results["same_tokens"] else "NO")
+    return [
+        result_row(
+            "LoRA training: train_lora tokens/s",
+            "tokens/s",
+            baseline,
+            t["baseline"],
+            t["project"],
+            ratio=t["ratio"],
+            notes=f"{same}; final loss {loss['project']:.4f} vs {loss['baseline']:.4f}",
+        ),
+        result_row(
+            "LoRA training: train_lora peak RSS",
+            "MiB",
+            baseline,
+            m["baseline"],
+            m["project"],
+            ratio=m["ratio"],
+            target=None,
+            notes="each path in its own process (ru_maxrss); lower is better",
+        ),
+    ]
+
+
+def report_conditions(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The run's sizes for bench.report."""
+    b0 = results["samples"]["baseline"][0]
+    return [
+        f"{results['model']}: float32, cpu, torch threads {args.threads}",
+        f"{args.samples} conversations, LoRA r={args.r} alpha={args.alpha} all-linear, "
+        f"batch {args.batch}, max_length {args.max_length}, "
+        + (f"{args.steps} steps" if args.steps is not None else "1 epoch")
+        + f" ({b0['steps']} steps, {b0['tokens']} tokens), seed {args.seed}",
+        f"{args.repeats} repeat(s), order alternating; medians reported",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=64, help="training conversations")
@@ -354,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         return run_worker(args)
 
+    started = now()
     quiet()
     import torch
 
@@ -363,13 +415,18 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results, args, info))
     write_json(
         args.json,
-        {
-            "bench": "train",
-            "settings": settings_of(args),
-            "target_ratio": TARGET_RATIO,
-            "machine": info,
-            "results": results,
-        },
+        result_record(
+            "train",
+            info,
+            started,
+            rows=report_rows(results),
+            conditions=report_conditions(results, args),
+            details={
+                "settings": settings_of(args),
+                "target_ratio": TARGET_RATIO,
+                "results": results,
+            },
+        ),
     )
     return 0
 

@@ -61,7 +61,17 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from bench.common import TARGET_RATIO, log, machine, quiet, settings_of, write_json
+from bench.common import (
+    TARGET_RATIO,
+    log,
+    machine,
+    now,
+    quiet,
+    result_record,
+    result_row,
+    settings_of,
+    write_json,
+)
 from daemon.cascade import (
     _FAST_PREFIX,
     STAGES,
@@ -889,6 +899,76 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     return "\n".join(lines)
 
 
+def report_rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Judge cost and worker throughput as bench.report's rows (``bench.common.result_row``).
+
+    The cost rows compare early exit with the naive cascade on the naive run's own votes
+    (identical decisions); lower is better there, so they carry no ratio target.
+    """
+    c, tp = results["cost"], results["throughput"]
+    naive, early = c["naive"], c["early_exit"]
+    judge = "fast judge" if args.fast_judge else f"reasoning judge, {args.max_tokens} tokens"
+    naive_name = f"naive full cascade ({c['naive_calls_formula']} calls each)"
+    same = "same votes and decisions; lower is better"
+    t = tp["tokens_per_s"]
+    share = statistics.median(tp["engine_share"])
+    return [
+        result_row(
+            f"verify cascade, early exit first-valid: judge calls/candidate ({judge})",
+            "calls/candidate",
+            naive_name,
+            naive["calls_per_candidate"],
+            early["calls_per_candidate"],
+            target=None,
+            notes=same,
+        ),
+        result_row(
+            f"verify cascade, early exit first-valid: judge tokens/candidate ({judge})",
+            "tokens/candidate",
+            naive_name,
+            naive["tokens_per_candidate"],
+            early["tokens_per_candidate"],
+            target=None,
+            notes=same,
+        ),
+        result_row(
+            "verify worker: judge tokens/s (Kafka + cascade + SQLite)",
+            "tokens/s",
+            "TransformersEngine.generate replay of the same requests (no Kafka)",
+            t["raw"],
+            t["selfdistill"],
+            ratio=t["ratio"],
+            notes=(
+                "ratio: median of per-repeat ratios; same requests and tokens: "
+                + ("yes" if tp["same_tokens"] and tp["same_requests"] else "no")
+                + f"; {100 * (1 - share):.2f}% of the worker's wall outside the engine"
+            ),
+        ),
+    ]
+
+
+def report_conditions(
+    results: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]
+) -> list[str]:
+    """The run's sizes for bench.report."""
+    c = results["cost"]
+    votes = c["votes"]
+    unparseable = sum(votes[st]["unparseable"] for st in STAGES if st in votes)
+    total = sum(votes[st]["votes"] for st in STAGES if st in votes)
+    return [
+        f"{results['model']}: {results['dtype']}, cpu, torch threads {info['torch_threads']}",
+        f"{args.prompts} prompts × {args.candidates} candidates, v={args.votes} votes × "
+        f"{len(STAGES)} stages, "
+        + ("fast judge" if args.fast_judge else "reasoning judge")
+        + f", judge_max_tokens {args.max_tokens}, infer_max_tokens {args.infer_max_tokens}, "
+        f"temperature {args.temperature}, seed {args.seed}",
+        f"{args.repeats} repeat(s) of raw replay vs worker, order alternating; the worker's "
+        f"{c['project_requests']} requests in {c['project_rounds']} rounds",
+        f"naive votes unparseable: {unparseable} of {total}; prompts with an accepted "
+        f"sample: {c['naive']['prompts_with_sample']} of {len(c['naive']['kept'])}",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=4, help="prompts (candidate groups)")
@@ -951,6 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"ignoring {name} (the bench builds its own settings)")
         del os.environ[name]
 
+    started = now()
     quiet()
     if args.threads > 0:
         import torch
@@ -961,13 +1042,18 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results, args, info))
     write_json(
         args.json,
-        {
-            "bench": "verify",
-            "settings": settings_of(args),
-            "target_ratio": TARGET_RATIO,
-            "machine": info,
-            "results": results,
-        },
+        result_record(
+            "verify",
+            info,
+            started,
+            rows=report_rows(results, args),
+            conditions=report_conditions(results, args, info),
+            details={
+                "settings": settings_of(args),
+                "target_ratio": TARGET_RATIO,
+                "results": results,
+            },
+        ),
     )
     return 0
 
