@@ -258,8 +258,12 @@ class ServeWorker:
 
         if self.settings.topics.create:
             ensure_topics(self.settings.kafka, self.settings.topics)
+        topics = self.settings.topics
         with follow_adapter_events(
-            self.settings.kafka, self.settings.topics.adapter_events, self.router
+            self.settings.kafka,
+            topics.adapter_events,
+            self.router,
+            topics.dlq(topics.adapter_events),
         ):
             self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
 

@@ -162,9 +162,13 @@ class VerifyWorker:
 
         if self.settings.topics.create:
             ensure_topics(self.settings.kafka, self.settings.topics)
+        topics = self.settings.topics
         following = (
             follow_adapter_events(
-                self.settings.kafka, self.settings.topics.adapter_events, self.router
+                self.settings.kafka,
+                topics.adapter_events,
+                self.router,
+                topics.dlq(topics.adapter_events),
             )
             if self.router is not None
             else contextlib.nullcontext()

@@ -17,6 +17,15 @@ This is where every offset of the daemon is committed. The rules it keeps:
   ``<topic>.dlq`` with its reason, in the same commit as the batch it came in.
 * **SIGTERM drains.** The in-flight batch finishes and commits, then the consumer leaves
   the group and the producer flushes.
+* **A broker that comes back empty is survived and its loss reported.** kafka-python
+  reconnects with backoff and rejoins the group; a failed transaction gets a fresh
+  transactional producer (a restarted broker has forgotten the old one's id); a batch whose
+  partitions were lost (evicted) while it ran is not committed but redelivered, so stale
+  offsets never land on a re-created log. A partition whose records restart below the offset
+  this group had committed has lost its log (a memory-only broker restarted, the topic was
+  re-created): the loop logs it at ERROR with the offsets and counts it
+  (``selfdistill_log_resets_total``, ``selfdistill_records_lost_total``), instead of letting
+  the client's ``auto_offset_reset`` carry on silently.
 """
 
 from __future__ import annotations
@@ -44,8 +53,10 @@ from streams.metrics import (
     CONSUMER_LAG,
     DLQ_MESSAGES,
     HANDLER_FAILURES,
+    LOG_RESETS,
     MESSAGES_CONSUMED,
     OFFSET_COMMITS,
+    RECORDS_LOST,
 )
 from streams.producer import Producer
 from streams.schemas import DecodeError, decode
@@ -96,6 +107,8 @@ class LoopStats:
     commits: int = 0
     commit_failures: int = 0
     handler_failures: int = 0
+    log_resets: int = 0
+    records_lost: int = 0
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
@@ -123,6 +136,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         # Evicted: the commit would be refused. The new owner redoes the batch; handlers
         # are idempotent (or transactional), so that costs time, not correctness.
         self.loop._take_processed(lost)
+        self.loop._losses += 1  # an in-flight batch must not commit its (stale) offsets
         log.warning("partitions lost (evicted from group): %s", sorted(map(str, lost)))
 
 
@@ -177,6 +191,13 @@ class ConsumerLoop(Generic[M]):
         self.ready = threading.Event()  # set once the group has assigned partitions
         self._next_offset: dict[TopicPartition, int] = {}  # for the lag gauge
         self._lag_at = 0.0
+        # What this loop knows of each partition's log, to notice when a broker loses it:
+        # the last offset it committed (acknowledged) and the highest high watermark seen.
+        self._committed: dict[TopicPartition, int] = {}
+        self._high: dict[TopicPartition, int] = {}
+        self._losses = 0  # partitions-lost events (evictions), counted by the listener
+        LOG_RESETS.labels(topic)  # the series exist at 0 from the start, for alerts
+        RECORDS_LOST.labels(topic)
 
     # ----------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -210,9 +231,7 @@ class ConsumerLoop(Generic[M]):
         """Run until ``request_stop()``, a signal, or ``max_idle_s`` without records."""
         kw = self.kafka.consumer_kwargs(self.group_id, self.name)
         self.consumer = connect(lambda: KafkaConsumer(**kw), self.kafka, f"{self.name} consumer")
-        self.producer = Producer(
-            self.kafka, transactional_id=self.transactional_id, name=f"{self.name}-producer"
-        )
+        self.producer = self._new_producer()
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         # Everything alive now (imported modules, a loaded model, clients) lives as long as
         # the worker: move it out of the collector's way so full collections stop rescanning
@@ -247,6 +266,11 @@ class ConsumerLoop(Generic[M]):
         finally:
             self._close()
         return self.stats
+
+    def _new_producer(self) -> Producer:
+        return Producer(
+            self.kafka, transactional_id=self.transactional_id, name=f"{self.name}-producer"
+        )
 
     def _report_lag(self, force: bool = False) -> None:
         """Records behind the high watermark, from fetch responses, at most once a second.
@@ -290,7 +314,9 @@ class ConsumerLoop(Generic[M]):
         dead: list[DeadLetter] = []
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         max_bytes, schema, count = self.kafka.max_message_bytes, self.schema, 0
+        losses = self._losses
         for tp, raws in polled.items():
+            self._check_log(tp, raws[0].offset)
             records: list[Record[M]] = []
             for r in raws:
                 try:
@@ -320,6 +346,14 @@ class ConsumerLoop(Generic[M]):
                 started = time.monotonic()
                 result = self._run_handler(mine) if mine else BatchResult()
                 BATCH_SECONDS.labels(self.topic).observe(time.monotonic() - started)
+                if self._losses != losses:
+                    log.warning(
+                        "%s: partitions were lost while a batch of %d ran; not committing it, "
+                        "it is redelivered from the committed offsets",
+                        self.name,
+                        len(mine),
+                    )
+                    return
                 rejected = [
                     self._dead_letter_record(rec, reason) for rec, reason in result.rejected
                 ]
@@ -356,13 +390,19 @@ class ConsumerLoop(Generic[M]):
         return fut.result() or BatchResult()
 
     def _wait_polling(self, fut: Future[Any]) -> None:
-        """Keep the consumer a live group member while the handler works."""
+        """Keep the consumer a live group member while the handler works.
+
+        After the first ``keepalive_s`` it stays inside short polls (partitions paused) rather
+        than polling now and then: kafka-python completes a group (re)join only while a poll
+        waits for it, and sends a join that finished between polls again, so a member that
+        must rejoin during a long batch (a rebalance, a restarted broker) would otherwise not
+        get back in until the batch ends.
+        """
         assert self.consumer is not None
-        while True:
-            done, _ = wait([fut], timeout=self.keepalive_s)
-            if done:
-                break
-            self._keepalive_poll()
+        done, _ = wait([fut], timeout=self.keepalive_s)
+        while not done:
+            self._keepalive_poll(timeout_ms=50)
+            done = fut.done()
         self._resume_paused()
 
     def _sleep_polling(self, seconds: float) -> None:
@@ -395,7 +435,7 @@ class ConsumerLoop(Generic[M]):
         dead: list[DeadLetter],
         offsets: dict[TopicPartition, OffsetAndMetadata],
     ) -> None:
-        assert self.producer is not None and self.consumer is not None
+        assert self.consumer is not None
         owned = self.consumer.assignment()
         if self.transactional_id:
             # Outputs, dead letters and offsets commit together; until then the batch is not
@@ -404,15 +444,19 @@ class ConsumerLoop(Generic[M]):
                 commit = {
                     tp: om for tp, om in {**self._processed, **offsets}.items() if tp in owned
                 }
+            if self.producer is None:  # dropped after a failed transaction
+                self.producer = self._new_producer()
             self.producer.begin()
             try:
                 self._send(outputs, dead)
                 self.producer.commit_transaction(commit, self.consumer.group_metadata())
             except Exception:
-                self.producer.abort()
+                self._discard_producer()
                 raise
             self._count_dead(dead)
+            self._committed.update((tp, om.offset) for tp, om in commit.items())
         else:
+            assert self.producer is not None
             self._send(outputs, dead)
             if outputs or dead:
                 self.producer.flush()  # raises: nothing committed while an output may be lost
@@ -428,11 +472,70 @@ class ConsumerLoop(Generic[M]):
                 self.stats.commit_failures += 1
                 log.warning("offset commit failed (%r); will retry with the next commit", exc)
                 return
+            self._committed.update((tp, om.offset) for tp, om in commit.items())
         with self._lock:  # only this thread adds offsets, so the committed ones are the newest
             for tp in commit:
                 self._processed.pop(tp, None)
         self.stats.commits += 1
         OFFSET_COMMITS.labels(self.topic).inc()
+
+    def _discard_producer(self, abort_timeout_s: float = 5.0) -> None:
+        """Abort the failed transaction and drop the producer; the retry gets a fresh one.
+
+        A fresh producer (its ``init_transactions`` fences this one) is the only way out of
+        the state a broker that forgot this transactional id leaves (a restarted memory-only
+        broker answers TransactionalIdNotFound forever). There, kafka-python's
+        ``abort_transaction()``, which has no timeout, may never return: it gets a few
+        seconds on a thread of its own.
+        """
+        producer, self.producer = self.producer, None
+        if producer is None:
+            return
+        aborting = threading.Thread(target=producer.abort, name=f"{self.name}-abort", daemon=True)
+        aborting.start()
+        aborting.join(abort_timeout_s)
+        if aborting.is_alive():
+            log.warning("%s: abort_transaction() did not return; dropping the producer", self.name)
+        with contextlib.suppress(Exception):
+            producer.close(timeout_s=1.0)
+
+    def _check_log(self, tp: TopicPartition, first_offset: int) -> None:
+        """Report a partition whose log restarted below the offset this group committed.
+
+        On a healthy broker a group is redelivered from its committed offset, never below it:
+        records that come back below it mean the broker lost the log and the group's offsets
+        (the embedded broker keeps everything in memory; a re-created topic does the same),
+        and the client has quietly started again from ``auto_offset_reset``. What the loop
+        knew was there and had not finished (up to the highest high watermark it saw) is lost
+        with it; outputs already produced may be gone too. Say so, loudly and in numbers.
+        """
+        assert self.consumer is not None
+        committed = self._committed.get(tp, 0)
+        seen = max(self._high.get(tp, 0), committed)
+        if first_offset < committed:
+            lost = seen - committed
+            self.stats.log_resets += 1
+            self.stats.records_lost += lost
+            LOG_RESETS.labels(tp.topic).inc()
+            RECORDS_LOST.labels(tp.topic).inc(lost)
+            log.error(
+                "%s[%d]: the broker lost this partition's log (records restart at offset %d, "
+                "below offset %d that group %s had committed; was the broker restarted with "
+                "memory-only storage, or the topic re-created?): %d record(s) past it, up to "
+                "the high watermark %d it had seen, were not committed as processed and are "
+                "lost; outputs of the earlier ones may be gone from the broker too",
+                tp.topic,
+                tp.partition,
+                first_offset,
+                committed,
+                self.group_id,
+                lost,
+                seen,
+            )
+            self._committed.pop(tp, None)
+            seen = 0
+        high = self.consumer.highwater(tp)
+        self._high[tp] = max(seen, high or 0)
 
     def _send(self, outputs: list[Output], dead: list[DeadLetter]) -> None:
         assert self.producer is not None

@@ -43,3 +43,15 @@ CONSUMER_LAG = Gauge(
     "it in fetch responses (not ListOffsets, which the embedded broker answers wrongly).",
     ["topic"],
 )
+LOG_RESETS = Counter(
+    "selfdistill_log_resets_total",
+    "Partitions whose records restarted below the offset the worker's group had committed: "
+    "the broker lost the log (a memory-only broker restarted, the topic was re-created).",
+    ["topic"],
+)
+RECORDS_LOST = Counter(
+    "selfdistill_records_lost_total",
+    "Records a worker knew were on a partition (up to the high watermark it saw) but had not "
+    "committed as processed when the broker lost that partition's log.",
+    ["topic"],
+)

@@ -1,14 +1,15 @@
-"""The serve worker through the real broker: answers, candidates, hot-swap, refusals, restart."""
+"""The serve worker through the real broker: answers, candidates, hot-swap, restart.
+
+Refused adapters (tampered, corrupt, escaping): tests/reliability/test_adapters.py.
+"""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from adapters.files import adapter_digest
 from daemon.config import Settings
@@ -64,10 +65,6 @@ def _event(
         path=version,
         sha256=sha if sha is not None else adapter_digest(path),
     )
-
-
-def _swaps(result: str) -> float:
-    return REGISTRY.get_sample_value("selfdistill_adapter_swaps_total", {"result": result}) or 0.0
 
 
 def _start(worker: ServeWorker) -> threading.Thread:
@@ -172,41 +169,6 @@ def test_adapters_switch_under_a_continuous_stream_with_no_failed_request(
     # Adapters change in promotion order: base, then v1, then v2, then base again.
     changes = [a for i, a in enumerate(served_by) if i == 0 or a != served_by[i - 1]]
     assert changes == [None, v1, v2, None], changes
-
-
-def test_tampered_corrupt_or_escaping_adapters_are_refused_while_the_old_one_serves(
-    registry_dir: Path,
-    tiny_adapters: dict[str, Path],
-    tiny_engine: TransformersEngine,
-) -> None:
-    router = AdapterRouter(tiny_engine, registry_dir)
-    v1 = sorted(tiny_adapters)[0]
-    assert router.apply(_event(registry_dir, v1)).ok and router.active == v1
-    q = ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=6, adapter=v1)
-    before = tiny_engine.generate([q])[0].completions[0].text
-
-    tampered = registry_dir / "tiny-sd-v0900"
-    shutil.copytree(tiny_adapters[v1], tampered, dirs_exist_ok=True)
-    corrupt = registry_dir / "tiny-sd-v0901"
-    shutil.copytree(tiny_adapters[v1], corrupt, dirs_exist_ok=True)
-    (corrupt / "adapter_model.safetensors").write_bytes(b"\x07" * 100)
-    refused_before = _swaps("refused")
-    cases = [
-        _event(registry_dir, "tiny-sd-v0900", sha="0" * 64),  # files differ from the record
-        _event(registry_dir, "tiny-sd-v0901"),  # digest matches, weights do not load
-        AdapterEvent(action="promote", version="tiny-sd-v0902", path="../../etc"),
-        AdapterEvent(action="promote", version="tiny-sd-v0903", path="does-not-exist"),
-    ]
-    for event in cases:
-        result = router.apply(event)
-        assert not result.ok and result.error, event
-        assert router.active == v1  # the old adapter keeps serving
-    assert "sha256 mismatch" in router.apply(cases[0]).error
-    assert _swaps("refused") >= refused_before + len(cases)
-    assert tiny_engine.adapters() == [v1]  # nothing half-loaded stays behind
-    assert tiny_engine.generate([q])[0].completions[0].text == before
-    info = REGISTRY.get_sample_value("selfdistill_active_adapter_info", {"version": v1})
-    assert info == 1.0
 
 
 def test_in_flight_work_finishes_on_the_adapter_it_started_with(

@@ -1,17 +1,18 @@
-"""The streams layer against the real embedded broker: round trips, commits, dead letters."""
+"""The streams layer against the real embedded broker: round trips, commits, dead letters.
+
+Malformed messages on every consumed topic: tests/reliability/test_dead_letters.py.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from kafka import KafkaProducer
-
 from streams.connection import KafkaSettings
 from streams.consumer import BatchResult, ConsumerLoop, Output, Record
 from streams.deadletter import DeadLetter
 from streams.producer import Producer
-from streams.schemas import PromptMessage, ResponseMessage, encode
+from streams.schemas import PromptMessage, ResponseMessage
 from streams.topics import TopicsConfig
 from tests.conftest import committed_total, read_topic, run_in_thread, wait_for
 
@@ -60,48 +61,6 @@ def test_round_trip_commits_offset_plus_one(kafka: KafkaSettings, topics: Topics
     loop2 = _loop(kafka, topics, lambda b: again.extend(r.value.id for r in b), "g-roundtrip")
     loop2.run(max_idle_s=1.5, handle_signals=False)
     assert again == []
-
-
-def test_malformed_messages_are_dead_lettered_and_good_ones_flow(
-    kafka: KafkaSettings, topics: TopicsConfig
-) -> None:
-    small = kafka.model_copy(update={"max_message_bytes": 2048})
-    good = PromptMessage(id="good-1", prompt="What is 2 + 2?")
-    cases = {
-        "invalid_json": b"{not json",
-        "not_utf8": b"\xff\xfe\x00binary\x81",
-        "unsupported_version": b'{"v": 2, "id": "x", "prompt": "hi"}',
-        "invalid_schema": b'{"v": 1, "id": "no-prompt"}',
-        "oversize": encode(PromptMessage(id="big", prompt="x" * 5000)),
-        "empty": b"",
-    }
-    raw = KafkaProducer(**kafka.client_kwargs("raw"))
-    where: dict[str, tuple[int, int]] = {}
-    for reason, value in cases.items():
-        md = raw.send(topics.prompts, value=value, key=reason.encode()).get(10)
-        where[reason] = (md.partition, md.offset)
-    raw.send(topics.prompts, value=encode(good), key=b"good-1").get(10)
-    raw.send(topics.prompts, value=b'{"v": 1, "id": "missing-v-is-fine?"}').get(10)
-    raw.close()
-
-    seen: list[str] = []
-    loop = _loop(small, topics, lambda b: seen.extend(r.value.id for r in b), "g-dlq")
-    stats = loop.run(max_idle_s=1.5, handle_signals=False)
-
-    assert seen == ["good-1"]
-    dead = [
-        DeadLetter.from_record(r.headers, r.key, r.value)
-        for r in read_topic(kafka, topics.dlq(topics.prompts))
-    ]
-    by_key = {d.key.decode(): d for d in dead if d.key}
-    for reason, value in cases.items():
-        d = by_key[reason]
-        assert d.reason == reason, (reason, d.detail)
-        assert d.detail  # a human-readable why
-        assert (d.source_topic, d.partition, d.offset) == (topics.prompts, *where[reason])
-        assert (d.value or b"") == value  # the original bytes, untouched, for replay
-    assert stats.dead_lettered == len(cases) + 1  # + the schema-invalid line without key
-    assert committed_total(kafka, "g-dlq", topics.prompts) == len(cases) + 2
 
 
 def test_handler_rejections_go_to_the_dlq(kafka: KafkaSettings, topics: TopicsConfig) -> None:

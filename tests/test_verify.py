@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import threading
 from pathlib import Path
@@ -16,7 +15,7 @@ from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
 from streams.topics import TopicsConfig
-from tests.conftest import cli, committed_total, start_cli, wait_for
+from tests.conftest import cli, committed_total, wait_for
 
 VOTES = 2
 CALLS_PER_ACCEPTED = 1 + 3 * VOTES  # the inferred question + v votes in each of 3 stages
@@ -111,52 +110,6 @@ def test_candidates_flow_in_and_votes_and_samples_land_once(
     assert len(lines) == 6 and all(x["messages"][-1]["role"] == "assistant" for x in lines)
     assert {x["prompt_id"] for x in lines} == {m.id for m in msgs}
     assert all(x["votes"] == 3 * VOTES for x in lines)
-
-
-def test_sigkill_mid_run_then_restart_stores_everything_exactly_once(
-    kafka: KafkaSettings,
-    topics: TopicsConfig,
-    yes_model_dir: Path,
-    tmp_path: Path,
-) -> None:
-    msgs = _messages(12)
-    _produce(kafka, topics.candidates, msgs)
-    group = f"verify-kill-{topics.candidates}"
-    env = {
-        "SELFDISTILL_DATA_DIR": str(tmp_path),
-        "SELFDISTILL_MODEL__PATH": str(yes_model_dir),
-        "SELFDISTILL_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "SELFDISTILL_KAFKA__BATCH_SIZE": "2",
-        "SELFDISTILL_TOPICS__CANDIDATES": topics.candidates,
-        "SELFDISTILL_TOPICS__PROMPTS": topics.prompts,
-        "SELFDISTILL_TOPICS__RESPONSES": topics.responses,
-        "SELFDISTILL_TOPICS__ADAPTER_EVENTS": topics.adapter_events,
-        "SELFDISTILL_VERIFY__VOTES": str(VOTES),
-        "SELFDISTILL_VERIFY__JUDGE_MAX_TOKENS": "8",
-        "SELFDISTILL_VERIFY__INFER_MAX_TOKENS": "8",
-        "SELFDISTILL_VERIFY__GROUP_ID": group,
-    }
-    db = tmp_path / "store.db"
-    first = start_cli("verify", env=env)
-    try:
-        wait_for(lambda: 0 < _counts(db).get("accepted", 0) < 12, 120, every=0.05)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=30)
-    assert first.returncode == -signal.SIGKILL
-    at_kill = _counts(db)["accepted"]
-
-    second = start_cli("verify", env=env)
-    try:
-        wait_for(lambda: committed_total(kafka, group, topics.candidates) == 12, 120)
-    finally:
-        second.send_signal(signal.SIGTERM)
-        _, errs = second.communicate(timeout=60)
-    assert second.returncode == 0, errs[-2000:]
-    counts = _counts(db)
-    assert at_kill < 12
-    assert counts["prompts"] == 12 and counts["accepted"] == 12 and counts["candidates"] == 36
-    assert counts["votes"] == 12 * CALLS_PER_ACCEPTED  # no vote stored twice either
 
 
 def test_the_active_adapter_judges_when_configured(
