@@ -227,6 +227,20 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_result(
+    args: Any,
+    benchmark: str,
+    info: Mapping[str, Any],
+    started_at: datetime,
+    results: Any,
+    rows: Iterable[dict[str, Any]],
+    conditions: Iterable[str],
+) -> None:
+    """``--json``: the common record, with the run's settings and raw results as details."""
+    details = {"settings": settings_of(args), "target_ratio": TARGET_RATIO, "results": results}
+    write_json(args.json, result_record(benchmark, info, started_at, rows, conditions, details))
+
+
 def write_json(path: Path | None, record: dict[str, Any]) -> None:
     """The run's record (``result_record``) beside the printed table, for `make bench` to
     collect; NaN or infinity fail here rather than in the report."""

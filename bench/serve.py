@@ -54,10 +54,8 @@ from bench.common import (
     machine,
     now,
     quiet,
-    result_record,
     result_row,
-    settings_of,
-    write_json,
+    write_result,
 )
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
@@ -818,20 +816,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine("torch", "transformers", "peft")
     results = run_bench(args)
     print(render(results, args, info))
-    write_json(
-        args.json,
-        result_record(
-            "serve",
-            info,
-            started,
-            rows=report_rows(results),
-            conditions=report_conditions(results, args, info),
-            details={
-                "settings": settings_of(args),
-                "target_ratio": TARGET_RATIO,
-                "results": results,
-            },
-        ),
+    write_result(
+        args,
+        "serve",
+        info,
+        started,
+        results,
+        report_rows(results),
+        report_conditions(results, args, info),
     )
     return 0
 

@@ -45,10 +45,8 @@ from bench.common import (
     machine,
     now,
     quiet,
-    result_record,
     result_row,
-    settings_of,
-    write_json,
+    write_result,
 )
 
 PATHS = ("baseline", "project")
@@ -413,20 +411,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine("torch", "transformers", "peft")
     results = run_bench(args)
     print(render(results, args, info))
-    write_json(
-        args.json,
-        result_record(
-            "train",
-            info,
-            started,
-            rows=report_rows(results),
-            conditions=report_conditions(results, args),
-            details={
-                "settings": settings_of(args),
-                "target_ratio": TARGET_RATIO,
-                "results": results,
-            },
-        ),
+    write_result(
+        args,
+        "train",
+        info,
+        started,
+        results,
+        report_rows(results),
+        report_conditions(results, args),
     )
     return 0
 

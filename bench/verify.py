@@ -67,10 +67,8 @@ from bench.common import (
     machine,
     now,
     quiet,
-    result_record,
     result_row,
-    settings_of,
-    write_json,
+    write_result,
 )
 from daemon.cascade import (
     _FAST_PREFIX,
@@ -1040,20 +1038,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine("torch", "transformers")
     results = run_bench(args)
     print(render(results, args, info))
-    write_json(
-        args.json,
-        result_record(
-            "verify",
-            info,
-            started,
-            rows=report_rows(results, args),
-            conditions=report_conditions(results, args, info),
-            details={
-                "settings": settings_of(args),
-                "target_ratio": TARGET_RATIO,
-                "results": results,
-            },
-        ),
+    write_result(
+        args,
+        "verify",
+        info,
+        started,
+        results,
+        report_rows(results, args),
+        report_conditions(results, args, info),
     )
     return 0
 

@@ -194,7 +194,6 @@ def test_training_result_accounts_for_the_run(trained) -> None:
     assert (result.samples, result.dropped, result.steps) == (len(CONVERSATIONS), 2, 30)
     assert result.epochs == 15.0  # 6 examples in 2 batches of 4, one step per batch
     assert 0 < result.answer_tokens < result.tokens
-    assert result.tokens_per_s > 0 and result.seconds > 0
     assert json.dumps(result.as_dict())
 
 
