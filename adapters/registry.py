@@ -503,26 +503,19 @@ class Registry:
 
     def promote(self, version: str, *, actor: str, reason: str | None = None) -> str:
         """Make ``version`` the active adapter; the one it replaces is retired. Returns it."""
-        with self._tx() as db:
-            self._require_row(db, version)
-            previous = self._active_in(db)
-            if previous == version:
-                raise RegistryError(f"{version} is already active")
-            now = time.time()
-            db.execute(
-                "UPDATE adapters SET status = 'retired', updated_at = ? WHERE status = 'promoted'",
-                (now,),
-            )
-            db.execute(
-                "UPDATE adapters SET status = 'promoted', promoted_at = ?, updated_at = ? "
-                "WHERE version = ?",
-                (now, now, version),
-            )
-            self._event(db, "promote", version, previous, actor, reason)
-            return previous
+        if version == BASE:
+            raise RegistryError("the base model is not promoted: roll back to it")
+        return self._activate(version, "promote", "retired", actor, reason)
 
     def rollback(self, target: str, *, actor: str, reason: str | None = None) -> str:
         """Make ``target`` (a version or 'base') active; the current one becomes rolled-back."""
+        return self._activate(target, "rollback", "rolled-back", actor, reason)
+
+    def _activate(
+        self, target: str, action: str, old_status: str, actor: str, reason: str | None
+    ) -> str:
+        """One transaction: the active adapter takes ``old_status``, ``target`` (unless the
+        base) becomes promoted, and the event is recorded. Returns what was active."""
         with self._tx() as db:
             if target != BASE:
                 self._require_row(db, target)
@@ -531,9 +524,8 @@ class Registry:
                 raise RegistryError(f"{target} is already active")
             now = time.time()
             db.execute(
-                "UPDATE adapters SET status = 'rolled-back', updated_at = ? "
-                "WHERE status = 'promoted'",
-                (now,),
+                "UPDATE adapters SET status = ?, updated_at = ? WHERE status = 'promoted'",
+                (old_status, now),
             )
             if target != BASE:
                 db.execute(
@@ -541,7 +533,7 @@ class Registry:
                     "WHERE version = ?",
                     (now, now, target),
                 )
-            self._event(db, "rollback", target, previous, actor, reason)
+            self._event(db, action, target, previous, actor, reason)
             return previous
 
     def pin(self, version: str, *, actor: str, reason: str | None = None) -> None:
