@@ -54,6 +54,7 @@ BASE = "base"
 STATUSES = ("candidate", "promoted", "rejected", "retired", "rolled-back")
 RUN_STATES = ("running", "done", "failed", "crashed")
 SCHEMA_VERSION = 1
+VERIFIER_EVAL_KINDS = ("eval", "sweep", "gate")
 _VERSION_RE = re.compile(r"^(?P<stem>[a-z0-9][a-z0-9._-]*)-sd-v(?P<n>\d{4,})$")
 
 
@@ -232,6 +233,20 @@ class Registry:
                 pk=("version", "fingerprint"),
                 if_not_exists=True,
             )
+            db["verifier_evals"].create(
+                {
+                    "id": int,
+                    "at": float,
+                    "judge": str,
+                    "kind": str,
+                    "fingerprint": str,
+                    "report": str,
+                },
+                pk="id",
+                not_null=["at", "judge", "kind", "fingerprint", "report"],
+                if_not_exists=True,
+            )
+            db["verifier_evals"].create_index(["judge", "fingerprint"], if_not_exists=True)
             db["runs"].create_index(["version"], unique=True, if_not_exists=True)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -313,6 +328,59 @@ class Registry:
                 },
                 pk=("version", "fingerprint"),
             )
+
+    # ------------------------------------------------- verifier measurements
+    def record_verifier_eval(
+        self, judge: str, kind: str, fingerprint: str, report: dict[str, Any]
+    ) -> int:
+        """Store one measurement of the verifier (``judge``: who judged, a version or
+        'base'; ``kind``: eval (CLI), sweep (CLI --sweep) or gate (a train cycle)).
+        Returns its row id; every measurement is kept, newest last."""
+        if kind not in VERIFIER_EVAL_KINDS:
+            raise ValueError(f"verifier eval kind must be one of {VERIFIER_EVAL_KINDS}")
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO verifier_evals (at, judge, kind, fingerprint, report) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (time.time(), judge, kind, fingerprint, json.dumps(report)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def verifier_evals(self, limit: int = 20, kind: str | None = None) -> list[dict[str, Any]]:
+        """Verifier measurements, newest first (``kind``: only those), with the report decoded:
+        ``{id, at, judge, kind, fingerprint, report}``. Empty for a registry written before
+        the table existed (opened read-only, it cannot be created)."""
+        where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
+        try:
+            with self._lock:
+                rows = list(
+                    self.db.query(
+                        f"SELECT * FROM verifier_evals {where} ORDER BY id DESC LIMIT ?",
+                        [*params, int(limit)],
+                    )
+                )
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+        for row in rows:
+            row["report"] = json.loads(row["report"])
+        return rows
+
+    def cached_verifier_eval(self, judge: str, fingerprint: str) -> dict[str, Any] | None:
+        """The newest stored report of ``judge`` with this fingerprint, or None."""
+        try:
+            with self._lock:
+                row = self.db.execute(
+                    "SELECT report FROM verifier_evals WHERE judge = ? AND fingerprint = ? "
+                    "ORDER BY id DESC LIMIT 1",
+                    (judge, fingerprint),
+                ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return json.loads(row[0]) if row else None
 
     # --------------------------------------------------------- training runs
     @contextlib.contextmanager

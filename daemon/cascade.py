@@ -10,6 +10,13 @@ stage passes, and a stage passes when all of its ``v`` votes say yes:
 2. factuality: no factual, numeric or logical errors;
 3. correctness: the answer is complete and correct.
 
+Tool stages run before the self-judges, or instead of them, for prompts that carry a check
+(``CheckSpec``; which stages a prompt meets is per domain, ``domains``): ``checker`` applies a
+registered deterministic check (``daemon/checkers.py``), ``execution`` runs a code candidate
+against the prompt's tests in a sandbox (``daemon/sandbox.py``). They are one verdict each,
+cost no judge call, and run on every candidate of the prompt whatever the policy, so each
+group has a definite pass/fail per candidate (ranking data, ``selfdistill export --ranking``).
+
 Unanimity makes early exit free: the first no ends the stage, and the candidate. Votes are
 drawn in rounds (``votes_per_round`` each) so a no stops further votes, and every round
 sends the requests of all pending candidates, of all prompts, to the engine as one batch.
@@ -30,20 +37,23 @@ from pathlib import Path
 from string import Template
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from daemon.checkers import TOOL_STAGES, applies, run_tool_stage
 from daemon.engines.base import ChatRequest, ChatResult, Engine
+from daemon.sandbox import SandboxConfig
 from daemon.verdicts import final_answer, neutralise, parse_verdict
+from streams.schemas import CheckSpec
 
 
 @dataclass(frozen=True)
 class JudgeCall:
     """One generation by the judge: a vote, or the cycle stage's inferred question."""
 
-    stage: str  # "cycle" | "factuality" | "correctness"
-    kind: str  # "infer" (cycle's question inference) | "vote"
+    stage: str  # "checker" | "execution" | "cycle" | "factuality" | "correctness"
+    kind: str  # "infer" (cycle's question inference) | "vote" | "tool" (a tool stage's check)
     verdict: bool | None  # votes: parsed verdict; None = unparseable (counts as no)
-    output: str  # the judge's raw output
+    output: str  # the judge's raw output; a tool stage's one-line reason
     prompt_tokens: int
     completion_tokens: int
 
@@ -66,7 +76,19 @@ class CandidateOutcome:
 
     @property
     def calls(self) -> list[JudgeCall]:
+        """Everything the cascade ran on this candidate, tool checks included."""
         return [c for s in self.stages for c in s.calls]
+
+    @property
+    def judge_calls(self) -> list[JudgeCall]:
+        """The model's own generations: what the judge budget is spent on."""
+        return [c for c in self.calls if c.kind != "tool"]
+
+    @property
+    def tool_passed(self) -> bool | None:
+        """The tool stages' verdict (None: no tool stage ran): ranking data's label."""
+        tools = [s for s in self.stages if s.stage in TOOL_STAGES]
+        return all(s.passed for s in tools) if tools else None
 
 
 @dataclass
@@ -81,15 +103,28 @@ class PromptOutcome:
 
     @property
     def judge_calls(self) -> int:
-        return sum(len(c.calls) for c in self.candidates)
+        return sum(len(c.judge_calls) for c in self.candidates)
 
     @property
     def judge_tokens(self) -> int:
-        return sum(j.completion_tokens for c in self.candidates for j in c.calls)
+        return sum(j.completion_tokens for c in self.candidates for j in c.judge_calls)
 
 
 # ----------------------------------------------------------------------------- config
-STAGES = ("cycle", "factuality", "correctness")
+STAGES = ("cycle", "factuality", "correctness")  # the model judges itself
+Stage = Literal["checker", "execution", "cycle", "factuality", "correctness"]
+
+
+def _tools_first(stages: list[str]) -> list[str]:
+    """Tool stages run before the self-judges (or instead of them), never after."""
+    seen_judge = False
+    for s in stages:
+        if s in TOOL_STAGES and seen_judge:
+            raise ValueError(f"tool stage {s!r} must come before the judge stages")
+        seen_judge = seen_judge or s not in TOOL_STAGES
+    if len(set(stages)) != len(stages):
+        raise ValueError("a stage may appear only once")
+    return stages
 
 
 class CascadeConfig(BaseModel):
@@ -100,10 +135,27 @@ class CascadeConfig(BaseModel):
     votes: int = Field(
         5, ge=1, le=64, description="v: votes per stage, all must be yes (paper: 5)."
     )
-    stages: list[Literal["cycle", "factuality", "correctness"]] = Field(
+    stages: list[Stage] = Field(
         default_factory=lambda: list(STAGES),
         min_length=1,
-        description="Stages in order; the paper's full cascade beat a single correctness judge.",
+        description="Stages in order; the paper's full cascade beat a single correctness judge. "
+        "Tool stages (checker: a registered deterministic answer check; execution: the "
+        "prompt's tests run in a sandbox) go first and apply to prompts that carry a check.",
+    )
+    domains: dict[str, list[Stage]] = Field(
+        default_factory=dict,
+        description="Stages per prompt domain, replacing 'stages' for prompts of that domain: "
+        'e.g. arithmetic = ["checker"] (instead of the self-judges) or ["checker", '
+        '"correctness"] (before them).',
+    )
+    missing_check: Literal["skip", "reject"] = Field(
+        "skip",
+        description="A tool stage on a prompt that carries no check for it: 'skip' the stage, "
+        "or 'reject' the candidate. A candidate left with no stage at all is rejected either "
+        "way: nothing verified it.",
+    )
+    sandbox: SandboxConfig = Field(
+        default_factory=SandboxConfig, description="Limits of the execution stage's sandbox."
     )
     policy: Literal["first-valid", "all-valid"] = Field(
         "first-valid",
@@ -140,14 +192,40 @@ class CascadeConfig(BaseModel):
     )
     seed: int | None = Field(None, description="Seed the judge's sampling (reproducible runs).")
 
+    @field_validator("stages")
+    @classmethod
+    def _valid_stages(cls, v: list[str]) -> list[str]:
+        return _tools_first(v)
+
+    @field_validator("domains")
+    @classmethod
+    def _valid_domains(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for domain, stages in v.items():
+            if not stages:
+                raise ValueError(f"domain {domain!r} has no stages")
+            try:
+                _tools_first(stages)
+            except ValueError as exc:
+                raise ValueError(f"domain {domain!r}: {exc}") from None
+        return v
+
+    def stages_for(self, domain: str | None) -> list[str]:
+        """The stage list a prompt of ``domain`` goes through."""
+        if domain is not None and domain in self.domains:
+            return list(self.domains[domain])
+        return list(self.stages)
+
 
 @dataclass(frozen=True)
 class CascadeInput:
-    """One prompt's question (as the judges see it) and its candidates in order."""
+    """One prompt's question (as the judges see it), its candidates in order, and what a tool
+    stage can check them against (``domain`` picks the stage list, ``check`` the reference)."""
 
     prompt_id: str
     question: str
     candidates: list[str]
+    domain: str | None = None
+    check: CheckSpec | None = None
 
 
 def question_of(messages: Sequence[Any]) -> str:
@@ -184,6 +262,7 @@ class _Item:
     prompt: int
     out: CandidateOutcome
     question: str
+    stages: list[str]  # judge stages still ahead of it, in order (tool stages already ran)
     stage: int = 0
     votes: int = 0  # yes votes in the current stage
     inferred: str | None = None
@@ -219,7 +298,7 @@ class Cascade:
         }
 
     def _judge_prompt(self, item: _Item) -> str:
-        stage = self.config.stages[item.stage]
+        stage = item.stages[item.stage]
         t = self.templates["compare" if stage == "cycle" else stage]
         return t.substitute(
             question=neutralise(item.question),
@@ -228,7 +307,7 @@ class Cascade:
         )
 
     def _request(self, item: _Item) -> ChatRequest:
-        stage = self.config.stages[item.stage]
+        stage = item.stages[item.stage]
         if stage == "cycle" and item.inferred is None:
             text = self.templates["infer"].substitute(answer=neutralise(item.out.answer))
             return ChatRequest(
@@ -261,7 +340,7 @@ class Cascade:
         return [self._rng.random() < p_yes for _ in range(n)]
 
     def _apply(self, item: _Item, result: ChatResult) -> None:
-        stage = self.config.stages[item.stage]
+        stage = item.stages[item.stage]
         outcome = self._stage(item, stage)
         if stage == "cycle" and item.inferred is None:
             c = result.completions[0]
@@ -299,7 +378,7 @@ class Cascade:
             outcome.passed = True
             item.stage += 1
             item.votes = 0
-            if item.stage == len(self.config.stages):
+            if item.stage == len(item.stages):
                 item.out.accepted = True
                 item.done = True
 
@@ -323,13 +402,21 @@ class Cascade:
         outcomes = [PromptOutcome(p.prompt_id, p.question, []) for p in inputs]
         items: list[list[_Item]] = []
         for pi, p in enumerate(inputs):
+            tools, judges, missing = self._plan(p)
             row = []
             for ci, text in enumerate(p.candidates):
                 out = CandidateOutcome(ci, text, final_answer(text))
                 outcomes[pi].candidates.append(out)
-                item = _Item(pi, out, p.question)
+                item = _Item(pi, out, p.question, judges)
                 if not out.answer:
                     out.rejected_at = "static"
+                    item.done = True
+                elif missing is not None:
+                    self._tool_reject(item, missing, "no check for this stage in the prompt")
+                elif tools and p.check is not None:
+                    self._run_tools(item, tools, p.check)
+                if not item.done and not judges:  # the tools alone verified it
+                    item.out.accepted = True
                     item.done = True
                 row.append(item)
             items.append(row)
@@ -355,6 +442,43 @@ class Cascade:
                     first_accepted = True
         return outcomes
 
+    # ------------------------------------------------------------------ tool stages
+    def _plan(self, p: CascadeInput) -> tuple[list[str], list[str], str | None]:
+        """(tool stages to run, judge stages after them, a stage that rejects everyone).
+
+        Tool stages are cheap and deterministic, so they run on EVERY candidate, whatever the
+        policy: a prompt's group then has a definite pass/fail per candidate (ranking data),
+        and first-valid early exit applies only to the judges, which are what cost.
+        """
+        stages = self.config.stages_for(p.domain)
+        tools: list[str] = []
+        for s in stages:
+            if s not in TOOL_STAGES:
+                continue
+            if applies(s, p.check):
+                tools.append(s)
+            elif self.config.missing_check == "reject":
+                return [], [], s
+        judges = [s for s in stages if s not in TOOL_STAGES]
+        if not tools and not judges:  # every stage was a tool stage without a check
+            return [], [], stages[0]
+        return tools, judges, None
+
+    def _run_tools(self, item: _Item, tools: list[str], check: CheckSpec) -> None:
+        for stage in tools:
+            verdict = run_tool_stage(stage, check, item.out.answer, self.config.sandbox)
+            outcome = StageOutcome(stage, verdict.passed)
+            outcome.calls.append(JudgeCall(stage, "tool", verdict.passed, verdict.detail, 0, 0))
+            item.out.stages.append(outcome)
+            if not verdict.passed:
+                self._reject(item, stage)
+                return
+
+    def _tool_reject(self, item: _Item, stage: str, detail: str) -> None:
+        outcome = StageOutcome(stage, False, [JudgeCall(stage, "tool", False, detail, 0, 0)])
+        item.out.stages.append(outcome)
+        self._reject(item, stage)
+
     def _needed(self, row: list[_Item]) -> list[_Item]:
         """Candidates of one prompt that still need a judge call this round."""
         if self.config.policy == "all-valid":
@@ -372,4 +496,5 @@ class Cascade:
 
 def naive_calls(config: CascadeConfig) -> int:
     """Judge calls per candidate of the full cascade without early exit (v x stages + infer)."""
-    return config.votes * len(config.stages) + (1 if "cycle" in config.stages else 0)
+    judges = [s for s in config.stages if s not in TOOL_STAGES]
+    return config.votes * len(judges) + (1 if "cycle" in judges else 0)

@@ -33,6 +33,8 @@ adapters_app = typer.Typer(
 task_app = typer.Typer(help="The bundled offline task (seed prompts + labeled held-out set).")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(task_app, name="task")
+eval_app = typer.Typer(help="Measure the model against labeled data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 err = Console(stderr=True)
 
@@ -328,10 +330,21 @@ def export(
     snapshot: Annotated[
         str | None, typer.Option(help="Exactly the samples a training run used.")
     ] = None,
+    ranking: Annotated[
+        bool,
+        typer.Option(
+            "--ranking",
+            help="Instead: groups of candidates with both passing and failing members.",
+        ),
+    ] = False,
+    ranking_format: Annotated[
+        str, typer.Option("--format", help="With --ranking: groups, or pairs (TRL preference).")
+    ] = "groups",
 ) -> None:
     """Write accepted samples as chat `messages` records (TRL / HF datasets read them as they
-    are) with provenance: prompt id, candidate id, generating adapter, votes, judge tokens."""
-    from daemon.export import export_accepted
+    are) with provenance: prompt id, candidate id, generating adapter, votes, judge tokens.
+    With --ranking: the verifier's ranking data (DuST), as groups or chosen/rejected pairs."""
+    from daemon.export import export_accepted, export_ranking
     from daemon.store import Store
 
     s = settings()
@@ -344,6 +357,14 @@ def export(
     if split not in ("train", "heldout", "all"):
         err.print("[red]error:[/] --split must be train, heldout or all", highlight=False)
         raise typer.Exit(2)
+    if ranking:
+        if ranking_format not in ("groups", "pairs"):
+            err.print("[red]error:[/] --format must be groups or pairs", highlight=False)
+            raise typer.Exit(2)
+        with Store.open(s.store, s.data_dir, read_only=True) as store:
+            n = export_ranking(store, out, ranking_format)  # type: ignore[arg-type]
+        err.print(f"wrote {n} ranking {ranking_format} to {out}", highlight=False)
+        return
     with Store.open(s.store, s.data_dir, read_only=True) as store:
         try:
             n = export_accepted(
@@ -585,6 +606,64 @@ def task_generate(
 
     p, h = build_task(out, n_prompts=prompts, n_heldout=heldout, seed=seed)
     typer.echo(f"wrote {p} and {h}")
+
+
+# ------------------------------------------------------------------------- eval
+@eval_app.command("verifier")
+def eval_verifier(
+    heldout: Annotated[
+        Path | None,
+        typer.Option(
+            "--heldout",
+            help="Labeled JSONL (default: verify.eval.heldout, else the bundled held-out set).",
+        ),
+    ] = None,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Compare candidates per prompt x votes per stage (verify.eval.sweep_candidates "
+            "x sweep_votes): first-valid's precision against judge cost.",
+        ),
+    ] = False,
+    max_items: Annotated[
+        int | None, typer.Option("--max-items", min=1, help="Use only the first N items.")
+    ] = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            "--candidates",
+            min=1,
+            max=64,
+            help="Candidates per item (default: verify.eval.candidates, else serve's n).",
+        ),
+    ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Measure again even if an identical measurement is stored."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """How good are the model's verdicts on its own candidates? Sample candidates with the
+    serving settings for a labeled set, judge them with the cascade, and report precision,
+    recall and AUC of acceptance against the graded truth, per stage and for the whole
+    cascade, with the judge calls and tokens it took and the base rate of correct candidates.
+
+    Results are stored in the adapter registry (shown by `status`).
+    """
+    from daemon.verifier_eval import run_eval_verifier
+
+    code = run_eval_verifier(
+        settings(),
+        heldout=heldout,
+        sweep=sweep,
+        as_json=as_json,
+        console=Console(),
+        max_items=max_items,
+        candidates=candidates,
+        fresh=fresh,
+    )
+    raise typer.Exit(code)
 
 
 # ----------------------------------------------------------------------- status

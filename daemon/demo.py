@@ -3,9 +3,13 @@
 The embedded broker and topics; the serve worker on the embedded SmolLM2 answering the
 bundled prompts, each with extra candidates, in one Kafka transaction per batch; malformed
 messages dead-lettered with their reasons while the good ones flow; the verify worker
-judging the candidates with the model's own cascade into the SQLite store; then one training
-cycle: a LoRA adapter on the accepted samples, scored against the base by the eval gate,
-promoted or rejected. Budgets are small so it fits a CPU in a few minutes.
+judging the candidates into the SQLite store — the bundled prompts carry a check, so their
+domains are verified by the deterministic checker, and the rest by the model's own cascade;
+then one training cycle: the verifier's precision measured on labeled held-out problems
+(training pauses below the floor), a LoRA adapter on the accepted samples, scored against
+the base by the eval gate, promoted or rejected. At the end the self-cascade's measured
+precision is printed beside the checker's, on the same candidates, so the difference shows.
+Budgets are small so it fits a CPU in a few minutes.
 """
 
 from __future__ import annotations
@@ -60,6 +64,24 @@ class DemoConfig(BaseModel):
     eval_items: int = Field(
         8, ge=1, description="Labeled held-out problems the demo's eval gate scores."
     )
+    checker_domains: list[str] = Field(
+        default_factory=lambda: ["arithmetic", "units", "word-problems"],
+        description="Domains the demo verifies with the checker instead of the self-judges "
+        "(the bundled prompts carry a check); [] judges everything with the self-cascade.",
+    )
+    verifier_floor: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The demo's train.verifier.floor: training pauses if the verifier's "
+        "precision on labeled held-out problems is below it (None: not measured).",
+    )
+    compare_items: int = Field(
+        8,
+        ge=0,
+        description="Labeled problems on which the demo compares the self-cascade's precision "
+        "with the checker's, on the same candidates (0: skip).",
+    )
 
 
 @dataclass
@@ -77,6 +99,7 @@ class DemoReport:
     accepted: list[dict[str, Any]] = field(default_factory=list)
     cycle: Any = None  # daemon.train.CycleReport of the training step
     after_swap: list[ResponseMessage] = field(default_factory=list)
+    verifiers: dict[str, Any] = field(default_factory=dict)  # name -> VerifierReport
     seconds: float = 0.0
 
     @property
@@ -115,6 +138,10 @@ def _demo_settings(settings: Settings, bootstrap: str) -> Settings:
                     "votes": demo.votes,
                     "fast_judge": demo.fast_judge,
                     "infer_max_tokens": demo.max_tokens,
+                    "domains": {
+                        **settings.verify.domains,
+                        **{d: ["checker"] for d in demo.checker_domains},
+                    },
                 }
             ),
             "train": train.model_copy(
@@ -129,6 +156,13 @@ def _demo_settings(settings: Settings, bootstrap: str) -> Settings:
                             "labeled_max": demo.eval_items,
                             "max_tokens": demo.max_tokens,
                             "heldout_max": min(train.eval.heldout_max, 4),
+                        }
+                    ),
+                    "verifier": train.verifier.model_copy(
+                        update={
+                            "floor": demo.verifier_floor,
+                            "max_items": demo.eval_items,
+                            "candidates": demo.extra_candidates + 1,
                         }
                     ),
                 }
@@ -229,6 +263,8 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
                 if state.swapped:
                     report.after_swap = _after_swap(up, producer, console, report.cycle.version)
             producer.close()
+            if demo.compare_items > 0:
+                report.verifiers = _compare_verifiers(run, engine, console)
             console.rule("[bold]selfdistill status")
             render_status(collect_status(run), console)
         engine.close()
@@ -244,6 +280,16 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
 
 def _show_cycle(console: Console, cycle: Any) -> None:
     """The training cycle's numbers: what was trained, the gate's checks, the decision."""
+    v = cycle.verifier
+    if v:
+        console.print(
+            f"8. verifier check: precision {_fmt(v.get('precision'))} (recall "
+            f"{_fmt(v.get('recall'))}) on {v.get('candidates')} candidates of labeled held-out "
+            f"problems, {v.get('accepted')} accepted; floor {_fmt(v.get('floor'))}"
+        )
+    if cycle.outcome == "paused" or cycle.version is None:
+        console.print(f"8. no adapter trained: [bold]{cycle.outcome}[/] — {cycle.reason}")
+        return
     console.print(
         f"8. trained [bold]{cycle.version}[/] on {cycle.trained_on} accepted samples "
         f"(loss {_fmt(cycle.training.get('final_loss'))}, "
@@ -262,6 +308,58 @@ def _show_cycle(console: Console, cycle: Any) -> None:
         )
     console.print(gate)
     console.print(f"9. gate: [bold]{cycle.outcome}[/] — {cycle.reason}")
+
+
+def _compare_verifiers(run: Settings, engine: Any, console: Console) -> dict[str, Any]:
+    """The self-cascade and the checker judge the SAME sampled candidates of labeled
+    problems; their precision against the graded truth is what the loop's data is worth."""
+    from daemon.graders import load_labeled
+    from daemon.tasks import bundled_heldout
+    from daemon.verifier_eval import evaluate_verifier, sample_candidates
+
+    items = load_labeled(bundled_heldout())[: run.demo.compare_items]
+    n = run.serve.extra_candidates + 1
+    with console.status(f"11. measuring the verifiers on {len(items)} labeled problems"):
+        candidates = sample_candidates(
+            engine,
+            items,
+            n,
+            temperature=run.serve.temperature,
+            top_p=run.serve.top_p,
+            max_tokens=run.serve.max_tokens,
+            seed=0,
+        )
+        configs = {
+            f"self-cascade (v={run.verify.votes})": run.verify.model_copy(update={"domains": {}}),
+            "checker": run.verify.model_copy(update={"stages": ["checker"], "domains": {}}),
+        }
+        reports = {
+            name: evaluate_verifier(engine, items, cfg, candidates, heldout="bundled")
+            for name, cfg in configs.items()
+        }
+    first = next(iter(reports.values()))
+    table = Table(
+        title=f"11. the verifiers against the truth: {first.items} labeled problems x {n} "
+        f"candidates, {first.correct} correct (base rate {_fmt(first.base_rate)})"
+    )
+    for col in ("verifier", "accepted", "precision", "recall", "AUC", "judge calls"):
+        table.add_column(col, justify="left" if col == "verifier" else "right")
+    for name, rep in reports.items():
+        table.add_row(
+            name,
+            str(rep.accepted),
+            _fmt(rep.precision),
+            _fmt(rep.recall),
+            _fmt(rep.auc),
+            str(rep.judge_calls),
+        )
+    console.print(table)
+    console.print(
+        "    precision: of what the verifier accepts, the share that is right. A verifier no "
+        "better than the base rate teaches noise; `selfdistill eval verifier --sweep` finds the "
+        "budget for a model, and train.verifier.floor pauses training below a precision."
+    )
+    return reports
 
 
 def _after_swap(up: Any, producer: Producer, console: Console, version: str) -> list[Any]:

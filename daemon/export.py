@@ -6,6 +6,12 @@ provenance at top level (``prompt_id``, ``candidate_id``, ``adapter``, ``domain`
 ``judge_tokens``, ``split``) so that any line can be traced back to its prompt, its votes and
 the adapter that generated it. Every line has the same keys, so ``datasets`` infers one schema.
 
+``--ranking`` exports the other kind of data the verifier leaves behind: groups of one
+prompt's candidates with both passing and failing members (as in DuST), either as groups
+(``{"prompt_id", "messages", "passed": [...], "failed": [...], "source"}``) or expanded into
+TRL's conversational preference pairs (``{"prompt": [...], "chosen": [assistant turn],
+"rejected": [assistant turn]}``, every passing member against every failing one).
+
 Written to a path, the file appears atomically (temp file, fsync, rename): a trainer reading
 it never sees half an export, and a failed export leaves the previous file in place.
 """
@@ -18,7 +24,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from daemon.store import Store
 
@@ -49,12 +55,42 @@ def _rows(store: Store, split: str | None, snapshot: str | None) -> list[dict[st
     return store.snapshot_samples(snapshot)
 
 
-def _write_lines(rows: Iterable[dict[str, Any]], fh: TextIO) -> int:
+def _write_lines(lines: Iterable[dict[str, Any]], fh: TextIO) -> int:
     n = 0
-    for row in rows:
-        fh.write(json.dumps(sample_line(row), ensure_ascii=False) + "\n")
+    for line in lines:
+        fh.write(json.dumps(line, ensure_ascii=False) + "\n")
         n += 1
     return n
+
+
+def ranking_lines(
+    groups: Iterable[dict[str, Any]], form: Literal["groups", "pairs"] = "groups"
+) -> Iterable[dict[str, Any]]:
+    """Ranking groups as written: one line per group, or one per (passed, failed) pair."""
+    for g in groups:
+        if form == "groups":
+            yield g
+            continue
+        for good in g["passed"]:
+            for bad in g["failed"]:
+                yield {
+                    "prompt": g["messages"],
+                    "chosen": [{"role": "assistant", "content": good["text"]}],
+                    "rejected": [{"role": "assistant", "content": bad["text"]}],
+                    "prompt_id": g["prompt_id"],
+                    "chosen_id": good["candidate_id"],
+                    "rejected_id": bad["candidate_id"],
+                    "source": g["source"],
+                }
+
+
+def export_ranking(
+    store: Store, out: Path | TextIO, form: Literal["groups", "pairs"] = "groups"
+) -> int:
+    """Write the store's ranking groups (or their pairs) as JSON lines; returns how many."""
+    if form not in ("groups", "pairs"):
+        raise ValueError(f"ranking format must be groups or pairs, got {form!r}")
+    return _write(ranking_lines(store.ranking_groups(), form), out)
 
 
 def export_accepted(
@@ -66,16 +102,19 @@ def export_accepted(
     snapshot froze (what a training run used), instead of everything accepted now.
     ``out``: a path (written atomically) or an open text stream (written as-is).
     """
-    rows = _rows(store, split, snapshot)
+    return _write((sample_line(r) for r in _rows(store, split, snapshot)), out)
+
+
+def _write(lines: Iterable[dict[str, Any]], out: Path | TextIO) -> int:
     if not isinstance(out, str | os.PathLike):
-        return _write_lines(rows, out)
+        return _write_lines(lines, out)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the dataset from a trainer's user
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            n = _write_lines(rows, fh)
+            n = _write_lines(lines, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from daemon.verdicts import final_answer
-from streams.schemas import validation_summary
+from streams.schemas import CheckSpec, validation_summary
 
 GraderName = Literal["exact", "numeric", "regex", "choice"]
 GRADERS: tuple[GraderName, ...] = ("exact", "numeric", "regex", "choice")
@@ -68,6 +68,11 @@ class LabeledItem(BaseModel):
     choices: list[str] | None = None
     domain: str | None = Field(None, max_length=64)
     tolerance: float = Field(0.0, ge=0, allow_inf_nan=False)
+    check: CheckSpec | None = Field(
+        None,
+        description="The prompt's checkable form, as a producer would send it: the verifier's "
+        "tool stages use it (the grader above is the truth the verifier is measured against).",
+    )
 
     @model_validator(mode="after")
     def _answer_fits_grader(self) -> LabeledItem:

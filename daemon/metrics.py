@@ -39,7 +39,8 @@ CANDIDATES_JUDGED = Counter(
 )
 STAGE_RESULTS = Counter(
     "selfdistill_stage_results_total",
-    "Cascade stage outcomes per candidate: the funnel (static, cycle, factuality, correctness).",
+    "Cascade stage outcomes per candidate: the funnel (static, checker, execution, cycle, "
+    "factuality, correctness).",
     ["stage", "result"],
 )
 JUDGE_CALLS = Counter(
@@ -70,7 +71,8 @@ STORE_PROMPTS = Gauge("selfdistill_store_prompts", "Prompts recorded in the stor
 
 TRAINING_RUNS = Counter(
     "selfdistill_training_runs_total",
-    "Train cycles by result (promoted, rejected, candidate, skipped, busy, failed).",
+    "Train cycles by result (promoted, rejected, candidate, skipped, busy, failed, paused: the "
+    "verifier's precision was below the floor).",
     ["result"],
 )
 TRAINING_SECONDS = Histogram(
@@ -105,7 +107,7 @@ BUILD_INFO = Info("selfdistill_build", "Version of selfdistill and Python, and w
 # at 1 is invisible to rate()/increase(), so the first swap failure would never alert.
 for _result in ("ok", "refused", "failed"):
     ADAPTER_SWAPS.labels(_result)
-for _result in ("promoted", "rejected", "candidate", "skipped", "busy", "failed"):
+for _result in ("promoted", "rejected", "candidate", "skipped", "busy", "failed", "paused"):
     TRAINING_RUNS.labels(_result)
 for _decision in ("promote", "reject", "held"):
     GATE_DECISIONS.labels(_decision)
@@ -119,3 +121,39 @@ for _stage in ("cycle", "factuality", "correctness"):
         STAGE_RESULTS.labels(_stage, _result)
     for _verdict in ("yes", "no", "unparsed"):
         VOTES.labels(_stage, _verdict)
+for _stage in ("checker", "execution"):  # tool stages: one deterministic verdict, no votes
+    for _result in ("pass", "fail"):
+        STAGE_RESULTS.labels(_stage, _result)
+
+# The verifier measured against a labeled set (daemon/verifier_eval.py: the train cycle's
+# verifier gate and `selfdistill eval verifier`). version: the adapter whose candidates were
+# judged; stage: "cascade" for the whole, else the stage. Only the newest versions keep series.
+VERIFIER_PRECISION = Gauge(
+    "selfdistill_verifier_precision",
+    "Share of the candidates the verifier accepted that are correct (labeled set), by adapter "
+    "version and stage ('cascade' or a stage; a stage's numbers are over the candidates that "
+    "reached it).",
+    ["version", "stage"],
+)
+VERIFIER_RECALL = Gauge(
+    "selfdistill_verifier_recall",
+    "Share of the correct candidates the verifier accepted (labeled set), by version and stage.",
+    ["version", "stage"],
+)
+VERIFIER_AUC = Gauge(
+    "selfdistill_verifier_auc",
+    "How well the verifier's votes rank correct candidates above wrong ones (0.5: chance), by "
+    "version and stage.",
+    ["version", "stage"],
+)
+VERIFIER_BASE_RATE = Gauge(
+    "selfdistill_verifier_base_rate",
+    "Share of sampled candidates that are correct on the labeled set (precision of accepting "
+    "everything), by adapter version.",
+    ["version"],
+)
+VERIFIER_CALLS_PER_CANDIDATE = Gauge(
+    "selfdistill_verifier_judge_calls_per_candidate",
+    "Judge calls per candidate when the verifier was measured (all-valid), by adapter version.",
+    ["version"],
+)

@@ -176,6 +176,7 @@ class ServeHandler:
                         messages=prompt.chat(),
                         domain=prompt.domain,
                         metadata=prompt.metadata,
+                        check=prompt.check,
                         samples=[
                             Sample(
                                 text=c.text,
@@ -210,7 +211,11 @@ class ServeHandler:
         outcomes = Cascade(self.engine, cfg).run(
             [
                 CascadeInput(
-                    rec.value.id, question_of(rec.value.chat()), [c.text for c in res.completions]
+                    rec.value.id,
+                    question_of(rec.value.chat()),
+                    [c.text for c in res.completions],
+                    domain=rec.value.domain,
+                    check=rec.value.check,
                 )
                 for rec, res in zip(batch, results, strict=True)
             ]

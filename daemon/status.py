@@ -1,7 +1,8 @@
 """``selfdistill status``: the one screen an operator reads at 3 a.m.
 
 What serves and why (the active adapter, its eval numbers and the gate's reason), what the
-last training runs did, how the cascade's funnel looks and what share of candidates it
+last training runs did, whether the verifier is any good (its last measured precision against
+labeled truth, per stage, and whether training is paused below the floor), how the cascade's funnel looks and what share of candidates it
 accepts, how big the store is, how many messages were dead-lettered, and whether each
 worker answers its health probes.
 
@@ -95,6 +96,10 @@ def collect_status(
         store = _store_section(settings)
     except Exception as exc:
         store = {"error": _err(exc)}
+    try:
+        verifier = _verifier_section(settings)
+    except Exception as exc:
+        verifier = {"error": _err(exc)}
 
     budget = {
         "dead_letters": kafka_connect_timeout_s + dlq_timeout_s + 5.0,
@@ -127,6 +132,7 @@ def collect_status(
         "data_dir": str(settings.data_dir),
         "adapter": adapter,
         "runs": runs,
+        "verifier": verifier,
         "store": store,
         "dead_letters": dead,
         "workers": workers,
@@ -245,6 +251,74 @@ def _adapter(reg: Registry, rec: AdapterRecord) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- the store
+_VERIFIER_FIELDS = (
+    "judge",
+    "adapter",
+    "items",
+    "candidates",
+    "correct",
+    "base_rate",
+    "accepted",
+    "accepted_correct",
+    "precision",
+    "recall",
+    "auc",
+    "judge_calls",
+    "calls_per_candidate",
+    "n",
+    "votes",
+    "heldout",
+)
+
+
+def _verifier_section(settings: Settings) -> dict[str, Any]:
+    """The verifier's newest measurement against labeled truth, and whether it pauses training.
+
+    Measurements come from ``selfdistill eval verifier`` (kind ``eval``), the train worker's
+    per-cycle check (``gate``) and ``--sweep`` runs, all stored in the registry.
+    """
+    floor = settings.train.verifier.floor
+    root = settings.adapters.path(settings.data_dir)
+    out: dict[str, Any] = {"floor": floor, "latest": None, "sweep": None, "paused": False}
+    if not (root / DB_FILE).is_file():
+        return out
+    from daemon.train import open_registry
+
+    with open_registry(settings, read_only=True) as reg:
+        rows = reg.verifier_evals(limit=20)
+    latest = next((r for r in rows if r["kind"] in ("eval", "gate")), None)
+    if latest is not None:
+        rep = latest["report"]
+        out["latest"] = {
+            "kind": latest["kind"],
+            "at": latest["at"],
+            **{k: rep.get(k) for k in _VERIFIER_FIELDS},
+            "stages": [
+                {k: st.get(k) for k in ("stage", "reached", "passed", "precision", "recall", "auc")}
+                for st in rep.get("stages", [])
+            ],
+        }
+    gate = next((r for r in rows if r["kind"] == "gate"), None)
+    if floor is not None and gate is not None:
+        precision = gate["report"].get("precision")
+        if precision is None or precision < floor:
+            out["paused"] = True
+            out["reason"] = (
+                f"training paused: verifier precision {_num(precision)} < floor {floor:.3f} "
+                f"(measured {_when(gate['at'])})"
+            )
+    sweep = next((r for r in rows if r["kind"] == "sweep"), None)
+    if sweep is not None:
+        out["sweep"] = {
+            "at": sweep["at"],
+            "points": [
+                {k: p.get(k) for k in ("n", "v", "coverage", "precision", "judge_calls_per_item")}
+                for p in sweep["report"].get("points", [])
+            ],
+        }
+    return out
+
+
 def _store_section(settings: Settings) -> dict[str, Any]:
     """Counts, the cascade funnel, acceptance rates and file sizes of the sample store."""
     from daemon.store import Store
@@ -440,6 +514,7 @@ def render_status(data: dict[str, Any], console: Console) -> None:
     )
     _render_adapter(data.get("adapter") or {}, console)
     _render_runs(data.get("runs") or [], console)
+    _render_verifier(data.get("verifier") or {}, console)
     _render_store(data.get("store") or {}, console)
     _render_dead_letters(data.get("dead_letters") or {}, console)
     _render_workers(data.get("workers") or {}, console)
@@ -542,6 +617,61 @@ def _render_runs(runs: list[dict[str, Any]], console: Console) -> None:
             console.print(
                 f"  {r['version']} {r['state']}: {_clip(r['error'], 300)}", highlight=False
             )
+
+
+def _render_verifier(v: dict[str, Any], console: Console) -> None:
+    console.print()
+    if "error" in v:
+        console.print(f"[bold]verifier[/]: [red]unreadable[/]: {v['error']}", highlight=False)
+        return
+    latest = v.get("latest")
+    if latest is None:
+        console.print(
+            "[bold]verifier[/]: never measured against labeled truth "
+            "(run `selfdistill eval verifier`, or set train.verifier.measure)"
+        )
+        return
+    console.print(
+        f"[bold]verifier[/] (judge {latest['judge']}, {latest['kind']} {_when(latest['at'])}): "
+        f"{latest['items']} labeled items x {latest['n']} candidates, v={latest['votes']}; "
+        f"base rate {_pct(latest['base_rate'])} correct",
+        highlight=False,
+    )
+    table = _table("stage", "reached", "passed", "precision", "recall", "AUC")
+    for col in table.columns[1:]:
+        col.justify = "right"
+    table.add_row(
+        "[bold]cascade[/]",
+        str(latest["candidates"]),
+        str(latest["accepted"]),
+        _num(latest["precision"]),
+        _num(latest["recall"]),
+        _num(latest["auc"]),
+    )
+    for st in latest["stages"]:
+        table.add_row(
+            st["stage"],
+            str(st["reached"]),
+            str(st["passed"]),
+            _num(st["precision"]),
+            _num(st["recall"]),
+            _num(st["auc"]),
+        )
+    console.print(table)
+    if v.get("paused"):
+        console.print(f"  [red]{v['reason']}[/]", highlight=False)
+    elif v.get("floor") is not None:
+        console.print(f"  training proceeds: precision floor {v['floor']:.3f}", highlight=False)
+    sweep = v.get("sweep")
+    if sweep:
+        cells = ", ".join(
+            f"n{p['n']}v{p['v']} {_num(p['precision'], 2)} @{_num(p['judge_calls_per_item'], 1)}"
+            for p in sweep["points"]
+        )
+        console.print(
+            f"  sweep {_when(sweep['at'])} (precision @ judge calls per item): {cells}",
+            highlight=False,
+        )
 
 
 def _render_store(s: dict[str, Any], console: Console) -> None:

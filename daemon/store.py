@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlite_utils import Database
 
 from daemon.cascade import STAGES, CandidateOutcome, PromptOutcome
+from daemon.checkers import TOOL_STAGES
 from streams.schemas import CandidatesMessage
 
 SCHEMA_VERSION = 1
@@ -602,7 +603,9 @@ class Store:
                     "FROM candidates c, json_each(c.stages) j GROUP BY stage"
                 )
             }
-            stages = {s: per_stage.pop(s, {"reached": 0, "passed": 0}) for s in STAGES}
+            # Tool stages run first, so they lead the funnel, but only where they ever ran.
+            stages = {s: per_stage.pop(s) for s in TOOL_STAGES if s in per_stage}
+            stages.update({s: per_stage.pop(s, {"reached": 0, "passed": 0}) for s in STAGES})
             stages.update(sorted(per_stage.items()))
             rejected = dict(
                 db.execute(
@@ -626,6 +629,55 @@ class Store:
                 "prompts_with_accepted": one[3],
             }
 
+    def ranking_groups(self) -> list[dict[str, Any]]:
+        """Prompts whose candidates both passed and failed: ranking data (as in DuST).
+
+        A candidate's label comes from its tool stages when any ran (checker, execution: a
+        deterministic verdict, measured on every candidate of the group); otherwise from the
+        cascade: accepted or superseded is a pass, rejected by the static check or a judge
+        stage is a fail, and a candidate never judged (``skipped``) has no label and is left
+        out. Groups are in prompt order; ``source`` says which verdict labelled them.
+        """
+        with self._read() as db:
+            prompts = {
+                r["id"]: r
+                for r in db.query(
+                    "SELECT id, messages, domain FROM prompts WHERE id IN "
+                    "(SELECT prompt_id FROM candidates) ORDER BY rowid"
+                )
+            }
+            cands = list(
+                db.query(
+                    "SELECT id, prompt_id, idx, text, answer, accepted, rejected_at, stages "
+                    "FROM candidates ORDER BY prompt_id, created_at, idx, rowid"
+                )
+            )
+        by_prompt: dict[str, list[dict[str, Any]]] = {}
+        for c in cands:
+            by_prompt.setdefault(c["prompt_id"], []).append(c)
+        groups = []
+        for pid, prompt in prompts.items():
+            passed, failed, tool = [], [], False
+            for c in by_prompt.get(pid, []):
+                label, from_tool = _ranking_label(c)
+                tool = tool or from_tool
+                if label is None:
+                    continue
+                member = {"candidate_id": c["id"], "text": c["text"], "answer": c["answer"]}
+                (passed if label else failed).append(member)
+            if passed and failed:
+                groups.append(
+                    {
+                        "prompt_id": pid,
+                        "messages": json.loads(prompt["messages"]),
+                        "domain": prompt["domain"],
+                        "source": "tool" if tool else "cascade",
+                        "passed": passed,
+                        "failed": failed,
+                    }
+                )
+        return groups
+
     # ----------------------------------------------------------------------- helpers
     @staticmethod
     def _snapshot(db: Database, snapshot_id: str) -> dict[str, Any] | None:
@@ -639,6 +691,18 @@ class Store:
         if snap is None:
             raise KeyError(f"no snapshot {snapshot_id!r}")
         return snap
+
+
+def _ranking_label(cand: dict[str, Any]) -> tuple[bool | None, bool]:
+    """(pass/fail/None, whether a tool stage decided it) for one stored candidate."""
+    tools = [st for st in json.loads(cand["stages"]) if st["stage"] in TOOL_STAGES]
+    if tools:
+        return all(st["passed"] for st in tools), True
+    if cand["accepted"] or cand["rejected_at"] == "superseded":
+        return True, False
+    if cand["rejected_at"] in (None, "skipped"):
+        return None, False
+    return False, False
 
 
 def _check_split(split: str) -> None:

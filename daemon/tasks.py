@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.graders import CHOICE_LETTERS, GraderName, LabeledItem
-from streams.schemas import PromptMessage
+from streams.schemas import CheckSpec, PromptMessage
 
 Kind = Literal["add", "sub", "mul", "word", "compare", "units", "units_text", "choice"]
 
@@ -100,6 +100,18 @@ class _Problem:
     grader: GraderName
     domain: str
     choices: tuple[str, ...] | None = None
+    expression: str | None = None
+
+    def check(self) -> CheckSpec:
+        """What the verifier's checker stage checks: the computed expression where there is
+        one (the arithmetic checker works the answer out itself), else the reference."""
+        if self.expression is not None:
+            return CheckSpec(checker="arithmetic", expression=self.expression)
+        return CheckSpec(
+            checker=self.grader,
+            answer=self.answer,
+            choices=list(self.choices) if self.choices is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,7 @@ class _Numeric:
     value: int
     domain: str
     distractors: tuple[int, ...]  # plausible wrong answers, for multiple choice
+    expression: str | None = None  # for the arithmetic checker, which computes the answer
 
 
 # --- the problems ---------------------------------------------------------------------------
@@ -132,12 +145,14 @@ def _near(value: int, *extra: int) -> tuple[int, ...]:
 
 def _add(rng: random.Random) -> _Numeric:
     a, b = _operand(rng), _operand(rng)
-    return _Numeric(f"What is {a} + {b}?", a + b, "arithmetic", _near(a + b, abs(a - b)))
+    return _Numeric(
+        f"What is {a} + {b}?", a + b, "arithmetic", _near(a + b, abs(a - b)), f"{a} + {b}"
+    )
 
 
 def _sub(rng: random.Random) -> _Numeric:
     a, b = sorted((_operand(rng), _operand(rng)), reverse=True)
-    return _Numeric(f"What is {a} - {b}?", a - b, "arithmetic", _near(a - b, a + b))
+    return _Numeric(f"What is {a} - {b}?", a - b, "arithmetic", _near(a - b, a + b), f"{a} - {b}")
 
 
 def _mul(rng: random.Random) -> _Numeric:
@@ -147,7 +162,9 @@ def _mul(rng: random.Random) -> _Numeric:
         a, b = rng.randint(11, 30), rng.randint(2, 9)
         if rng.random() < 0.5:
             a, b = b, a
-    return _Numeric(f"What is {a} times {b}?", a * b, "arithmetic", _near(a * b, a + b, a * b + a))
+    return _Numeric(
+        f"What is {a} times {b}?", a * b, "arithmetic", _near(a * b, a + b, a * b + a), f"{a} * {b}"
+    )
 
 
 def _word(rng: random.Random) -> _Numeric:
@@ -249,7 +266,7 @@ def _numeric(
     def build(rng: random.Random) -> _Problem:
         p = make(rng)
         question = f"{p.stem} {NUMBER_INSTRUCTION}"
-        return _Problem(kind, question, str(p.value), "numeric", p.domain)
+        return _Problem(kind, question, str(p.value), "numeric", p.domain, expression=p.expression)
 
     return build
 
@@ -303,6 +320,7 @@ def _to_item(problem: _Problem, seed: int, index: int) -> LabeledItem:
         grader=problem.grader,
         choices=list(problem.choices) if problem.choices is not None else None,
         domain=problem.domain,
+        check=problem.check(),
     )
 
 
@@ -318,9 +336,10 @@ def generate_items(n: int, seed: int) -> list[LabeledItem]:
 def seed_prompts(n: int, seed: int) -> list[PromptMessage]:
     """The same problems as :func:`generate_items`, unlabeled: no answer anywhere.
 
-    Metadata carries only the kind, for per-kind breakdowns downstream; the answer (and the
-    grader, which would hint at its form) stays out, so nothing in the ``prompts`` topic
-    can leak a label into training.
+    Metadata carries only the kind, for per-kind breakdowns downstream. Each prompt carries
+    a ``check`` for the verifier's checker stage (the arithmetic to compute, or the reference
+    answer): the verifier is the only reader of it, and an accepted sample is the prompt's
+    chat plus the model's own answer, so the check never becomes training text.
     """
     return [
         PromptMessage(
@@ -328,6 +347,7 @@ def seed_prompts(n: int, seed: int) -> list[PromptMessage]:
             prompt=p.question,
             domain=p.domain,
             metadata={"kind": p.kind},
+            check=p.check(),
         )
         for i, p in enumerate(_problems(n, seed))
     ]
@@ -383,7 +403,12 @@ def build_task(
     _write_atomic(
         prompts_path,
         (
-            json.dumps({"id": p.id, "prompt": p.prompt, "domain": p.domain}, ensure_ascii=False)
+            json.dumps(
+                p.model_dump(
+                    mode="json", include={"id", "prompt", "domain", "check"}, exclude_defaults=True
+                ),
+                ensure_ascii=False,
+            )
             for p in prompts
         ),
     )

@@ -7,6 +7,10 @@ One cycle (:func:`run_cycle`), in order:
 2. count accepted train-split samples not in the last adapter's snapshot; fewer than
    ``train.min_new_samples`` → nothing to do (a crashed run registered nothing, so its
    samples are still new and the next cycle retries them);
+   with ``train.verifier`` on, measure the verifier's precision on the labeled held-out set
+   (``daemon/verifier_eval.py``; cached while judge and settings are unchanged) and record
+   it; below ``train.verifier.floor`` the cycle stops here, ``paused``: the accepted data is
+   not better than what the model already does, and training on it would teach noise;
 3. reserve the next version name, freeze the data as a store snapshot named after it, train
    a LoRA adapter (``adapters.training``) into a staging directory, rename it into place,
    register it as a candidate;
@@ -52,6 +56,7 @@ from daemon.metrics import (
     TRAINING_SECONDS,
     TRAINING_TOKENS_PER_SECOND,
 )
+from daemon.verifier_eval import VerifierGateConfig
 
 if TYPE_CHECKING:
     from daemon.config import Settings
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["skipped", "busy", "promoted", "rejected", "candidate", "failed"]
+Outcome = Literal["skipped", "busy", "paused", "promoted", "rejected", "candidate", "failed"]
 
 
 class TrainConfig(BaseModel):
@@ -83,6 +88,11 @@ class TrainConfig(BaseModel):
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What the gate measures.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion rule.")
+    verifier: VerifierGateConfig = Field(
+        default_factory=VerifierGateConfig,
+        description="Measure the verifier's precision each cycle (on verify.eval's labeled "
+        "set) and pause training below a floor.",
+    )
 
     @field_validator("cron")
     @classmethod
@@ -111,6 +121,7 @@ class CycleReport:
     active: dict[str, Any] = field(default_factory=dict)  # metrics of what it was compared to
     against: str | None = None
     decision: dict[str, Any] = field(default_factory=dict)
+    verifier: dict[str, Any] = field(default_factory=dict)  # the verifier's measured quality
     recovered: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -199,6 +210,17 @@ def _cycle(
             f"training needs {cfg.min_new_samples}",
             new_samples=new,
         )
+    verifier: dict[str, Any] = {}
+    if cfg.verifier.measure or cfg.verifier.floor is not None:
+        if engine is None:  # one engine for the verifier's measurement and the gate
+            from daemon.engines import make_engine
+
+            with contextlib.closing(make_engine(settings.model, settings.engine)) as own:
+                return _cycle(settings, registry, store, own, force, progress, should_stop)
+        paused, verifier = _verifier_gate(settings, registry, engine)
+        if paused is not None:
+            paused.new_samples = new
+            return paused
     active = registry.active()
     parent = active.version if cfg.lora.init == "active" and active is not None else None
     version = registry.next_version(model_label(settings))
@@ -235,7 +257,36 @@ def _cycle(
     report.new_samples = new
     report.trained_on = len(rows)
     report.training = training
+    report.verifier = verifier
     return report
+
+
+def _verifier_gate(
+    settings: Settings, registry: Registry, engine: Engine
+) -> tuple[CycleReport | None, dict[str, Any]]:
+    """Measure (or recall) the verifier's precision; a report when training must pause."""
+    from daemon.verifier_eval import measure_verifier
+
+    vg = settings.train.verifier
+    report = measure_verifier(
+        settings, engine, registry, kind="gate", max_items=vg.max_items, candidates=vg.candidates
+    )
+    summary = {
+        k: getattr(report, k)
+        for k in ("judge", "precision", "recall", "auc", "base_rate", "accepted", "candidates")
+    }
+    summary["floor"] = vg.floor
+    precision = report.precision
+    if vg.floor is None or (precision is not None and precision >= vg.floor):
+        return None, summary
+    shown = "undefined (it accepted nothing)" if precision is None else f"{precision:.3f}"
+    reason = (
+        f"training paused: the verifier's precision on the labeled held-out set is {shown}, "
+        f"below train.verifier.floor {vg.floor:.3f} ({report.accepted} accepted of "
+        f"{report.candidates} candidates, base rate {report.base_rate or 0.0:.3f}): the data it "
+        "accepts is not better than what the model already does"
+    )
+    return CycleReport("paused", reason, verifier=summary), summary
 
 
 def _train(

@@ -6,7 +6,8 @@ one copy in memory), optionally beside the embedded broker. Each part is the sam
 separate worker commands run; ``up`` only composes them and decides when to stop:
 
 * ``until_promotion`` — a training cycle promoted an adapter and serve swapped to it;
-* ``max_cycles`` — that many training cycles reached a gate decision;
+* ``max_cycles`` — that many training cycles reached a gate decision (or paused on the
+  verifier's floor);
 * ``max_minutes`` — wall-clock bound;
 * SIGTERM / SIGINT.
 
@@ -154,6 +155,10 @@ class Up:
             self.state.train_errors += 1
             self.state.training = f"last cycle failed: {exc!r}"[:120]
             log.exception("train cycle failed; retrying at the next tick")
+            return
+        if report.outcome == "paused":  # a decision too: the verifier is below its floor
+            self.state.cycles.append(report)
+            self.state.training = f"paused: {report.reason}"[:160]
             return
         if report.version is None:
             self.state.training = f"waiting: {report.reason}"

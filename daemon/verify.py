@@ -31,6 +31,7 @@ from daemon.metrics import (
     VERIFY_SECONDS,
     VOTES,
 )
+from daemon.verifier_eval import VerifierEvalConfig
 from streams.consumer import Record
 from streams.schemas import CandidatesMessage
 
@@ -54,6 +55,11 @@ class VerifyConfig(CascadeConfig):
         "base",
         description="Which model judges: the frozen base (default: its verdicts do not drift "
         "as adapters change) or the active adapter (follows adapter-events).",
+    )
+    eval: VerifierEvalConfig = Field(
+        default_factory=VerifierEvalConfig,
+        description="`selfdistill eval verifier`: how the verifier is measured against a "
+        "labeled set.",
     )
 
 
@@ -105,7 +111,11 @@ class VerifyHandler:
         cascade = Cascade(self.engine, self.config, adapter=adapter)
         inputs = [
             CascadeInput(
-                r.value.id, question_of(r.value.messages), [s.text for s in r.value.samples]
+                r.value.id,
+                question_of(r.value.messages),
+                [s.text for s in r.value.samples],
+                domain=r.value.domain,
+                check=r.value.check,
             )
             for r in batch
         ]
@@ -121,6 +131,8 @@ def _observe(outcome: PromptOutcome) -> None:
         for s in c.stages:
             STAGE_RESULTS.labels(s.stage, "pass" if s.passed else "fail").inc()
             for call in s.calls:
+                if call.kind == "tool":  # a deterministic check, not a judge generation
+                    continue
                 JUDGE_CALLS.labels(s.stage).inc()
                 JUDGE_TOKENS.labels(s.stage).inc(call.prompt_tokens + call.completion_tokens)
                 if call.kind == "vote":

@@ -49,6 +49,39 @@ def content_id(messages: list[ChatMessage]) -> str:
     return "h-" + hashlib.sha256(canon.encode()).hexdigest()[:32]
 
 
+class CheckSpec(BaseModel):
+    """A checkable form of a prompt's answer, for the verifier's tool stages.
+
+    ``checker`` names a registered deterministic checker (``daemon/checkers.py``: exact,
+    numeric, regex, choice, arithmetic) that the ``checker`` stage applies to the final
+    answer; ``tests`` is Python test code that the ``execution`` stage runs against a code
+    candidate in a sandbox. A prompt may carry either or both. The schema only carries the
+    form: whether a checker name is known is decided where it runs, so a producer on an older
+    daemon is not refused for a checker the verifier has.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checker: str | None = Field(None, min_length=1, max_length=64)
+    answer: str | None = Field(
+        None, description="the reference: a value, a regex pattern, or a choice letter"
+    )
+    choices: list[str] | None = None
+    tolerance: float = Field(0.0, ge=0, allow_inf_nan=False)
+    expression: str | None = Field(
+        None, max_length=512, description="arithmetic checker: the expression to compute"
+    )
+    tests: str | None = Field(
+        None, min_length=1, max_length=100_000, description="execution stage: Python tests"
+    )
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> CheckSpec:
+        if self.checker is None and self.tests is None:
+            raise ValueError("a check needs 'checker' or 'tests'")
+        return self
+
+
 class PromptMessage(_Message):
     """``prompts``: one unlabeled prompt, as a plain string or as chat messages."""
 
@@ -57,6 +90,7 @@ class PromptMessage(_Message):
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     domain: str | None = Field(None, max_length=64)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    check: CheckSpec | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> PromptMessage:
@@ -83,6 +117,7 @@ class PromptInput(BaseModel):
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     domain: str | None = Field(None, max_length=64)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    check: CheckSpec | None = None
 
     def to_message(self) -> PromptMessage:
         data = self.model_dump(exclude={"id"})
@@ -127,6 +162,7 @@ class CandidatesMessage(_Message):
     messages: list[ChatMessage] = Field(min_length=1)
     domain: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    check: CheckSpec | None = None
     samples: list[Sample] = Field(min_length=1)
     answer_index: int = Field(0, ge=0, description="which sample was served as the response")
     sampling: SamplingParams

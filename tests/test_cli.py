@@ -32,6 +32,9 @@ COMMANDS = [
     ["topics"],
     ["topics", "create"],
     ["topics", "list"],
+    ["eval"],
+    ["eval", "verifier"],
+    ["export"],
 ]
 
 

@@ -421,7 +421,8 @@ def test_build_task_writes_disjoint_loadable_files(tmp_path: Path) -> None:
     questions = _questions_of(prompts_path)
     assert questions == [p.prompt for p in seed_prompts(60, 3)]
     for line in prompts_path.read_text().splitlines():
-        assert set(json.loads(line)) == {"id", "prompt", "domain"}  # no answer, no metadata
+        # no metadata, and no answer outside the verifier's check
+        assert set(json.loads(line)) == {"id", "prompt", "domain", "check"}
     heldout = load_labeled(heldout_path)
     assert len(heldout) == 20
     assert not {it.question for it in heldout} & set(questions)

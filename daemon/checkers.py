@@ -1,0 +1,335 @@
+"""The verifier's tool stages: deterministic checks instead of the model's own judgment.
+
+A self-judge can be talked into a yes; a check that computes the answer cannot. Where a
+prompt carries a checkable form (:class:`streams.schemas.CheckSpec`), the verifier can run
+these stages before or instead of the judges:
+
+- ``checker``: a registered deterministic checker looks at the candidate's final answer
+  (after the last ``</think>``). The built-ins ``exact``, ``numeric``, ``regex`` and
+  ``choice`` are the held-out set's graders (:mod:`daemon.graders`), so a prompt is checked
+  by the same rule the promotion gate grades with; ``arithmetic`` computes the prompt's
+  ``expression`` itself and compares the answer's last number with it. Users add their own
+  with :func:`register_checker`.
+- ``execution``: the code in the final answer (its last fenced block) runs against the
+  prompt's tests in :mod:`daemon.sandbox`; resource exhaustion, crashes and forbidden calls
+  are failed votes, never a crashed worker.
+
+:func:`run_tool_stage` never raises for anything a candidate or a check spec can contain:
+a bad spec or a broken checker is a failed verdict whose detail says so, because one odd
+prompt must not stop the worker. Only a programmer's error (an unknown stage) raises.
+
+What a check spec holds comes from the prompt's producer and is trusted as far as running
+time goes: the arithmetic checker bounds its own work, but a ``regex`` pattern prone to
+catastrophic backtracking can take long on an unlucky answer (Python's ``re`` has no time
+limit), and a registered checker runs in the worker's own process.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+from pydantic import ValidationError
+
+from daemon.graders import (
+    GraderName,
+    LabeledItem,
+    extract_choice,
+    extract_number,
+    grade,
+)
+from daemon.sandbox import SandboxConfig, extract_code, run_tests
+from daemon.verdicts import final_answer
+from streams.schemas import CheckSpec, validation_summary
+
+TOOL_STAGES = ("checker", "execution")
+#: Longest detail a verdict carries (it is shown in the votes table and ``status``).
+DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True)
+class ToolVerdict:
+    passed: bool
+    detail: str  # why, in one line (shown in the store's votes table and `status`)
+
+
+#: A checker: the prompt's check spec and the candidate's final answer in, a verdict out.
+Checker = Callable[[CheckSpec, str], ToolVerdict]
+
+#: The registered checkers by name; :func:`register_checker` adds to it.
+CHECKERS: dict[str, Checker] = {}
+
+
+def register_checker(name: str) -> Callable[[Checker], Checker]:
+    """Register the decorated function as the checker ``name`` (replacing one of that name).
+
+    Replacing is allowed so that a deployment can swap a built-in for its own rule.
+    A checker gets the final answer (reasoning before ``</think>`` already removed) and
+    should return a :class:`ToolVerdict` whose detail says what was expected and found;
+    if it raises, the stage turns that into a failed verdict.
+    """
+    if not isinstance(name, str) or not 1 <= len(name) <= 64:
+        raise ValueError(f"a checker name must be 1 to 64 characters (got {name!r})")
+
+    def decorator(function: Checker) -> Checker:
+        CHECKERS[name] = function
+        return function
+
+    return decorator
+
+
+def applies(stage: str, check: CheckSpec | None) -> bool:
+    """Whether ``stage`` can check a prompt carrying ``check``."""
+    if check is None:
+        return False
+    return check.checker is not None if stage == "checker" else check.tests is not None
+
+
+def run_tool_stage(
+    stage: str, check: CheckSpec, answer: str, sandbox: SandboxConfig
+) -> ToolVerdict:
+    """One tool-stage vote on ``answer`` (a whole candidate; its final answer is checked).
+
+    Raises ValueError only for a stage that is not in :data:`TOOL_STAGES`; everything a
+    candidate or a spec can do (an unknown checker, a spec that makes no sense, a checker
+    that raises, code that crashes) is a failed verdict with the reason in its detail.
+    """
+    if stage not in TOOL_STAGES:
+        raise ValueError(f"unknown tool stage {stage!r} (expected one of {', '.join(TOOL_STAGES)})")
+    try:
+        final = final_answer(answer)
+        if stage == "checker":
+            return _run_checker(check, final)
+        if check.tests is None:
+            return _verdict(False, "execution: the prompt's check has no tests")
+        code = extract_code(final)
+        if not code:
+            return _verdict(False, "execution: no code in the answer")
+        result = run_tests(code, check.tests, sandbox)
+        return _verdict(result.passed, result.detail)
+    except Exception as exc:  # a candidate or a spec must never take the worker down
+        return _verdict(False, f"{stage} stage error: {type(exc).__name__}: {exc}")
+
+
+def _run_checker(check: CheckSpec, final: str) -> ToolVerdict:
+    name = check.checker
+    if name is None:
+        return _verdict(False, "checker: the prompt's check names no checker")
+    function = CHECKERS.get(name)
+    if function is None:
+        return _verdict(False, f"unknown checker {name!r}")
+    try:
+        verdict = function(check, final)
+    except Exception as exc:  # a user's checker failing is its verdict, not our crash
+        return _verdict(False, f"{name}: checker error: {type(exc).__name__}: {exc}")
+    if not isinstance(verdict, ToolVerdict):
+        return _verdict(False, f"{name}: checker returned {type(verdict).__name__}, not a verdict")
+    return _verdict(verdict.passed, f"{name}: {verdict.detail}")
+
+
+def _verdict(passed: bool, detail: str) -> ToolVerdict:
+    """A verdict whose detail is one line of at most :data:`DETAIL_CHARS` characters."""
+    detail = " ".join(str(detail).split())
+    if len(detail) > DETAIL_CHARS:
+        detail = detail[: DETAIL_CHARS - 3] + "..."
+    return ToolVerdict(passed=bool(passed), detail=detail)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` for a detail: one line, quoted, shortened from the front (answers end well)."""
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else "..." + text[-(limit - 3) :])
+
+
+# --- the graders as checkers ---------------------------------------------------------------
+
+
+def _item(grader: GraderName, check: CheckSpec) -> LabeledItem | str:
+    """The held-out item a grader needs, or why the spec cannot make one."""
+    if check.answer is None:
+        return f"check spec error: the {grader} checker needs 'answer'"
+    try:
+        return LabeledItem(
+            id="check",
+            question="check",
+            answer=check.answer,
+            grader=grader,
+            choices=check.choices if grader == "choice" else None,
+            tolerance=check.tolerance,
+        )
+    except ValidationError as exc:
+        # The item's own fields (id, question) are ours; every problem is in the spec.
+        return "check spec error: " + validation_summary(exc).replace("(message): ", "")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _number(value: float) -> str:
+    """A number as a person writes it: 42 rather than 42.0, 11.6 rather than 11.600000001."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:.12g}"
+
+
+@register_checker("exact")
+def check_exact(check: CheckSpec, answer: str) -> ToolVerdict:
+    """Normalised equality with the reference (whole answer, last line or stated answer)."""
+    item = _item("exact", check)
+    if isinstance(item, str):
+        return ToolVerdict(False, item)
+    found = _clip(_last_line(answer)) if answer.strip() else "an empty answer"
+    return ToolVerdict(grade(item, answer), f"expected {_clip(item.answer)}, found {found}")
+
+
+@register_checker("numeric")
+def check_numeric(check: CheckSpec, answer: str) -> ToolVerdict:
+    """The answer's last number equals the reference within the spec's tolerance."""
+    item = _item("numeric", check)
+    if isinstance(item, str):
+        return ToolVerdict(False, item)
+    got = extract_number(answer)
+    found = "no number" if got is None else _number(got)
+    within = f" (tolerance {check.tolerance:g})" if check.tolerance else ""
+    return ToolVerdict(grade(item, answer), f"expected {item.answer}{within}, found {found}")
+
+
+@register_checker("regex")
+def check_regex(check: CheckSpec, answer: str) -> ToolVerdict:
+    """``re.search`` of the spec's pattern (``answer``) in the final answer."""
+    item = _item("regex", check)
+    if isinstance(item, str):
+        return ToolVerdict(False, item)
+    passed = grade(item, answer)
+    found = "matched" if passed else f"no match in {_clip(answer)}"
+    return ToolVerdict(passed, f"expected a match for /{item.answer}/, {found}")
+
+
+@register_checker("choice")
+def check_choice(check: CheckSpec, answer: str) -> ToolVerdict:
+    """The option letter the answer picks equals the reference letter."""
+    item = _item("choice", check)
+    if isinstance(item, str):
+        return ToolVerdict(False, item)
+    picked = extract_choice(final_answer(answer), item.choices)
+    return ToolVerdict(
+        grade(item, answer), f"expected {item.answer}, found {picked or 'no choice'}"
+    )
+
+
+# --- arithmetic ----------------------------------------------------------------------------
+
+#: Largest numerator or denominator, in bits, an arithmetic expression may reach. Far beyond
+#: any grade-school answer, and small enough that no expression of 512 characters can take
+#: noticeable time or memory: "9**9**9" is refused before anything is computed.
+MAX_BITS = 4096
+
+
+class ExpressionError(ValueError):
+    """An expression the arithmetic checker will not (or cannot) compute; says why."""
+
+
+_BINARY: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: Fraction(a // b),
+    ast.Mod: lambda a, b: a % b,
+}
+
+
+def evaluate_arithmetic(expression: str) -> Fraction:
+    """The exact value of ``expression``: numbers, + - * / // % **, unary + -, parentheses.
+
+    Evaluated on the syntax tree with exact fractions (so ``2/5`` is two fifths, not a
+    float), never with ``eval``: a name, a call, an attribute or anything else is refused
+    without being run. Powers are bounded before they are computed (see :data:`MAX_BITS`);
+    a non-integer power is computed in floating point and must be real and finite.
+    Raises :class:`ExpressionError` (a ValueError) saying what is wrong.
+    """
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise ExpressionError(f"not an expression ({type(exc).__name__})") from None
+    try:
+        return _eval(tree.body)
+    except RecursionError:
+        raise ExpressionError("expression nested too deeply") from None
+    except ZeroDivisionError:
+        raise ExpressionError("division by zero") from None
+
+
+def _eval(node: ast.AST) -> Fraction:
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ExpressionError(f"not a number: {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ExpressionError(f"not a finite number: {value!r}")
+        # repr() is the shortest text of the float, so 0.1 becomes exactly 1/10.
+        return _bounded(Fraction(value) if isinstance(value, int) else Fraction(repr(value)))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd | ast.USub):
+        operand = _eval(node.operand)
+        return operand if isinstance(node.op, ast.UAdd) else -operand
+    if isinstance(node, ast.BinOp):
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow):
+            return _power(left, right)
+        operation = _BINARY.get(type(node.op))
+        if operation is None:
+            raise ExpressionError(f"operator not allowed: {type(node.op).__name__}")
+        return _bounded(operation(left, right))
+    raise ExpressionError(f"not allowed in an arithmetic expression: {type(node).__name__}")
+
+
+def _bits(value: Fraction) -> int:
+    return max(value.numerator.bit_length(), value.denominator.bit_length())
+
+
+def _bounded(value: Fraction) -> Fraction:
+    if _bits(value) > MAX_BITS:
+        raise ExpressionError(f"a value exceeds {MAX_BITS} bits")
+    return value
+
+
+def _power(base: Fraction, exponent: Fraction) -> Fraction:
+    if exponent.denominator == 1:
+        n = exponent.numerator
+        if base in (0, 1, -1):  # cheap at any exponent: 1 ** 10**100 is fine
+            return base**n
+        if abs(n) * _bits(base) > MAX_BITS:
+            raise ExpressionError(f"power too large (more than {MAX_BITS} bits)")
+        return _bounded(base**n)
+    try:
+        value = float(base) ** float(exponent)
+    except (OverflowError, ZeroDivisionError) as exc:
+        raise ExpressionError(f"power out of range ({exc})") from None
+    if isinstance(value, complex) or not math.isfinite(value):
+        raise ExpressionError("power is not a finite real number")
+    return _bounded(Fraction(value))
+
+
+@register_checker("arithmetic")
+def check_arithmetic(check: CheckSpec, answer: str) -> ToolVerdict:
+    """The answer's last number equals the spec's ``expression``, computed here."""
+    if check.expression is None:
+        return ToolVerdict(False, "check spec error: the arithmetic checker needs 'expression'")
+    try:
+        exact = evaluate_arithmetic(check.expression)
+        expected = float(exact)
+    except ExpressionError as exc:
+        return ToolVerdict(False, f"check spec error: {exc} in {_clip(check.expression)}")
+    except OverflowError:
+        return ToolVerdict(False, "check spec error: the expression's value is too large")
+    got = extract_number(answer)
+    shown = f"expected {_number(expected)} (= {' '.join(check.expression.split())})"
+    if got is None:
+        return ToolVerdict(False, f"{shown}, found no number")
+    passed = math.isclose(got, expected, rel_tol=1e-9, abs_tol=check.tolerance)
+    return ToolVerdict(passed, f"{shown}, found {_number(got)}")

@@ -1,0 +1,1163 @@
+"""Measuring the verifier: how good are the model's verdicts on its own candidates?
+
+Self-verified distillation is only as good as the cascade's verdicts, and the cascade is
+the model judging itself. This module measures it against ground truth: for a labeled set
+(question, reference answer, grader: ``daemon/graders.py``) it samples candidates with the
+serving settings, runs the cascade, grades every candidate, and reports how acceptance
+lines up with correctness:
+
+* **base rate**: the share of candidates that are correct (what a verifier that accepts
+  everything would keep);
+* **precision** of acceptance: correct among accepted (the quality of the training data);
+* **recall**: accepted among correct (how much good data the verifier throws away);
+* **AUC**: whether the verifier's graded confidence ranks correct candidates above wrong
+  ones (0.5 is chance), from a score described at :class:`VerifierReport`;
+* **judge cost**: judge calls and tokens (prompt + completion), in total and per candidate.
+
+All of it for the whole cascade and for each stage. The measurement judges every candidate
+to its end (policy ``all-valid``): acceptance per candidate is what is measured, and what
+``first-valid`` would keep is derived from it exactly (:func:`first_valid`, :func:`sweep`).
+
+Tool stages (``checker``, ``execution``: deterministic, their calls have kind ``"tool"``)
+appear as stages with their precision and recall, but cost no judge calls or tokens.
+
+Where the numbers go: :func:`measure_verifier` (the train cycle's verifier gate and
+``selfdistill eval verifier``) caches a measurement in the adapter registry by fingerprint
+(``verifier_evals``), and exports ``selfdistill_verifier_*`` gauges
+(:func:`export_verifier_metrics`). This module imports neither torch nor the daemon's
+configuration at import time: its config classes are mounted by ``daemon/verify.py``
+(``[verify.eval]``) and ``daemon/train.py`` (``[train.verifier]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from daemon.cascade import CandidateOutcome, Cascade, CascadeConfig, CascadeInput, PromptOutcome
+from daemon.checkers import TOOL_STAGES, applies
+from daemon.engines.base import ChatRequest, Engine
+from daemon.graders import LabeledItem, grade, load_labeled
+from daemon.metrics import (
+    VERIFIER_AUC,
+    VERIFIER_BASE_RATE,
+    VERIFIER_CALLS_PER_CANDIDATE,
+    VERIFIER_PRECISION,
+    VERIFIER_RECALL,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from adapters.registry import Registry
+    from daemon.config import Settings
+
+log = logging.getLogger(__name__)
+
+BASE = "base"  # adapters.registry.BASE: the base model, no adapter
+TOOL_KIND = "tool"  # JudgeCall.kind of a deterministic tool stage: not a judge call
+CASCADE = "cascade"  # the stage label of whole-cascade numbers
+Kind = Literal["eval", "sweep", "gate"]
+
+
+# ---------------------------------------------------------------------------- config
+def _grid(values: list[int]) -> list[int]:
+    if not values:
+        raise ValueError("the grid must not be empty")
+    return sorted(set(values))
+
+
+class VerifierEvalConfig(BaseModel):
+    """`selfdistill eval verifier`: what the verifier is measured on and at what budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heldout: Path | None = Field(
+        None,
+        description="Labeled JSONL ({id, question, answer, grader, ...}) the verifier's verdicts "
+        "are checked against; default: the bundled task's held-out set.",
+    )
+    max_items: int | None = Field(
+        None, ge=1, description="Use only the first N labeled items (None: all)."
+    )
+    candidates: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Candidates sampled per item (None: what serve samples, "
+        "serve.extra_candidates + 1).",
+    )
+    sweep_candidates: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=lambda: [1, 4, 8],
+        description="--sweep: candidates per prompt (n) to compare (the paper: 1, 4, 8).",
+    )
+    sweep_votes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=lambda: [1, 3, 5],
+        description="--sweep: votes per stage (v) to compare (the paper: 1, 3, 5).",
+    )
+    batch_size: int = Field(
+        16, ge=1, description="Items per generate call when sampling, and per cascade run."
+    )
+
+    @field_validator("sweep_candidates", "sweep_votes")
+    @classmethod
+    def _sorted_unique(cls, v: list[int]) -> list[int]:
+        return _grid(v)
+
+    def heldout_path(self) -> Path:
+        if self.heldout is not None:
+            return self.heldout
+        from daemon.tasks import bundled_heldout
+
+        return bundled_heldout()
+
+
+class VerifierGateConfig(BaseModel):
+    """The train cycle's watch on the verifier: its precision on the labeled set, per cycle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    measure: bool = Field(
+        False,
+        description="Measure the verifier's precision on the labeled held-out set "
+        "(verify.eval.heldout) each training cycle, and record it.",
+    )
+    floor: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Pause training while the verifier's precision is below this (setting it "
+        "implies measure).",
+    )
+    max_items: int = Field(16, ge=1, description="Labeled items per measurement.")
+    candidates: int = Field(4, ge=1, le=64, description="Candidates sampled per item.")
+
+    @model_validator(mode="after")
+    def _floor_implies_measure(self) -> VerifierGateConfig:
+        if self.floor is not None and not self.measure:
+            self.measure = True
+        return self
+
+
+# ------------------------------------------------------------------------- sampling
+def sample_candidates(
+    engine: Engine,
+    items: Sequence[LabeledItem],
+    n: int,
+    *,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int | None = None,
+    adapter: str | None = None,
+    batch_size: int = 16,
+) -> list[list[str]]:
+    """``n`` samples per item, as serve samples them: the question as one user turn."""
+    out: list[list[str]] = []
+    for i in range(0, len(items), batch_size):
+        requests = [
+            ChatRequest(
+                [{"role": "user", "content": item.question}],
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                adapter=adapter,
+            )
+            for item in items[i : i + batch_size]
+        ]
+        for result in engine.generate(requests):
+            out.append([c.text for c in result.completions])
+    return out
+
+
+# ------------------------------------------------------------------------------ AUC
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: P(score of a random positive > of a random negative),
+    ties counting one half (the Mann-Whitney U statistic over P x N). None when either
+    class is empty. O(n log n): average ranks."""
+    if len(scores) != len(labels):
+        raise ValueError("scores and labels differ in length")
+    pos = sum(1 for x in labels if x)
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum = 0.0
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        average = (i + j) / 2 + 1  # ranks i+1 .. j+1, averaged over the tie
+        rank_sum += average * sum(1 for k in range(i, j + 1) if labels[order[k]])
+        i = j + 1
+    u = rank_sum - pos * (pos + 1) / 2
+    return u / (pos * neg)
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+# --------------------------------------------------------------------------- reports
+@dataclass
+class StageReport:
+    """One stage's numbers, *conditional on the candidates that reached it* (passed every
+    earlier stage): precision is correct among those it passed, recall is passed among the
+    correct ones it saw, AUC ranks them by the share of its votes that said yes. So a late
+    stage's precision says what it adds on top of the stages before it."""
+
+    stage: str
+    tool: bool  # a deterministic tool stage (no judge calls)
+    reached: int
+    passed: int
+    correct_reached: int
+    passed_correct: int
+    precision: float | None  # passed_correct / passed
+    recall: float | None  # passed_correct / correct_reached
+    auc: float | None
+    judge_calls: int
+    judge_tokens: int
+
+
+@dataclass
+class SweepPoint:
+    """What ``first-valid`` keeps at ``n`` candidates per prompt and ``v`` votes per stage:
+    per item at most the first accepted candidate among the first ``n``."""
+
+    n: int
+    v: int
+    items: int
+    items_kept: int  # items with a kept candidate
+    coverage: float | None  # items_kept / items
+    kept_correct: int
+    precision: float | None  # kept_correct / items_kept
+    items_with_correct: int  # items with any correct candidate among the first n (pass@n)
+    judge_calls_per_item: float | None
+    judge_tokens_per_item: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VerifierReport:
+    """The verifier measured against graded truth.
+
+    ``judge`` judged the candidates of ``adapter`` (each a version or "base"). Counts are
+    over all candidates (``items`` x about ``n``); ``precision``/``recall``/``auc`` are
+    None where undefined (nothing accepted / nothing correct / one class empty).
+    ``judge_tokens`` are prompt + completion tokens of judge calls; tool-stage calls cost
+    nothing here. ``stages`` holds per-stage numbers (conditional on reaching the stage: see
+    :class:`StageReport`). ``first_valid`` is what the ``first-valid`` policy would keep at
+    this ``n`` and ``votes`` (see :func:`first_valid`).
+
+    The whole-cascade AUC ranks candidates by how deep they got: (stages passed + the share
+    of yes votes in the stage that stopped it) / the stages it had to pass, in [0, 1]; an
+    accepted candidate scores 1, a static rejection (empty final answer) 0. Divided by the
+    number of stages so that items whose domains have different stage lists rank on one
+    scale; with one stage list it ranks exactly as the undivided depth. A stage's score is
+    the share of its votes (1 for a tool stage) that said yes.
+    """
+
+    judge: str
+    adapter: str
+    items: int
+    candidates: int
+    correct: int
+    base_rate: float | None
+    accepted: int
+    accepted_correct: int
+    precision: float | None
+    recall: float | None
+    auc: float | None
+    static_rejected: int
+    judge_calls: int
+    judge_tokens: int
+    calls_per_candidate: float | None
+    tokens_per_candidate: float | None
+    stages: list[StageReport]
+    first_valid: SweepPoint | None
+    n: int
+    votes: int
+    stage_config: dict[str, Any]
+    seconds: float
+    heldout: str
+    heldout_fingerprint: str
+    fingerprint: str = ""
+    false_accepts: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerifierReport:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in data.items() if k in known}
+        d["stages"] = [StageReport(**s) for s in d.get("stages", [])]
+        fv = d.get("first_valid")
+        d["first_valid"] = SweepPoint(**fv) if fv else None
+        return cls(**d)
+
+    def stage(self, name: str) -> StageReport:
+        for s in self.stages:
+            if s.stage == name:
+                return s
+        raise KeyError(name)
+
+
+@dataclass
+class SweepReport:
+    """A grid of (n, v): what ``first-valid`` keeps, how precise it is and what it costs."""
+
+    judge: str
+    adapter: str
+    items: int
+    candidates: int  # sampled per item: max(ns)
+    base_rate: float | None
+    ns: list[int]
+    vs: list[int]
+    points: list[SweepPoint]
+    stage_config: dict[str, Any]
+    seconds: float
+    heldout: str
+    heldout_fingerprint: str
+    fingerprint: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "kind": "sweep"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepReport:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in data.items() if k in known}
+        d["points"] = [SweepPoint(**p) for p in d.get("points", [])]
+        return cls(**d)
+
+
+# ------------------------------------------------------------------ judging candidates
+@dataclass
+class _Judged:
+    """One candidate's verdicts, truth and judge cost."""
+
+    correct: bool
+    accepted: bool
+    static: bool
+    score: float  # whole-cascade depth score in [0, 1]
+    stages: dict[str, tuple[bool, float, int, int]]  # stage -> (passed, score, calls, tokens)
+    calls: int
+    tokens: int
+
+
+def measurement_config(config: CascadeConfig, **update: Any) -> CascadeConfig:
+    """The cascade's own knobs (a ``VerifyConfig`` loses its worker fields), judging every
+    candidate to its end (``all-valid``) so that each one's verdict is measured."""
+    plain = CascadeConfig.model_validate(
+        {k: getattr(config, k) for k in CascadeConfig.model_fields}
+    )
+    return plain.model_copy(update={"policy": "all-valid", **update})
+
+
+def _stage_config(config: CascadeConfig) -> dict[str, Any]:
+    return {
+        "stages": list(config.stages),
+        "domains": {k: list(v) for k, v in config.domains.items()},
+        "votes": config.votes,
+    }
+
+
+def _planned(config: CascadeConfig, item: LabeledItem) -> list[str]:
+    """The stages ``item``'s candidates must pass: its domain's list, less the tool stages
+    its check does not cover (unless ``missing_check`` rejects on them)."""
+    stages = config.stages_for(item.domain)
+    if config.missing_check == "reject":
+        return stages
+    return [s for s in stages if s not in TOOL_STAGES or applies(s, item.check)]
+
+
+def _is_tool(stage: str) -> bool:
+    return stage in TOOL_STAGES
+
+
+def _input(item: LabeledItem, candidates: list[str]) -> CascadeInput:
+    return CascadeInput(
+        item.id, item.question, list(candidates), domain=item.domain, check=item.check
+    )
+
+
+def _run_cascade(
+    engine: Engine,
+    items: Sequence[LabeledItem],
+    config: CascadeConfig,
+    candidates: Sequence[Sequence[str]],
+    judge_adapter: str | None,
+    batch_size: int | None,
+) -> list[PromptOutcome]:
+    step = batch_size or max(1, len(items))
+    outcomes: list[PromptOutcome] = []
+    for i in range(0, len(items), step):
+        cascade = Cascade(engine, config, adapter=judge_adapter)
+        outcomes += cascade.run(
+            [
+                _input(item, list(cands))
+                for item, cands in zip(items[i : i + step], candidates[i : i + step], strict=True)
+            ]
+        )
+    return outcomes
+
+
+def _judged(item: LabeledItem, out: CandidateOutcome, config: CascadeConfig) -> _Judged:
+    stages: dict[str, tuple[bool, float, int, int]] = {}
+    depth = 0.0
+    for s in out.stages:
+        tool = _is_tool(s.stage) or any(c.kind == TOOL_KIND for c in s.calls)
+        judge_calls = [c for c in s.calls if c.kind != TOOL_KIND]
+        votes = [c for c in s.calls if c.kind in ("vote", TOOL_KIND)]
+        needed = 1 if tool else config.votes
+        yes = sum(1 for c in votes if c.verdict is True)
+        score = 1.0 if s.passed else min(yes, needed) / needed
+        stages[s.stage] = (
+            s.passed,
+            score,
+            len(judge_calls),
+            sum(c.prompt_tokens + c.completion_tokens for c in judge_calls),
+        )
+        depth += score
+    if out.accepted:
+        cascade_score = 1.0
+    elif out.rejected_at == "static" or not out.stages:
+        cascade_score = 0.0
+    else:
+        total = max(len(_planned(config, item)), len(out.stages))
+        cascade_score = depth / total
+    return _Judged(
+        correct=grade(item, out.text),
+        accepted=out.accepted,
+        static=out.rejected_at == "static",
+        score=cascade_score,
+        stages=stages,
+        calls=sum(v[2] for v in stages.values()),
+        tokens=sum(v[3] for v in stages.values()),
+    )
+
+
+def _judge_all(
+    engine: Engine,
+    items: Sequence[LabeledItem],
+    config: CascadeConfig,
+    candidates: Sequence[Sequence[str]],
+    judge_adapter: str | None,
+    batch_size: int | None,
+) -> list[list[_Judged]]:
+    if len(items) != len(candidates):
+        raise ValueError(f"{len(items)} items but {len(candidates)} candidate lists")
+    outcomes = _run_cascade(engine, items, config, candidates, judge_adapter, batch_size)
+    return [
+        [_judged(item, c, config) for c in outcome.candidates]
+        for item, outcome in zip(items, outcomes, strict=True)
+    ]
+
+
+def first_valid(rows: Sequence[Sequence[_Judged]], n: int, v: int) -> SweepPoint:
+    """What ``first-valid`` keeps with the first ``n`` of each item's judged candidates.
+
+    Per item, the kept candidate is the first accepted one among the first ``n``; the judge
+    cost is that of candidates 0 up to and including it (all ``n`` when none is accepted):
+    exactly the candidates first-valid judges when it judges one candidate at a time
+    (``parallel_candidates = 1``).
+
+    Why this equals running first-valid at (n, v), in distribution: each candidate's
+    verdict and cost depend only on its own text and the judge's independently sampled
+    votes, never on the other candidates, and ``all-valid`` judges each candidate by the
+    same per-candidate procedure (same stages, same early exit at the first no) that
+    ``first-valid`` applies to the candidates it reaches. First-valid reaches candidates 0
+    .. k (k the first accepted) and nothing after; the simulation reads those same
+    candidates' outcomes and ignores the rest. And the first ``n`` of ``N`` i.i.d. samples
+    are distributed as ``n`` samples. Reusing one judged pool for every ``n`` (common random
+    numbers) makes the points comparable: coverage can only grow with ``n``.
+    """
+    items = len(rows)
+    kept = kept_correct = with_correct = calls = tokens = 0
+    for row in rows:
+        head = list(row[:n])
+        with_correct += any(j.correct for j in head)
+        for j in head:
+            calls += j.calls
+            tokens += j.tokens
+            if j.accepted:
+                kept += 1
+                kept_correct += j.correct
+                break
+    return SweepPoint(
+        n=n,
+        v=v,
+        items=items,
+        items_kept=kept,
+        coverage=_ratio(kept, items),
+        kept_correct=kept_correct,
+        precision=_ratio(kept_correct, kept),
+        items_with_correct=with_correct,
+        judge_calls_per_item=_ratio(calls, items),
+        judge_tokens_per_item=_ratio(tokens, items),
+    )
+
+
+def heldout_fingerprint(items: Sequence[LabeledItem]) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        h.update(item.model_dump_json().encode() + b"\0")
+    return h.hexdigest()[:24]
+
+
+def _ordered_stages(config: CascadeConfig, rows: list[list[_Judged]]) -> list[str]:
+    order: list[str] = list(config.stages)
+    for stages in config.domains.values():
+        order += [s for s in stages if s not in order]
+    for row in rows:
+        for j in row:
+            order += [s for s in j.stages if s not in order]
+    return order
+
+
+def _report(
+    items: Sequence[LabeledItem],
+    candidates: Sequence[Sequence[str]],
+    rows: list[list[_Judged]],
+    config: CascadeConfig,
+    *,
+    judge: str,
+    adapter: str,
+    heldout: str,
+    seconds: float,
+    fingerprint_: str,
+) -> VerifierReport:
+    flat = [j for row in rows for j in row]
+    correct = sum(j.correct for j in flat)
+    accepted = sum(j.accepted for j in flat)
+    accepted_correct = sum(j.accepted and j.correct for j in flat)
+    calls = sum(j.calls for j in flat)
+    tokens = sum(j.tokens for j in flat)
+    stages = []
+    for name in _ordered_stages(config, rows):
+        reached = [j for j in flat if name in j.stages]
+        passed = [j for j in reached if j.stages[name][0]]
+        passed_correct = sum(j.correct for j in passed)
+        correct_reached = sum(j.correct for j in reached)
+        stages.append(
+            StageReport(
+                stage=name,
+                tool=_is_tool(name),
+                reached=len(reached),
+                passed=len(passed),
+                correct_reached=correct_reached,
+                passed_correct=passed_correct,
+                precision=_ratio(passed_correct, len(passed)),
+                recall=_ratio(passed_correct, correct_reached),
+                auc=auc([j.stages[name][1] for j in reached], [j.correct for j in reached]),
+                judge_calls=sum(j.stages[name][2] for j in reached),
+                judge_tokens=sum(j.stages[name][3] for j in reached),
+            )
+        )
+    n = max((len(c) for c in candidates), default=0)
+    false_accepts = [
+        {"id": item.id, "reference": item.answer, "candidate": text[:300]}
+        for item, row, cands in zip(items, rows, candidates, strict=True)
+        for j, text in zip(row, cands, strict=True)
+        if j.accepted and not j.correct
+    ][:5]
+    return VerifierReport(
+        judge=judge,
+        adapter=adapter,
+        items=len(items),
+        candidates=len(flat),
+        correct=correct,
+        base_rate=_ratio(correct, len(flat)),
+        accepted=accepted,
+        accepted_correct=accepted_correct,
+        precision=_ratio(accepted_correct, accepted),
+        recall=_ratio(accepted_correct, correct),
+        auc=auc([j.score for j in flat], [j.correct for j in flat]),
+        static_rejected=sum(j.static for j in flat),
+        judge_calls=calls,
+        judge_tokens=tokens,
+        calls_per_candidate=_ratio(calls, len(flat)),
+        tokens_per_candidate=_ratio(tokens, len(flat)),
+        stages=stages,
+        first_valid=first_valid(rows, n, config.votes) if items else None,
+        n=n,
+        votes=config.votes,
+        stage_config=_stage_config(config),
+        seconds=round(seconds, 2),
+        heldout=heldout,
+        heldout_fingerprint=heldout_fingerprint(items),
+        fingerprint=fingerprint_,
+        false_accepts=false_accepts,
+    )
+
+
+def evaluate_verifier(
+    engine: Engine,
+    items: Sequence[LabeledItem],
+    cascade_config: CascadeConfig,
+    candidates: Sequence[Sequence[str]],
+    *,
+    judge_adapter: str | None = None,
+    judge: str | None = None,
+    adapter: str = BASE,
+    heldout: str = "",
+    batch_size: int | None = None,
+    fingerprint_: str = "",
+) -> VerifierReport:
+    """Judge ``candidates`` (per item, already sampled) with the cascade, every candidate to
+    its end, and compare the verdicts with ``grade(item, candidate)``.
+
+    ``judge_adapter`` is the loaded adapter that judges (None: the base model); ``judge``
+    and ``adapter`` only name the judge and the candidates' generator in the report.
+    Candidates are given, not sampled here, so several configurations (the self-cascade,
+    a checker) can be compared on identical candidates.
+    """
+    started = time.monotonic()
+    config = measurement_config(cascade_config)
+    rows = _judge_all(engine, items, config, candidates, judge_adapter, batch_size)
+    report = _report(
+        items,
+        candidates,
+        rows,
+        config,
+        judge=judge or judge_adapter or BASE,
+        adapter=adapter,
+        heldout=heldout,
+        seconds=time.monotonic() - started,
+        fingerprint_=fingerprint_,
+    )
+    log.info(
+        "verifier (judge %s): precision %s, recall %s, AUC %s, base rate %s; %d judge calls",
+        report.judge,
+        _fmt(report.precision),
+        _fmt(report.recall),
+        _fmt(report.auc),
+        _fmt(report.base_rate),
+        report.judge_calls,
+    )
+    return report
+
+
+def sweep(
+    engine: Engine,
+    items: Sequence[LabeledItem],
+    cascade_config: CascadeConfig,
+    candidates: Sequence[Sequence[str]],
+    ns: Sequence[int],
+    vs: Sequence[int],
+    *,
+    judge_adapter: str | None = None,
+    batch_size: int | None = None,
+) -> list[SweepPoint]:
+    """Precision, coverage and judge cost of ``first-valid`` over the grid ``ns`` x ``vs``.
+
+    For each ``v`` the cascade runs once (``all-valid``, ``votes = v``) over the first
+    ``max(ns)`` candidates of every item; each ``n`` is then read off those verdicts by
+    :func:`first_valid` (which explains why that equals running first-valid at (n, v)).
+    Points come ordered by v, then n.
+    """
+    ns, vs = _grid(list(ns)), _grid(list(vs))
+    top = ns[-1]
+    short = [item.id for item, c in zip(items, candidates, strict=True) if len(c) < top]
+    if short:
+        raise ValueError(f"the sweep needs {top} candidates per item; fewer for {short[:3]}")
+    pool = [list(c[:top]) for c in candidates]
+    points: list[SweepPoint] = []
+    for v in vs:
+        config = measurement_config(cascade_config, votes=v)
+        rows = _judge_all(engine, items, config, pool, judge_adapter, batch_size)
+        points += [first_valid(rows, n, v) for n in ns]
+    return points
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+# ------------------------------------------------------------------------ fingerprint
+def fingerprint(
+    *,
+    model: str,
+    judge: str,
+    adapter: str,
+    cascade: CascadeConfig,
+    items: Sequence[LabeledItem],
+    n: int | Sequence[int],
+    sampling: dict[str, Any],
+    what: str = "report",
+    votes: Sequence[int] | None = None,
+) -> str:
+    """Same model, judge, candidates' adapter, cascade, items, n and sampling → same
+    fingerprint → a stored measurement still answers the question."""
+    key = {
+        "what": what,
+        "model": model,
+        "judge": judge,
+        "adapter": adapter,
+        "cascade": json.loads(measurement_config(cascade).model_dump_json()),
+        "items": heldout_fingerprint(items),
+        "n": n if isinstance(n, int) else list(n),
+        "votes": None if votes is None else list(votes),
+        "sampling": sampling,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------- metrics
+KEEP_VERSIONS = 8
+_EXPORTED: OrderedDict[str, set[str]] = OrderedDict()  # version -> stage labels, oldest first
+
+
+def export_verifier_metrics(report: VerifierReport) -> None:
+    """Set ``selfdistill_verifier_*{version, stage}`` from ``report`` (version: the adapter
+    whose candidates were judged). An undefined number removes its series (no NaN), and only
+    the newest ``KEEP_VERSIONS`` versions keep series, so the label set stays bounded."""
+    version = report.adapter
+    rows = [(CASCADE, report.precision, report.recall, report.auc)] + [
+        (s.stage, s.precision, s.recall, s.auc) for s in report.stages
+    ]
+    stages = _EXPORTED.pop(version, set())
+    for stage in stages - {r[0] for r in rows}:
+        _remove_stage(version, stage)
+    for stage, precision, recall, area in rows:
+        for gauge, value in (
+            (VERIFIER_PRECISION, precision),
+            (VERIFIER_RECALL, recall),
+            (VERIFIER_AUC, area),
+        ):
+            _set(gauge, value, version, stage)
+    _set(VERIFIER_BASE_RATE, report.base_rate, version)
+    _set(VERIFIER_CALLS_PER_CANDIDATE, report.calls_per_candidate, version)
+    _EXPORTED[version] = {r[0] for r in rows}
+    while len(_EXPORTED) > KEEP_VERSIONS:
+        old, old_stages = _EXPORTED.popitem(last=False)
+        for stage in old_stages:
+            _remove_stage(old, stage)
+        for gauge in (VERIFIER_BASE_RATE, VERIFIER_CALLS_PER_CANDIDATE):
+            with contextlib.suppress(KeyError):
+                gauge.remove(old)
+
+
+def _set(gauge: Any, value: float | None, *labels: str) -> None:
+    if value is None:
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
+    else:
+        gauge.labels(*labels).set(value)
+
+
+def _remove_stage(version: str, stage: str) -> None:
+    for gauge in (VERIFIER_PRECISION, VERIFIER_RECALL, VERIFIER_AUC):
+        with contextlib.suppress(KeyError):
+            gauge.remove(version, stage)
+
+
+# ------------------------------------------------------------------- the measurement
+@dataclass
+class Plan:
+    """Everything a measurement needs except the engine: resolved before a model loads, so
+    a bad labeled set fails fast."""
+
+    items: list[LabeledItem]
+    heldout: Path
+    n: int
+    adapter: str  # whose candidates: the active version or "base"
+    judge: str  # who judges: "base" or the active version
+    cascade: CascadeConfig
+    sampling: dict[str, Any]
+    model: str
+    batch_size: int
+
+    def fingerprint(
+        self, *, ns: Sequence[int] | None = None, vs: Sequence[int] | None = None
+    ) -> str:
+        sweeping = ns is not None
+        return fingerprint(
+            model=self.model,
+            judge=self.judge,
+            adapter=self.adapter,
+            cascade=self.cascade,
+            items=self.items,
+            n=list(ns) if ns is not None else self.n,
+            sampling=self.sampling,
+            what="sweep" if sweeping else "report",
+            votes=vs,
+        )
+
+
+def plan_measurement(
+    settings: Settings,
+    registry: Registry,
+    *,
+    heldout: Path | None = None,
+    max_items: int | None = None,
+    candidates: int | None = None,
+) -> Plan:
+    """Resolve the labeled set (raises ``LabeledSetError``), n, who generates and who judges."""
+    from daemon.train import model_label
+
+    cfg = settings.verify.eval
+    path = heldout or cfg.heldout_path()
+    items = load_labeled(path)
+    limit = max_items if max_items is not None else cfg.max_items
+    if limit is not None:
+        items = items[:limit]
+    active = registry.active_version()
+    serve = settings.serve
+    return Plan(
+        items=items,
+        heldout=path,
+        n=candidates or cfg.candidates or serve.n,
+        adapter=active,
+        judge=BASE if settings.verify.judge == "base" else active,
+        cascade=measurement_config(settings.verify),
+        sampling={
+            "temperature": serve.temperature,
+            "top_p": serve.top_p,
+            "max_tokens": serve.max_tokens,
+            "seed": serve.seed,
+        },
+        model=model_label(settings),
+        batch_size=cfg.batch_size,
+    )
+
+
+@contextlib.contextmanager
+def adapter_loaded(engine: Engine, registry: Registry, version: str) -> Iterator[str | None]:
+    """``version`` loaded in ``engine`` (checksum verified) for the duration; yields the
+    adapter name to request (None for the base). Unloads it afterwards only if it was not
+    loaded before (a serving engine keeps its active adapter)."""
+    if version == BASE:
+        yield None
+        return
+    if version in engine.adapters():
+        yield version
+        return
+    from adapters.files import verify_adapter
+
+    rec = registry.require(version)
+    path = verify_adapter(registry.root, rec.path, rec.sha256)
+    engine.load_adapter(version, str(path))
+    try:
+        yield version
+    finally:
+        try:
+            engine.unload_adapter(version)
+        except Exception as exc:  # a leftover adapter costs memory, not correctness
+            log.warning("unloading %s after the verifier eval: %s", version, exc)
+
+
+def _sample(engine: Engine, plan: Plan, n: int, adapter: str | None) -> list[list[str]]:
+    return sample_candidates(
+        engine, plan.items, n, adapter=adapter, batch_size=plan.batch_size, **plan.sampling
+    )
+
+
+def run_plan(
+    engine: Engine,
+    registry: Registry,
+    plan: Plan,
+    *,
+    kind: Kind = "gate",
+    use_cache: bool = True,
+) -> VerifierReport:
+    """Measure (or reuse a stored measurement with the same fingerprint), store, export."""
+    fp = plan.fingerprint()
+    cached = registry.cached_verifier_eval(plan.judge, fp) if use_cache else None
+    if cached is not None:
+        report = VerifierReport.from_dict(cached)
+        log.info("verifier eval %s: cached (precision %s)", fp, _fmt(report.precision))
+    else:
+        with contextlib.ExitStack() as stack:
+            gen = stack.enter_context(adapter_loaded(engine, registry, plan.adapter))
+            judge = stack.enter_context(adapter_loaded(engine, registry, plan.judge))
+            started = time.monotonic()
+            candidates = _sample(engine, plan, plan.n, gen)
+            report = evaluate_verifier(
+                engine,
+                plan.items,
+                plan.cascade,
+                candidates,
+                judge_adapter=judge,
+                judge=plan.judge,
+                adapter=plan.adapter,
+                heldout=str(plan.heldout),
+                batch_size=plan.batch_size,
+                fingerprint_=fp,
+            )
+            report.seconds = round(time.monotonic() - started, 2)
+        registry.record_verifier_eval(plan.judge, kind, fp, report.as_dict())
+    export_verifier_metrics(report)
+    return report
+
+
+def measure_verifier(
+    settings: Settings,
+    engine: Engine,
+    registry: Registry,
+    *,
+    kind: Kind = "gate",
+    max_items: int | None = None,
+    candidates: int | None = None,
+    heldout: Path | None = None,
+    use_cache: bool = True,
+) -> VerifierReport:
+    """The verifier's numbers on ``verify.eval``'s labeled set, for the active adapter's
+    candidates (sampled with the serve settings) judged as ``verify.judge`` says.
+
+    A measurement with the same fingerprint (model, judge, adapter, cascade, items, n,
+    sampling) is reused from the registry; a new one is stored there (``kind``: "gate" for
+    the train cycle, "eval" for the CLI). Either way the metrics are exported. Raises
+    ``LabeledSetError`` for a bad labeled set.
+    """
+    plan = plan_measurement(
+        settings, registry, heldout=heldout, max_items=max_items, candidates=candidates
+    )
+    return run_plan(engine, registry, plan, kind=kind, use_cache=use_cache)
+
+
+def run_sweep(
+    engine: Engine,
+    registry: Registry,
+    plan: Plan,
+    ns: Sequence[int],
+    vs: Sequence[int],
+    *,
+    use_cache: bool = True,
+) -> SweepReport:
+    """:func:`sweep` on ``plan``'s items with ``max(ns)`` fresh candidates each; stored as
+    kind "sweep" (and reused by fingerprint)."""
+    ns, vs = _grid(list(ns)), _grid(list(vs))
+    fp = plan.fingerprint(ns=ns, vs=vs)
+    cached = registry.cached_verifier_eval(plan.judge, fp) if use_cache else None
+    if cached is not None:
+        return SweepReport.from_dict(cached)
+    with contextlib.ExitStack() as stack:
+        gen = stack.enter_context(adapter_loaded(engine, registry, plan.adapter))
+        judge = stack.enter_context(adapter_loaded(engine, registry, plan.judge))
+        started = time.monotonic()
+        candidates = _sample(engine, plan, ns[-1], gen)
+        points = sweep(
+            engine,
+            plan.items,
+            plan.cascade,
+            candidates,
+            ns,
+            vs,
+            judge_adapter=judge,
+            batch_size=plan.batch_size,
+        )
+        seconds = time.monotonic() - started
+    flat = [
+        grade(item, c) for item, cands in zip(plan.items, candidates, strict=True) for c in cands
+    ]
+    report = SweepReport(
+        judge=plan.judge,
+        adapter=plan.adapter,
+        items=len(plan.items),
+        candidates=ns[-1],
+        base_rate=_ratio(sum(flat), len(flat)),
+        ns=ns,
+        vs=vs,
+        points=points,
+        stage_config=_stage_config(plan.cascade),
+        seconds=round(seconds, 2),
+        heldout=str(plan.heldout),
+        heldout_fingerprint=heldout_fingerprint(plan.items),
+        fingerprint=fp,
+    )
+    registry.record_verifier_eval(plan.judge, "sweep", fp, report.as_dict())
+    return report
+
+
+# -------------------------------------------------------------------------------- CLI
+def run_eval_verifier(
+    settings: Settings,
+    *,
+    heldout: Path | None,
+    sweep: bool,
+    as_json: bool,
+    console: Console,
+    max_items: int | None = None,
+    candidates: int | None = None,
+    fresh: bool = False,
+    engine: Engine | None = None,
+) -> int:
+    """``selfdistill eval verifier``: measure (or recall an identical stored measurement,
+    unless ``fresh``), store, print. Returns the exit code (2: a labeled set that cannot be
+    used). ``engine``: use this one instead of building the configured engine."""
+    from rich.markup import escape
+
+    from daemon.graders import LabeledSetError
+    from daemon.train import open_registry
+
+    cfg = settings.verify.eval
+    with open_registry(settings) as registry:
+        try:
+            plan = plan_measurement(
+                settings, registry, heldout=heldout, max_items=max_items, candidates=candidates
+            )
+        except LabeledSetError as exc:
+            err = _stderr(console)
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            return 2
+        ns, vs = cfg.sweep_candidates, cfg.sweep_votes
+        fp = plan.fingerprint(ns=ns, vs=vs) if sweep else plan.fingerprint()
+        cached = None if fresh else registry.cached_verifier_eval(plan.judge, fp)
+        result: VerifierReport | SweepReport
+        if cached is not None:  # no model needed
+            if sweep:
+                result = SweepReport.from_dict(cached)
+            else:
+                result = VerifierReport.from_dict(cached)
+                export_verifier_metrics(result)
+        else:
+            own = engine is None
+            if engine is None:
+                from daemon.engines import make_engine
+
+                engine = make_engine(settings.model, settings.engine)
+            try:
+                if sweep:
+                    result = run_sweep(engine, registry, plan, ns, vs, use_cache=False)
+                else:
+                    result = run_plan(engine, registry, plan, kind="eval", use_cache=False)
+            finally:
+                if own:
+                    engine.close()
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2), file=console.file)
+        return 0
+    if isinstance(result, SweepReport):
+        render_sweep(result, console)
+    else:
+        render_report(result, console)
+    if cached is not None:
+        console.print(
+            f"(an identical measurement stored earlier, fingerprint {fp}; --fresh measures again)",
+            highlight=False,
+        )
+    return 0
+
+
+def _stderr(console: Console) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, no_color=console.no_color)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def render_report(report: VerifierReport, console: Console) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"[bold]verifier[/]: judge {report.judge} on {report.adapter}'s candidates; "
+        f"{report.items} items x n={report.n} = {report.candidates} candidates, "
+        f"{report.correct} correct (base rate {_pct(report.base_rate)}); "
+        f"v={report.votes} votes per stage; {report.seconds:.1f}s",
+        highlight=False,
+    )
+    table = Table()
+    table.add_column("stage", no_wrap=True)
+    for col in ("reached", "passed", "precision", "recall", "AUC", "judge calls", "tokens"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        "cascade",
+        str(report.candidates - report.static_rejected),
+        str(report.accepted),
+        _pct(report.precision),
+        _pct(report.recall),
+        _num(report.auc),
+        str(report.judge_calls),
+        str(report.judge_tokens),
+    )
+    for s in report.stages:
+        table.add_row(
+            f"  {s.stage}" + (" (tool)" if s.tool else ""),
+            str(s.reached),
+            str(s.passed),
+            _pct(s.precision),
+            _pct(s.recall),
+            _num(s.auc),
+            str(s.judge_calls),
+            str(s.judge_tokens),
+        )
+    console.print(table)
+    fv = report.first_valid
+    if fv is not None:
+        console.print(
+            f"first-valid at n={fv.n}, v={fv.v}: keeps {fv.items_kept}/{fv.items} items "
+            f"({_pct(fv.coverage)}), precision {_pct(fv.precision)}, "
+            f"{_num(fv.judge_calls_per_item, 1)} judge calls per item "
+            f"(stage numbers are conditional on reaching the stage)",
+            highlight=False,
+        )
+    console.print(
+        f"judge cost: {_num(report.calls_per_candidate, 2)} calls and "
+        f"{_num(report.tokens_per_candidate, 0)} tokens per candidate; "
+        f"held-out {report.heldout}",
+        highlight=False,
+    )
+
+
+def render_sweep(report: SweepReport, console: Console) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"[bold]verifier sweep[/]: judge {report.judge} on {report.adapter}'s candidates; "
+        f"{report.items} items, up to {report.candidates} candidates each "
+        f"(base rate {_pct(report.base_rate)}); first-valid policy; {report.seconds:.1f}s",
+        highlight=False,
+    )
+    table = Table()
+    for col in (
+        "n",
+        "v",
+        "kept",
+        "coverage",
+        "precision",
+        "pass@n",
+        "judge calls/item",
+        "tokens/item",
+    ):
+        table.add_column(col, justify="right")
+    for p in report.points:
+        table.add_row(
+            str(p.n),
+            str(p.v),
+            f"{p.kept_correct}/{p.items_kept}",
+            _pct(p.coverage),
+            _pct(p.precision),
+            _pct(_ratio(p.items_with_correct, p.items)),
+            _num(p.judge_calls_per_item, 1),
+            _num(p.judge_tokens_per_item, 0),
+        )
+    console.print(table)
+    console.print(
+        "kept: correct/kept items; pass@n: items with any correct candidate (the ceiling "
+        "for coverage x precision)",
+        highlight=False,
+    )
