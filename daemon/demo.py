@@ -291,7 +291,8 @@ def _show_cycle(console: Console, cycle: Any) -> None:
         console.print(f"8. no adapter trained: [bold]{cycle.outcome}[/] — {cycle.reason}")
         return
     console.print(
-        f"8. trained [bold]{cycle.version}[/] on {cycle.trained_on} accepted samples "
+        f"{'  ' if v else '8.'} trained [bold]{cycle.version}[/] on {cycle.trained_on} accepted "
+        "samples "
         f"(loss {_fmt(cycle.training.get('final_loss'))}, "
         f"{cycle.training.get('seconds', 0):.0f}s)"
     )
@@ -419,7 +420,10 @@ def _show(console: Console, report: DemoReport, dlq: str) -> None:
         )
         console.print(funnel)
     if report.accepted:
-        acc = Table(title="accepted samples (the model's own verdicts: often wrong on this model)")
+        acc = Table(
+            title="accepted samples (by the checker where the prompt carried a check, else by "
+            "the model's own verdicts: often wrong on this model)"
+        )
         acc.add_column("prompt", overflow="fold")
         acc.add_column("accepted answer", overflow="fold")
         for row in report.accepted[:8]:

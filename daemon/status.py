@@ -649,6 +649,8 @@ def _render_verifier(v: dict[str, Any], console: Console) -> None:
         _num(latest["auc"]),
     )
     for st in latest["stages"]:
+        if not st["reached"]:  # configured, but no candidate met it (another domain's list)
+            continue
         table.add_row(
             st["stage"],
             str(st["reached"]),
