@@ -26,7 +26,7 @@ import kafka
 
 TARGET_RATIO = 0.9
 # Every benchmark `make bench` runs, in its order; bench.report expects one result each.
-BENCHMARKS = ("streams", "serve", "verify", "train")
+BENCHMARKS = ("streams", "serve", "verify", "train", "sandbox")
 RESULT_KEYS = ("benchmark", "machine", "started_at", "duration_s", "rows", "conditions")
 ROW_KEYS = ("path", "unit", "baseline_name", "baseline", "project", "ratio", "target", "notes")
 

@@ -82,7 +82,17 @@ def test_demo_trains_on_what_verify_accepted_gates_it_and_shows_status(
         broker={"port": free_port()},
         model={"path": str(yes_model_dir)},
         metrics=_free_metrics(),
-        demo={"extra_candidates": 1, "max_tokens": 6, "votes": 1, "train_steps": 2},
+        # The yes-model writes no correct answer, so the checker would accept nothing and the
+        # verifier floor would pause training: here every prompt goes to the (yes) judges.
+        demo={
+            "extra_candidates": 1,
+            "max_tokens": 6,
+            "votes": 1,
+            "train_steps": 2,
+            "checker_domains": [],
+            "verifier_floor": None,
+            "compare_items": 3,
+        },
     )
     out = io.StringIO()
     report = run_demo(settings, Console(file=out, width=140))
@@ -90,6 +100,12 @@ def test_demo_trains_on_what_verify_accepted_gates_it_and_shows_status(
     assert report.answered_once and report.store_counts["accepted_train"] > 0
     cycle = report.cycle
     assert cycle is not None and cycle.outcome in ("promoted", "rejected")
+    # The closing comparison: the same 3 x 2 candidates judged by both verifiers.
+    self_cascade, checker = report.verifiers.values()
+    assert self_cascade.candidates == checker.candidates == 6
+    assert self_cascade.accepted == 6 and self_cascade.precision == 0.0  # accepts every wrong one
+    assert checker.accepted == 0 and checker.judge_calls == 0
+    assert "the verifiers against the truth" in text and "self-cascade (v=1)" in text
     assert f"9. gate: {cycle.outcome}" in text and "labeled_pass@1" in text
     with Registry(settings.adapters.path(settings.data_dir), read_only=True) as reg:
         assert reg.require(cycle.version).status == (
@@ -99,3 +115,35 @@ def test_demo_trains_on_what_verify_accepted_gates_it_and_shows_status(
     assert "selfdistill status" in text
     workers = text[text.index("workers (/healthz") :]
     assert workers.count("ready") >= 3, workers
+
+
+def test_demo_pauses_training_while_the_verifier_is_below_its_floor(
+    tmp_path: Path, yes_model_dir: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        broker={"port": free_port()},
+        model={"path": str(yes_model_dir)},
+        metrics=_free_metrics(),
+        demo={
+            "extra_candidates": 1,
+            "max_tokens": 6,
+            "votes": 1,
+            "checker_domains": [],  # the yes-judges accept everything, all of it wrong
+            "verifier_floor": 0.5,
+            "eval_items": 3,
+            "compare_items": 0,
+        },
+    )
+    out = io.StringIO()
+    report = run_demo(settings, Console(file=out, width=140))
+    text = out.getvalue()
+    assert report.store_counts["accepted_train"] > 0  # there was data to train on...
+    cycle = report.cycle
+    assert cycle is not None and cycle.outcome == "paused"  # ...but it was not trusted
+    assert cycle.verifier["precision"] == 0.0 and cycle.verifier["candidates"] == 6
+    assert "no adapter trained: paused" in text and "verifier check: precision 0.000" in text
+    with Registry(settings.adapters.path(settings.data_dir), read_only=True) as reg:
+        assert reg.list() == []
+    assert "training paused: verifier precision" in text  # the status screen says why
+    assert report.verifiers == {}
