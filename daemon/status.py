@@ -630,6 +630,7 @@ def _render_verifier(v: dict[str, Any], console: Console) -> None:
             "[bold]verifier[/]: never measured against labeled truth "
             "(run `selfdistill eval verifier`, or set train.verifier.measure)"
         )
+        _render_sweep(v.get("sweep"), console)
         return
     console.print(
         f"[bold]verifier[/] (judge {latest['judge']}, {latest['kind']} {_when(latest['at'])}): "
@@ -664,16 +665,20 @@ def _render_verifier(v: dict[str, Any], console: Console) -> None:
         console.print(f"  [red]{v['reason']}[/]", highlight=False)
     elif v.get("floor") is not None:
         console.print(f"  training proceeds: precision floor {v['floor']:.3f}", highlight=False)
-    sweep = v.get("sweep")
-    if sweep:
-        cells = ", ".join(
-            f"n{p['n']}v{p['v']} {_num(p['precision'], 2)} @{_num(p['judge_calls_per_item'], 1)}"
-            for p in sweep["points"]
-        )
-        console.print(
-            f"  sweep {_when(sweep['at'])} (precision @ judge calls per item): {cells}",
-            highlight=False,
-        )
+    _render_sweep(v.get("sweep"), console)
+
+
+def _render_sweep(sweep: dict[str, Any] | None, console: Console) -> None:
+    if not sweep:
+        return
+    cells = ", ".join(
+        f"n{p['n']}v{p['v']} {_num(p['precision'], 2)} @{_num(p['judge_calls_per_item'], 1)}"
+        for p in sweep["points"]
+    )
+    console.print(
+        f"  sweep {_when(sweep['at'])} (precision @ judge calls per item): {cells}",
+        highlight=False,
+    )
 
 
 def _render_store(s: dict[str, Any], console: Console) -> None:
