@@ -8,14 +8,16 @@ are read back from the process's Prometheus registry.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 from prometheus_client import REGISTRY
+from rich.console import Console
 
 from daemon.cascade import PromptOutcome
 from daemon.config import Settings
-from daemon.status import collect_status
+from daemon.status import collect_status, render_status
 from daemon.store import Store
 from daemon.train import open_registry, run_cycle
 from streams.schemas import ChatMessage
@@ -105,6 +107,17 @@ def test_training_pauses_while_the_verifier_accepts_wrong_answers(
     assert v["paused"] is True and "training paused" in v["reason"]
     assert v["latest"]["precision"] == 0.0 and v["latest"]["kind"] == "gate"
     assert v["latest"]["stages"][0]["stage"] == "correctness"
+
+    # A sweep run by the operator shows beside it, on the screen as in the JSON.
+    with open_registry(settings) as reg:
+        point = {"n": 4, "v": 3, "coverage": 0.5, "precision": 0.25, "judge_calls_per_item": 9.0}
+        reg.record_verifier_eval("base", "sweep", "fp-sweep", {"points": [point]})
+    status = collect_status(settings, kafka_connect_timeout_s=0.5, dlq_timeout_s=0.5)
+    assert status["verifier"]["sweep"]["points"] == [point]
+    out = io.StringIO()
+    render_status(status, Console(file=out, width=200))
+    screen = out.getvalue()
+    assert "n4v3 0.25 @9.0" in screen and "training paused: verifier precision 0.000" in screen
 
 
 def test_training_proceeds_when_the_verifier_is_precise(
