@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import kafka
+
+from daemon.atomic import write_lines
 
 TARGET_RATIO = 0.9
 # Every benchmark `make bench` runs, in its order; bench.report expects one result each.
@@ -214,17 +215,9 @@ def check_record(record: Any, where: str) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` then rename: a reader never sees half a file, a crash leaves
-    the old one (or none), never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write beside ``path`` then rename (``daemon.atomic``): a reader never sees half a
+    file, a crash leaves the old one (or none). ``text`` ends with a newline."""
+    write_lines(path, [text.removesuffix("\n")])  # which writes a newline after each line
 
 
 def write_result(

@@ -76,6 +76,25 @@ ANSWER = (
 PATHS = ("raw", "selfdistill")
 
 
+def in_order(rep: int) -> tuple[str, ...]:
+    """The paths in repeat ``rep``'s order: alternating, so neither path always goes first."""
+    return PATHS if rep % 2 == 0 else PATHS[::-1]
+
+
+def paired(samples: dict[str, list[float]]) -> tuple[float, float, dict[str, Any]]:
+    """Median rate of each path, and the ratio fields: the median of the per-repeat ratios
+    (pairs measured side by side stay together) and the ratios themselves."""
+    ratios = [s / r for s, r in zip(samples["selfdistill"], samples["raw"], strict=True)]
+    return (
+        statistics.median(samples["raw"]),
+        statistics.median(samples["selfdistill"]),
+        {
+            "ratio": round(statistics.median(ratios), 3),
+            "per_repeat_ratios": [round(r, 3) for r in ratios],
+        },
+    )
+
+
 # ------------------------------------------------------------------ one run each
 def run_raw(code: str, tests: str, timeout_s: float) -> tuple[bool, float]:
     """Pass/fail and seconds of the least one does: solution + tests, one ``python -I``."""
@@ -135,8 +154,7 @@ def bench_execution(runs: int, repeats: int, config: SandboxConfig) -> dict[str,
 
     samples: dict[str, list[float]] = {p: [] for p in PATHS}
     for rep in range(repeats):
-        order = list(PATHS) if rep % 2 == 0 else list(reversed(PATHS))
-        for path in order:
+        for path in in_order(rep):
             secs = sum(one[path]() for _ in range(runs))
             samples[path].append(runs / secs)
             log(
@@ -146,20 +164,16 @@ def bench_execution(runs: int, repeats: int, config: SandboxConfig) -> dict[str,
 
     wrong_sandbox = run_tests(WRONG_SOLUTION, TESTS, config)
     wrong_raw, _ = run_raw(WRONG_SOLUTION, TESTS, config.timeout_s)
-    agreed = verdicts["raw"] == verdicts["selfdistill"]
-    ratios = [s / r for s, r in zip(samples["selfdistill"], samples["raw"], strict=True)]
-    raw_rate = statistics.median(samples["raw"])
-    layer_rate = statistics.median(samples["selfdistill"])
+    raw_rate, layer_rate, ratio_fields = paired(samples)
     return {
         "runs_per_repeat": runs,
         "raw_runs_per_s": round(raw_rate, 2),
         "selfdistill_runs_per_s": round(layer_rate, 2),
         "raw_ms_per_run": round(1000 / raw_rate, 1),
         "selfdistill_ms_per_run": round(1000 / layer_rate, 1),
-        "ratio": round(statistics.median(ratios), 3),
-        "per_repeat_ratios": [round(r, 3) for r in ratios],
+        **ratio_fields,
         "samples": {p: [round(x, 2) for x in xs] for p, xs in samples.items()},
-        "agreed": agreed,
+        "agreed": verdicts["raw"] == verdicts["selfdistill"],
         "passed": {p: sum(v) for p, v in verdicts.items()},
         "runs": len(verdicts["raw"]),
         "reasons": reasons,
@@ -180,8 +194,7 @@ def bench_timeout(runs: int, timeout_s: float) -> dict[str, Any]:
     reasons: list[str] = []
     raw_failed = True
     for rep in range(runs):
-        order = list(PATHS) if rep % 2 == 0 else list(reversed(PATHS))
-        for path in order:
+        for path in in_order(rep):
             if path == "raw":
                 passed, secs = run_raw(LOOP_SOLUTION, TESTS, timeout_s)
                 raw_failed &= not passed
@@ -234,15 +247,12 @@ def bench_checker(checks: int, repeats: int) -> dict[str, Any]:
     samples: dict[str, list[float]] = {p: [] for p in PATHS}
     eval_us: list[float] = []  # the part of the stage the grader has no counterpart for
     for rep in range(repeats):
-        order = list(PATHS) if rep % 2 == 0 else list(reversed(PATHS))
-        for path in order:
+        for path in in_order(rep):
             secs = one[path]()
             samples[path].append(checks / secs)
             log(f"  rep {rep + 1}/{repeats} checker   {path:11s} {checks / secs:>10,.0f} checks/s")
         eval_us.append(1e6 * evaluate() / checks)
-    ratios = [s / r for s, r in zip(samples["selfdistill"], samples["raw"], strict=True)]
-    raw_rate = statistics.median(samples["raw"])
-    stage_rate = statistics.median(samples["selfdistill"])
+    raw_rate, stage_rate, ratio_fields = paired(samples)
     return {
         "checks_per_repeat": checks,
         "raw_checks_per_s": round(raw_rate, 1),
@@ -250,8 +260,7 @@ def bench_checker(checks: int, repeats: int) -> dict[str, Any]:
         "raw_us_per_check": round(1e6 / raw_rate, 1),
         "selfdistill_us_per_check": round(1e6 / stage_rate, 1),
         "evaluate_arithmetic_us": round(statistics.median(eval_us), 1),
-        "ratio": round(statistics.median(ratios), 3),
-        "per_repeat_ratios": [round(r, 3) for r in ratios],
+        **ratio_fields,
         "samples": {p: [round(x, 1) for x in xs] for p, xs in samples.items()},
         # Every call on both paths passed (a set of one True each).
         "all_passed": verdicts["raw"] == {True} and verdicts["selfdistill"] == {True},
@@ -346,8 +355,7 @@ def report_conditions(results: dict[str, Any], args: argparse.Namespace) -> list
     ]
 
 
-def render(results: dict[str, Any], info: dict[str, Any]) -> str:
-    rows = report_rows(results)
+def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
         f"sandbox: machine {info['processor']}, nproc={info['nproc']}, python {info['python']}",
         "",
@@ -386,16 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         "timeout": bench_timeout(args.timeout_runs, args.timeout_s),
         "checker": bench_checker(args.checks, args.repeats),
     }
-    print(render(results, info))
-    write_result(
-        args,
-        "sandbox",
-        info,
-        started,
-        results,
-        report_rows(results),
-        report_conditions(results, args),
-    )
+    rows = report_rows(results)
+    print(render(rows, info))
+    write_result(args, "sandbox", info, started, results, rows, report_conditions(results, args))
     return 0
 
 

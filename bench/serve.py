@@ -48,15 +48,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from bench.common import (
-    TARGET_RATIO,
-    log,
-    machine,
-    now,
-    quiet,
-    result_row,
-    write_result,
-)
+from bench.common import TARGET_RATIO, log, machine, now, quiet, result_row, write_result
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer

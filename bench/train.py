@@ -39,15 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    TARGET_RATIO,
-    log,
-    machine,
-    now,
-    quiet,
-    result_row,
-    write_result,
-)
+from bench.common import TARGET_RATIO, log, machine, now, quiet, result_row, write_result
 
 PATHS = ("baseline", "project")
 

@@ -61,15 +61,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from bench.common import (
-    TARGET_RATIO,
-    log,
-    machine,
-    now,
-    quiet,
-    result_row,
-    write_result,
-)
+from bench.common import TARGET_RATIO, log, machine, now, quiet, result_row, write_result
 from daemon.cascade import (
     _FAST_PREFIX,
     STAGES,

@@ -412,7 +412,9 @@ class Cascade:
                     out.rejected_at = "static"
                     item.done = True
                 elif missing is not None:
-                    self._tool_reject(item, missing, "no check for this stage in the prompt")
+                    self._tool_verdict(
+                        item, missing, False, "no check for this stage in the prompt"
+                    )
                 elif tools and p.check is not None:
                     self._run_tools(item, tools, p.check)
                 if not item.done and not judges:  # the tools alone verified it
@@ -467,17 +469,16 @@ class Cascade:
     def _run_tools(self, item: _Item, tools: list[str], check: CheckSpec) -> None:
         for stage in tools:
             verdict = run_tool_stage(stage, check, item.out.answer, self.config.sandbox)
-            outcome = StageOutcome(stage, verdict.passed)
-            outcome.calls.append(JudgeCall(stage, "tool", verdict.passed, verdict.detail, 0, 0))
-            item.out.stages.append(outcome)
-            if not verdict.passed:
-                self._reject(item, stage)
+            if not self._tool_verdict(item, stage, verdict.passed, verdict.detail):
                 return
 
-    def _tool_reject(self, item: _Item, stage: str, detail: str) -> None:
-        outcome = StageOutcome(stage, False, [JudgeCall(stage, "tool", False, detail, 0, 0)])
-        item.out.stages.append(outcome)
-        self._reject(item, stage)
+    def _tool_verdict(self, item: _Item, stage: str, passed: bool, detail: str) -> bool:
+        """Record a tool stage's one verdict (a no rejects the candidate); returns it."""
+        call = JudgeCall(stage, "tool", passed, detail, 0, 0)
+        item.out.stages.append(StageOutcome(stage, passed, [call]))
+        if not passed:
+            self._reject(item, stage)
+        return passed
 
     def _needed(self, row: list[_Item]) -> list[_Item]:
         """Candidates of one prompt that still need a judge call this round."""

@@ -40,14 +40,13 @@ from daemon.graders import (
     extract_choice,
     extract_number,
     grade,
+    last_line,
 )
-from daemon.sandbox import SandboxConfig, extract_code, run_tests
+from daemon.sandbox import DETAIL_CHARS, SandboxConfig, extract_code, one_line, run_tests
 from daemon.verdicts import final_answer
 from streams.schemas import CheckSpec, validation_summary
 
 TOOL_STAGES = ("checker", "execution")
-#: Longest detail a verdict carries (it is shown in the votes table and ``status``).
-DETAIL_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -131,11 +130,9 @@ def _run_checker(check: CheckSpec, final: str) -> ToolVerdict:
 
 
 def _verdict(passed: bool, detail: str) -> ToolVerdict:
-    """A verdict whose detail is one line of at most :data:`DETAIL_CHARS` characters."""
-    detail = " ".join(str(detail).split())
-    if len(detail) > DETAIL_CHARS:
-        detail = detail[: DETAIL_CHARS - 3] + "..."
-    return ToolVerdict(passed=bool(passed), detail=detail)
+    """A verdict whose detail is one line of at most :data:`DETAIL_CHARS` characters (the
+    sandbox's bound, shared: an execution verdict quotes the sandbox's detail)."""
+    return ToolVerdict(passed=bool(passed), detail=one_line(str(detail), DETAIL_CHARS))
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -165,11 +162,6 @@ def _item(grader: GraderName, check: CheckSpec) -> LabeledItem | str:
         return "check spec error: " + validation_summary(exc).replace("(message): ", "")
 
 
-def _last_line(text: str) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
 def _number(value: float) -> str:
     """A number as a person writes it: 42 rather than 42.0, 11.6 rather than 11.600000001."""
     if math.isfinite(value) and value == int(value) and abs(value) < 1e16:
@@ -183,7 +175,7 @@ def check_exact(check: CheckSpec, answer: str) -> ToolVerdict:
     item = _item("exact", check)
     if isinstance(item, str):
         return ToolVerdict(False, item)
-    found = _clip(_last_line(answer)) if answer.strip() else "an empty answer"
+    found = _clip(last_line(answer)) if answer.strip() else "an empty answer"
     return ToolVerdict(grade(item, answer), f"expected {_clip(item.answer)}, found {found}")
 
 

@@ -358,11 +358,12 @@ def export(
         err.print("[red]error:[/] --split must be train, heldout or all", highlight=False)
         raise typer.Exit(2)
     if ranking:
-        if ranking_format not in ("groups", "pairs"):
-            err.print("[red]error:[/] --format must be groups or pairs", highlight=False)
-            raise typer.Exit(2)
         with Store.open(s.store, s.data_dir, read_only=True) as store:
-            n = export_ranking(store, out, ranking_format)  # type: ignore[arg-type]
+            try:  # the format is checked where it is used
+                n = export_ranking(store, out, ranking_format)  # type: ignore[arg-type]
+            except ValueError as exc:
+                err.print(f"[red]error:[/] --format: {exc}", highlight=False)
+                raise typer.Exit(2) from None
         err.print(f"wrote {n} ranking {ranking_format} to {out}", highlight=False)
         return
     with Store.open(s.store, s.data_dir, read_only=True) as store:

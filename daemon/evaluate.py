@@ -19,22 +19,28 @@ cache in the registry: the active adapter is scored once per fingerprint, not on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.gate import HELDOUT, LABELED
+from adapters.registry import BASE
 from daemon.cascade import Cascade, CascadeConfig, CascadeInput, question_of
-from daemon.engines.base import ChatRequest, Engine
+from daemon.engines.base import ChatRequest, ChatResult, Engine
 from daemon.graders import LabeledItem, grade, load_labeled
 from streams.schemas import ChatMessage
+
+if TYPE_CHECKING:
+    from adapters.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +71,85 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
 
     def labeled_path(self) -> Path:
-        if self.labeled_set is not None:
-            return self.labeled_set
-        from daemon.tasks import bundled_heldout
+        return path_or_bundled(self.labeled_set)
 
-        return bundled_heldout()
+
+def path_or_bundled(path: Path | None) -> Path:
+    """``path``, or (None) the bundled task's held-out set."""
+    if path is not None:
+        return path
+    from daemon.tasks import bundled_heldout
+
+    return bundled_heldout()
+
+
+def load_items(path: Path, limit: int | None) -> list[LabeledItem]:
+    """The labeled set at ``path`` (raises ``LabeledSetError``): its first ``limit`` items."""
+    items = load_labeled(path)
+    return items if limit is None else items[:limit]
+
+
+def hash_items(h: Any, items: Sequence[LabeledItem]) -> None:
+    """Feed ``items`` to the hash ``h``: any change to an item changes the digest."""
+    for item in items:
+        h.update(item.model_dump_json().encode() + b"\0")
+
+
+def generate_batched(
+    engine: Engine, requests: Sequence[ChatRequest], batch_size: int
+) -> list[ChatResult]:
+    """``engine.generate`` over ``requests``, ``batch_size`` at a time."""
+    out: list[ChatResult] = []
+    for i in range(0, len(requests), batch_size):
+        out += engine.generate(requests[i : i + batch_size])
+    return out
+
+
+@contextlib.contextmanager
+def adapter_loaded(engine: Engine, registry: Registry, version: str) -> Iterator[str | None]:
+    """``version`` loaded in ``engine`` (checksum verified) for the duration; yields the
+    adapter name to request (None for the base). Unloads it afterwards only if it was not
+    loaded before (a serving engine keeps its active adapter)."""
+    if version == BASE:
+        yield None
+        return
+    if version in engine.adapters():
+        yield version
+        return
+    from adapters.files import verify_adapter
+
+    rec = registry.require(version)
+    path = verify_adapter(registry.root, rec.path, rec.sha256)
+    engine.load_adapter(version, str(path))
+    try:
+        yield version
+    finally:
+        try:
+            engine.unload_adapter(version)
+        except Exception as exc:  # a leftover adapter costs memory, not correctness
+            log.warning("unloading %s after the eval: %s", version, exc)
+
+
+class NewestVersions:
+    """Which versions keep metric series, and with which labels: only the newest ``keep``,
+    so a gauge labelled by version stays bounded."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._labels: OrderedDict[str, set[str]] = OrderedDict()  # oldest first
+
+    def update(
+        self, version: str, labels: Iterable[str]
+    ) -> tuple[set[str], list[tuple[str, set[str]]]]:
+        """``version`` now has series for ``labels`` and is the newest. Returns the labels it
+        no longer has, and the versions (with their labels) pushed out by it."""
+        dropped = self._labels.pop(version, set())
+        self._labels[version] = set(labels)
+        dropped -= self._labels[version]
+        evicted: list[tuple[str, set[str]]] = []
+        while len(self._labels) > self.keep:
+            evicted.append(self._labels.popitem(last=False))
+        return dropped, evicted
 
 
 @dataclass
@@ -100,8 +180,7 @@ def fingerprint(
     h.update(model.encode() + b"\0")
     h.update(config.model_dump_json(exclude={"labeled_set"}).encode() + b"\0")
     h.update(cascade.model_dump_json().encode() + b"\0")
-    for item in items:
-        h.update(item.model_dump_json().encode() + b"\0")
+    hash_items(h, items)
     for row in heldout:
         h.update(str(row["id"]).encode() + b"\0")
     return h.hexdigest()[:24]
@@ -115,9 +194,7 @@ def eval_cascade_config(verify: CascadeConfig, config: EvalConfig) -> CascadeCon
 def load_eval_data(
     config: EvalConfig, heldout_rows: Sequence[dict[str, Any]]
 ) -> tuple[list[LabeledItem], list[dict[str, Any]]]:
-    items = load_labeled(config.labeled_path())
-    if config.labeled_max is not None:
-        items = items[: config.labeled_max]
+    items = load_items(config.labeled_path(), config.labeled_max)
     return items, list(heldout_rows)[: config.heldout_max]
 
 
@@ -127,17 +204,14 @@ def _answers(
     adapter: str | None,
     config: EvalConfig,
 ) -> list[str]:
-    out: list[str] = []
-    for i in range(0, len(chats), config.batch_size):
-        batch = [
-            ChatRequest(
-                list(chat), n=1, temperature=0.0, max_tokens=config.max_tokens, adapter=adapter
-            )
-            for chat in chats[i : i + config.batch_size]
-        ]
-        for result in engine.generate(batch):
-            out.append(result.completions[0].text if result.completions else "")
-    return out
+    requests = [
+        ChatRequest(list(chat), n=1, temperature=0.0, max_tokens=config.max_tokens, adapter=adapter)
+        for chat in chats
+    ]
+    return [
+        r.completions[0].text if r.completions else ""
+        for r in generate_batched(engine, requests, config.batch_size)
+    ]
 
 
 def evaluate(
@@ -152,7 +226,7 @@ def evaluate(
 ) -> EvalReport:
     """Score ``adapter`` (None: the base model) on both metrics. The adapter must be loaded."""
     started = time.monotonic()
-    name = adapter or "base"
+    name = adapter or BASE
     metrics: dict[str, float | None] = {LABELED: None, HELDOUT: None}
     labeled: list[dict[str, Any]] = []
     if items:

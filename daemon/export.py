@@ -18,14 +18,13 @@ it never sees half an export, and a failed export leaves the previous file in pl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from daemon.atomic import write_lines
 from daemon.store import Store
 
 
@@ -108,24 +107,4 @@ def export_accepted(
 def _write(lines: Iterable[dict[str, Any]], out: Path | TextIO) -> int:
     if not isinstance(out, str | os.PathLike):
         return _write_lines(lines, out)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the dataset from a trainer's user
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            n = _write_lines(lines, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable, where supported
-        dirfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-    return n
+    return write_lines(Path(out), (json.dumps(line, ensure_ascii=False) for line in lines))

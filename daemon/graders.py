@@ -166,14 +166,15 @@ def _normalise(text: str) -> str:
     return text
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The last non-blank line: where a model puts its answer after showing its work."""
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
 
 
 def _exact_forms(final: str) -> list[str]:
     """The normalised strings an output may be taken to answer: whole, last line, stated."""
-    forms = [_normalise(final), _normalise(_last_line(final))]
+    forms = [_normalise(final), _normalise(last_line(final))]
     stated = list(_STATED.finditer(final))
     if stated:
         forms.append(_normalise(stated[-1].group("x")))

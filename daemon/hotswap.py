@@ -28,6 +28,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 
 from adapters.files import AdapterFileError, verify_adapter
+from adapters.registry import BASE
 from daemon.engines.base import ChatRequest, Engine, EngineError
 from daemon.metrics import ACTIVE_ADAPTER, ADAPTER_SWAPS, ADAPTERS_LOADED, SWAP_SECONDS
 from streams.connection import KafkaSettings, connect
@@ -38,7 +39,6 @@ from streams.schemas import AdapterEvent, DecodeError, decode
 
 log = logging.getLogger(__name__)
 
-BASE = "base"
 WHO = "adapter-events follower"  # the worker named in its dead letters
 
 

@@ -227,12 +227,31 @@ def run_tests(code: str, tests: str, config: SandboxConfig) -> SandboxResult:
         _remove_tree(tmp)
 
 
-def _run(tmp: Path, code: str, tests: str, config: SandboxConfig, started: float) -> SandboxResult:
-    root = os.geteuid() == 0
-    uid = config.run_as_uid if root else None
-    interpreter = os.path.realpath(sys.executable) if sys.executable else ""
+@functools.cache
+def _python(executable: str) -> tuple[str, list[str]] | None:
+    """The interpreter to run (``executable`` resolved) and the directories a dropped uid
+    must be able to enter to run it: its own and its prefixes, outermost only. None: no
+    interpreter. Computed once per ``sys.executable``, not per run."""
+    interpreter = os.path.realpath(executable) if executable else ""
     if not interpreter or not os.access(interpreter, os.X_OK):
+        return None
+    needed = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
+    needed.add(os.path.dirname(interpreter))
+    outermost = sorted(p for p in needed if not any(p.startswith(q + "/") for q in needed))
+    return interpreter, outermost
+
+
+def _cpu_seconds(config: SandboxConfig) -> int:
+    """RLIMIT_CPU of a run: a backstop a little beyond the wall-clock limit."""
+    return math.ceil(config.timeout_s) + 1
+
+
+def _run(tmp: Path, code: str, tests: str, config: SandboxConfig, started: float) -> SandboxResult:
+    uid = config.run_as_uid if os.geteuid() == 0 else None
+    python = _python(sys.executable)
+    if python is None:
         return _result("error", f"no Python interpreter to run ({sys.executable!r})", None, started)
+    interpreter, needed = python
     os.chmod(tmp, 0o711)  # the candidate may pass through (fallback cwd), never list or read
     work = tmp / "work"
     work.mkdir(mode=0o700)
@@ -249,16 +268,14 @@ def _run(tmp: Path, code: str, tests: str, config: SandboxConfig, started: float
             fds[name] = os.open(path, flags | os.O_CLOEXEC, 0o600)
         limits = {
             "as": config.memory_mb * 1024 * 1024,
-            "cpu": math.ceil(config.timeout_s) + 1,
+            "cpu": _cpu_seconds(config),
             "fsize": config.max_output_bytes + 1,
             "nofile": _MAX_OPEN_FILES,
             "nproc": config.max_processes,
         }
         launch = {
             "interpreter": interpreter,
-            "prefixes": sorted(
-                {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
-            ),
+            "needed": needed,
             "uid": uid,
             "work": str(work),
             "disk_mb": config.disk_mb,
@@ -356,7 +373,7 @@ def _classify(
     if "memory" in markers or "MemoryError" in stderr:
         return result("memory", f"memory: exceeded {config.memory_mb} MiB | {tail}")
     if "error" in report:
-        return _result("error", f"error: {report['error']}", returncode, started, layers)
+        return result("error", f"error: {report['error']}")
     if returncode is None:
         return result("error", "error: the sandbox ended without reporting the run")
     if returncode < 0:
@@ -366,11 +383,8 @@ def _classify(
             and isinstance(cpu, float | int)
             and cpu >= config.timeout_s
         ):
-            return result(
-                "timeout", f"timeout: CPU time limit ({math.ceil(config.timeout_s) + 1} s)"
-            )
-        name = _signal_name(-returncode)
-        return result("crashed", f"crashed: killed by {name}" + (f" | {tail}" if tail else ""))
+            return result("timeout", f"timeout: CPU time limit ({_cpu_seconds(config)} s)")
+        return result("crashed", f"crashed: killed by {_signal_name(-returncode)}" + _suffix(tail))
     if returncode == 0:
         if _read(paths["status"]) == nonce:
             return result("ok", "ok: tests passed")
@@ -385,17 +399,20 @@ def _result(
     started: float,
     layers: tuple[str, ...] = (),
 ) -> SandboxResult:
-    detail = " ".join(detail.split())
-    if len(detail) > DETAIL_CHARS:
-        detail = detail[: DETAIL_CHARS - 3] + "..."
     return SandboxResult(
         passed=reason == "ok",
         reason=reason,
-        detail=detail,
+        detail=one_line(detail),
         returncode=returncode,
         seconds=round(time.monotonic() - started, 3),
         layers=layers,
     )
+
+
+def one_line(text: str, limit: int = DETAIL_CHARS) -> str:
+    """``text`` as one line (whitespace collapsed) of at most ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _suffix(tail: str) -> str:
@@ -633,13 +650,12 @@ def _launch(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the laun
     def unshare(flags: int) -> bool:
         return libc is not None and libc.unshare(flags) == 0
 
-    root = os.geteuid() == 0
     real_uid, real_gid = os.getuid(), os.getgid()
     layers: list[str] = ["rlimits", "pgroup"]
     namespaces = 0
     wanted = clone_newnet | clone_newns | clone_newpid
+    extra = 0 if os.geteuid() == 0 else clone_newuser  # root needs no user namespace
     for flags in (wanted, clone_newnet | clone_newpid, clone_newnet) if cfg["namespaces"] else ():
-        extra = 0 if root else clone_newuser
         if unshare(flags | extra):
             namespaces = flags | extra
             break
@@ -682,9 +698,7 @@ def _launch(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the laun
                 return current
         return None
 
-    # What uid must be able to enter: the interpreter's directory and its prefixes.
-    needed = sorted(set(cfg["prefixes"]) | {os.path.dirname(cfg["interpreter"])})
-    needed = [p for p in needed if not any(p.startswith(q + "/") for q in needed)]
+    needed = cfg["needed"]  # what uid must be able to enter: the interpreter's directories
 
     def mask_closed_directories() -> bool:
         """Hide directories uid cannot enter behind a tmpfs holding only the interpreter's
@@ -844,8 +858,7 @@ def _launch(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the laun
         os.kill(pid, signal.SIGKILL)
     os.close(alive_r)
     report(child=pid)
-    _, status, _usage = os.wait4(pid, 0)
-    report(init_exit=os.waitstatus_to_exitcode(status))
+    os.waitpid(pid, 0)  # reap the init (its status says nothing: the harness's is reported)
     os._exit(0)
 
 

@@ -2,9 +2,9 @@
 
 What serves and why (the active adapter, its eval numbers and the gate's reason), what the
 last training runs did, whether the verifier is any good (its last measured precision against
-labeled truth, per stage, and whether training is paused below the floor), how the cascade's funnel looks and what share of candidates it
-accepts, how big the store is, how many messages were dead-lettered, and whether each
-worker answers its health probes.
+labeled truth, per stage, and whether training is paused below the floor), how the cascade's
+funnel looks and what share of candidates it accepts, how big the store is, how many messages
+were dead-lettered, and whether each worker answers its health probes.
 
 It is built to answer even when parts of the system are broken, because that is when it is
 run: every section is collected on its own and a failure becomes a line in that section,
@@ -89,17 +89,19 @@ def collect_status(
         },
     }
     try:
-        adapter, runs = _registry_sections(settings)
+        adapter, runs, measured = _registry_sections(settings)
     except Exception as exc:
-        adapter, runs = {"error": _err(exc)}, []
+        adapter, runs, measured = {"error": _err(exc)}, [], None
+    try:
+        verifier = (
+            adapter if measured is None else _verifier_section(settings, measured)
+        )  # the registry's error, when it could not be read
+    except Exception as exc:
+        verifier = {"error": _err(exc)}
     try:
         store = _store_section(settings)
     except Exception as exc:
         store = {"error": _err(exc)}
-    try:
-        verifier = _verifier_section(settings)
-    except Exception as exc:
-        verifier = {"error": _err(exc)}
 
     budget = {
         "dead_letters": kafka_connect_timeout_s + dlq_timeout_s + 5.0,
@@ -146,8 +148,11 @@ def _err(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------ adapter and runs
-def _registry_sections(settings: Settings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The adapter section and the last training runs, from the registry.
+def _registry_sections(
+    settings: Settings,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The adapter section, the last training runs and the verifier's newest measurements,
+    from one read of the registry.
 
     A registry that was never created means the base model serves and nothing was
     trained; it is not created here (opening a :class:`Registry` would).
@@ -163,7 +168,7 @@ def _registry_sections(settings: Settings) -> tuple[dict[str, Any], list[dict[st
             "newest": None,
             "counts": {},
         }
-        return adapter, []
+        return adapter, [], []
     from daemon.train import open_registry
 
     with open_registry(settings, read_only=True) as reg:
@@ -202,7 +207,8 @@ def _registry_sections(settings: Settings) -> tuple[dict[str, Any], list[dict[st
                     "train_loss": rec.train_loss if rec else None,
                 }
             )
-    return adapter, runs
+        measured = reg.verifier_evals(limit=20)
+    return adapter, runs, measured
 
 
 def _adapter(reg: Registry, rec: AdapterRecord) -> dict[str, Any]:
@@ -271,21 +277,14 @@ _VERIFIER_FIELDS = (
 )
 
 
-def _verifier_section(settings: Settings) -> dict[str, Any]:
+def _verifier_section(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The verifier's newest measurement against labeled truth, and whether it pauses training.
 
-    Measurements come from ``selfdistill eval verifier`` (kind ``eval``), the train worker's
-    per-cycle check (``gate``) and ``--sweep`` runs, all stored in the registry.
+    ``rows``: the registry's verifier measurements, newest first: ``selfdistill eval
+    verifier`` (kind ``eval``), the train worker's per-cycle check (``gate``) and ``--sweep``.
     """
     floor = settings.train.verifier.floor
-    root = settings.adapters.path(settings.data_dir)
     out: dict[str, Any] = {"floor": floor, "latest": None, "sweep": None, "paused": False}
-    if not (root / DB_FILE).is_file():
-        return out
-    from daemon.train import open_registry
-
-    with open_registry(settings, read_only=True) as reg:
-        rows = reg.verifier_evals(limit=20)
     latest = next((r for r in rows if r["kind"] in ("eval", "gate")), None)
     if latest is not None:
         rep = latest["report"]

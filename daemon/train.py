@@ -43,6 +43,8 @@ from adapters.registry import BASE, AdapterRecord, Registry, RegistryBusy
 from adapters.training import TrainingConfig
 from daemon.evaluate import (
     EvalConfig,
+    NewestVersions,
+    adapter_loaded,
     eval_cascade_config,
     evaluate,
     fingerprint,
@@ -211,6 +213,7 @@ def _cycle(
             new_samples=new,
         )
     verifier: dict[str, Any] = {}
+    # A floor implies measure; the validator says so, but a model_copy (the demo's) skips it.
     if cfg.verifier.measure or cfg.verifier.floor is not None:
         if engine is None:  # one engine for the verifier's measurement and the gate
             from daemon.engines import make_engine
@@ -329,60 +332,40 @@ def gate_candidate(
 ) -> CycleReport:
     """Score ``version`` and the active adapter, record the decision, promote if it passes."""
     cfg = settings.train
-    candidate = registry.require(version)
+    registry.require(version)
     active = registry.active()
+    against = active.version if active is not None else BASE
     items, heldout = load_eval_data(cfg.eval, store.accepted_samples("heldout"))
     cascade = eval_cascade_config(settings.verify, cfg.eval)
     fp = fingerprint(items, heldout, cfg.eval, cascade, settings.model.path)
 
-    own = engine is None
-    if engine is None:
-        from daemon.engines import make_engine
+    with contextlib.ExitStack() as stack:
+        if engine is None:
+            from daemon.engines import make_engine
 
-        engine = make_engine(settings.model, settings.engine)
-    loaded: list[str] = []
-    try:
+            engine = make_engine(settings.model, settings.engine)
+            stack.callback(engine.close)
+        eng = engine
 
-        def score(rec: AdapterRecord | None) -> dict[str, Any]:
-            name = rec.version if rec is not None else BASE
+        def score(name: str) -> dict[str, Any]:
             cached = registry.cached_eval(name, fp)
             if cached is not None:
                 log.info("eval %s: cached %s", name, cached["metrics"])
                 return cached
-            if rec is not None and rec.version not in engine.adapters():
-                from adapters.files import verify_adapter
-
-                path = verify_adapter(registry.root, rec.path, rec.sha256)
-                engine.load_adapter(rec.version, str(path))
-                loaded.append(rec.version)
-            report = evaluate(
-                engine,
-                rec.version if rec is not None else None,
-                items,
-                heldout,
-                cfg.eval,
-                cascade,
-                fingerprint_=fp,
-            ).as_dict()
+            with adapter_loaded(eng, registry, name) as adapter:
+                report = evaluate(
+                    eng, adapter, items, heldout, cfg.eval, cascade, fingerprint_=fp
+                ).as_dict()
             registry.store_eval(name, fp, report)
             return report
 
-        cand_eval = score(candidate)
-        active_eval = score(active)
-    finally:
-        for name in loaded:
-            try:
-                engine.unload_adapter(name)
-            except Exception as exc:  # a leftover adapter costs memory, not correctness
-                log.warning("unloading %s after eval: %s", name, exc)
-        if own:
-            engine.close()
+        cand_eval = score(version)
+        active_eval = score(against)
 
-    _export_scores(registry, version, cand_eval["metrics"])
-    _export_scores(registry, active.version if active is not None else BASE, active_eval["metrics"])
+    _export_scores(version, cand_eval["metrics"])
+    _export_scores(against, active_eval["metrics"])
     decision = decide(cand_eval["metrics"], active_eval["metrics"], cfg.gate)
     pinned = registry.pinned()
-    against = active.version if active is not None else BASE
     record = {
         **decision.as_dict(),
         "against": against,
@@ -422,22 +405,18 @@ def gate_candidate(
     )
 
 
-_SCORED: list[str] = []  # versions with an eval_score series, oldest first
-KEEP_SCORED = 8
+_SCORED = NewestVersions()  # versions with eval_score series, and their metrics
 
 
-def _export_scores(registry: Registry, version: str, metrics: dict[str, Any]) -> None:
+def _export_scores(version: str, metrics: dict[str, Any]) -> None:
     """``selfdistill_eval_score{version, metric}`` for the newest versions only: one series
     per version per metric, so old versions are dropped to keep the label set bounded."""
     for metric, value in metrics.items():
         if value is not None:
             EVAL_SCORE.labels(version, metric).set(value)
-    if version in _SCORED:
-        _SCORED.remove(version)
-    _SCORED.append(version)
-    while len(_SCORED) > KEEP_SCORED:
-        old = _SCORED.pop(0)
-        for metric in metrics:
+    _, evicted = _SCORED.update(version, metrics)
+    for old, old_metrics in evicted:
+        for metric in old_metrics:
             with contextlib.suppress(KeyError):
                 EVAL_SCORE.remove(old, metric)
 

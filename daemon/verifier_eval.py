@@ -36,8 +36,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -47,7 +46,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from daemon.cascade import CandidateOutcome, Cascade, CascadeConfig, CascadeInput, PromptOutcome
 from daemon.checkers import TOOL_STAGES, applies
 from daemon.engines.base import ChatRequest, Engine
-from daemon.graders import LabeledItem, grade, load_labeled
+from daemon.evaluate import (
+    BASE,
+    NewestVersions,
+    adapter_loaded,
+    generate_batched,
+    hash_items,
+    load_items,
+    path_or_bundled,
+)
+from daemon.graders import LabeledItem, grade
 from daemon.metrics import (
     VERIFIER_AUC,
     VERIFIER_BASE_RATE,
@@ -64,7 +72,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BASE = "base"  # adapters.registry.BASE: the base model, no adapter
 TOOL_KIND = "tool"  # JudgeCall.kind of a deterministic tool stage: not a judge call
 CASCADE = "cascade"  # the stage label of whole-cascade numbers
 Kind = Literal["eval", "sweep", "gate"]
@@ -115,11 +122,7 @@ class VerifierEvalConfig(BaseModel):
         return _grid(v)
 
     def heldout_path(self) -> Path:
-        if self.heldout is not None:
-            return self.heldout
-        from daemon.tasks import bundled_heldout
-
-        return bundled_heldout()
+        return path_or_bundled(self.heldout)
 
 
 class VerifierGateConfig(BaseModel):
@@ -163,23 +166,19 @@ def sample_candidates(
     batch_size: int = 16,
 ) -> list[list[str]]:
     """``n`` samples per item, as serve samples them: the question as one user turn."""
-    out: list[list[str]] = []
-    for i in range(0, len(items), batch_size):
-        requests = [
-            ChatRequest(
-                [{"role": "user", "content": item.question}],
-                n=n,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_tokens,
-                seed=seed,
-                adapter=adapter,
-            )
-            for item in items[i : i + batch_size]
-        ]
-        for result in engine.generate(requests):
-            out.append([c.text for c in result.completions])
-    return out
+    requests = [
+        ChatRequest(
+            [{"role": "user", "content": item.question}],
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            adapter=adapter,
+        )
+        for item in items
+    ]
+    return [[c.text for c in r.completions] for r in generate_batched(engine, requests, batch_size)]
 
 
 # ------------------------------------------------------------------------------ AUC
@@ -387,42 +386,11 @@ def _planned(config: CascadeConfig, item: LabeledItem) -> list[str]:
     return [s for s in stages if s not in TOOL_STAGES or applies(s, item.check)]
 
 
-def _is_tool(stage: str) -> bool:
-    return stage in TOOL_STAGES
-
-
-def _input(item: LabeledItem, candidates: list[str]) -> CascadeInput:
-    return CascadeInput(
-        item.id, item.question, list(candidates), domain=item.domain, check=item.check
-    )
-
-
-def _run_cascade(
-    engine: Engine,
-    items: Sequence[LabeledItem],
-    config: CascadeConfig,
-    candidates: Sequence[Sequence[str]],
-    judge_adapter: str | None,
-    batch_size: int | None,
-) -> list[PromptOutcome]:
-    step = batch_size or max(1, len(items))
-    outcomes: list[PromptOutcome] = []
-    for i in range(0, len(items), step):
-        cascade = Cascade(engine, config, adapter=judge_adapter)
-        outcomes += cascade.run(
-            [
-                _input(item, list(cands))
-                for item, cands in zip(items[i : i + step], candidates[i : i + step], strict=True)
-            ]
-        )
-    return outcomes
-
-
 def _judged(item: LabeledItem, out: CandidateOutcome, config: CascadeConfig) -> _Judged:
     stages: dict[str, tuple[bool, float, int, int]] = {}
     depth = 0.0
     for s in out.stages:
-        tool = _is_tool(s.stage) or any(c.kind == TOOL_KIND for c in s.calls)
+        tool = s.stage in TOOL_STAGES or any(c.kind == TOOL_KIND for c in s.calls)
         judge_calls = [c for c in s.calls if c.kind != TOOL_KIND]
         votes = [c for c in s.calls if c.kind in ("vote", TOOL_KIND)]
         needed = 1 if tool else config.votes
@@ -463,7 +431,14 @@ def _judge_all(
 ) -> list[list[_Judged]]:
     if len(items) != len(candidates):
         raise ValueError(f"{len(items)} items but {len(candidates)} candidate lists")
-    outcomes = _run_cascade(engine, items, config, candidates, judge_adapter, batch_size)
+    inputs = [
+        CascadeInput(item.id, item.question, list(c), domain=item.domain, check=item.check)
+        for item, c in zip(items, candidates, strict=True)
+    ]
+    step = batch_size or max(1, len(items))
+    outcomes: list[PromptOutcome] = []
+    for i in range(0, len(inputs), step):  # a fresh Cascade (vote RNG from its seed) per batch
+        outcomes += Cascade(engine, config, adapter=judge_adapter).run(inputs[i : i + step])
     return [
         [_judged(item, c, config) for c in outcome.candidates]
         for item, outcome in zip(items, outcomes, strict=True)
@@ -516,8 +491,7 @@ def first_valid(rows: Sequence[Sequence[_Judged]], n: int, v: int) -> SweepPoint
 
 def heldout_fingerprint(items: Sequence[LabeledItem]) -> str:
     h = hashlib.sha256()
-    for item in items:
-        h.update(item.model_dump_json().encode() + b"\0")
+    hash_items(h, items)
     return h.hexdigest()[:24]
 
 
@@ -558,7 +532,7 @@ def _report(
         stages.append(
             StageReport(
                 stage=name,
-                tool=_is_tool(name),
+                tool=name in TOOL_STAGES,
                 reached=len(reached),
                 passed=len(passed),
                 correct_reached=correct_reached,
@@ -720,20 +694,19 @@ def fingerprint(
 
 
 # ---------------------------------------------------------------------------- metrics
-KEEP_VERSIONS = 8
-_EXPORTED: OrderedDict[str, set[str]] = OrderedDict()  # version -> stage labels, oldest first
+_EXPORTED = NewestVersions()  # versions with verifier series, and their stage labels
 
 
 def export_verifier_metrics(report: VerifierReport) -> None:
     """Set ``selfdistill_verifier_*{version, stage}`` from ``report`` (version: the adapter
     whose candidates were judged). An undefined number removes its series (no NaN), and only
-    the newest ``KEEP_VERSIONS`` versions keep series, so the label set stays bounded."""
+    the newest ``_EXPORTED.keep`` versions keep series, so the label set stays bounded."""
     version = report.adapter
     rows = [(CASCADE, report.precision, report.recall, report.auc)] + [
         (s.stage, s.precision, s.recall, s.auc) for s in report.stages
     ]
-    stages = _EXPORTED.pop(version, set())
-    for stage in stages - {r[0] for r in rows}:
+    dropped, evicted = _EXPORTED.update(version, (r[0] for r in rows))
+    for stage in dropped:
         _remove_stage(version, stage)
     for stage, precision, recall, area in rows:
         for gauge, value in (
@@ -744,9 +717,7 @@ def export_verifier_metrics(report: VerifierReport) -> None:
             _set(gauge, value, version, stage)
     _set(VERIFIER_BASE_RATE, report.base_rate, version)
     _set(VERIFIER_CALLS_PER_CANDIDATE, report.calls_per_candidate, version)
-    _EXPORTED[version] = {r[0] for r in rows}
-    while len(_EXPORTED) > KEEP_VERSIONS:
-        old, old_stages = _EXPORTED.popitem(last=False)
+    for old, old_stages in evicted:
         for stage in old_stages:
             _remove_stage(old, stage)
         for gauge in (VERIFIER_BASE_RATE, VERIFIER_CALLS_PER_CANDIDATE):
@@ -787,16 +758,15 @@ class Plan:
     def fingerprint(
         self, *, ns: Sequence[int] | None = None, vs: Sequence[int] | None = None
     ) -> str:
-        sweeping = ns is not None
         return fingerprint(
             model=self.model,
             judge=self.judge,
             adapter=self.adapter,
             cascade=self.cascade,
             items=self.items,
-            n=list(ns) if ns is not None else self.n,
+            n=self.n if ns is None else ns,
             sampling=self.sampling,
-            what="sweep" if sweeping else "report",
+            what="report" if ns is None else "sweep",
             votes=vs,
         )
 
@@ -814,10 +784,7 @@ def plan_measurement(
 
     cfg = settings.verify.eval
     path = heldout or cfg.heldout_path()
-    items = load_labeled(path)
-    limit = max_items if max_items is not None else cfg.max_items
-    if limit is not None:
-        items = items[:limit]
+    items = load_items(path, max_items if max_items is not None else cfg.max_items)
     active = registry.active_version()
     serve = settings.serve
     return Plan(
@@ -836,31 +803,6 @@ def plan_measurement(
         model=model_label(settings),
         batch_size=cfg.batch_size,
     )
-
-
-@contextlib.contextmanager
-def adapter_loaded(engine: Engine, registry: Registry, version: str) -> Iterator[str | None]:
-    """``version`` loaded in ``engine`` (checksum verified) for the duration; yields the
-    adapter name to request (None for the base). Unloads it afterwards only if it was not
-    loaded before (a serving engine keeps its active adapter)."""
-    if version == BASE:
-        yield None
-        return
-    if version in engine.adapters():
-        yield version
-        return
-    from adapters.files import verify_adapter
-
-    rec = registry.require(version)
-    path = verify_adapter(registry.root, rec.path, rec.sha256)
-    engine.load_adapter(version, str(path))
-    try:
-        yield version
-    finally:
-        try:
-            engine.unload_adapter(version)
-        except Exception as exc:  # a leftover adapter costs memory, not correctness
-            log.warning("unloading %s after the verifier eval: %s", version, exc)
 
 
 def _sample(engine: Engine, plan: Plan, n: int, adapter: str | None) -> list[list[str]]:
@@ -884,9 +826,10 @@ def run_plan(
         report = VerifierReport.from_dict(cached)
         log.info("verifier eval %s: cached (precision %s)", fp, _fmt(report.precision))
     else:
-        with contextlib.ExitStack() as stack:
-            gen = stack.enter_context(adapter_loaded(engine, registry, plan.adapter))
-            judge = stack.enter_context(adapter_loaded(engine, registry, plan.judge))
+        with (
+            adapter_loaded(engine, registry, plan.adapter) as gen,
+            adapter_loaded(engine, registry, plan.judge) as judge,
+        ):
             started = time.monotonic()
             candidates = _sample(engine, plan, plan.n, gen)
             report = evaluate_verifier(
@@ -948,9 +891,10 @@ def run_sweep(
     cached = registry.cached_verifier_eval(plan.judge, fp) if use_cache else None
     if cached is not None:
         return SweepReport.from_dict(cached)
-    with contextlib.ExitStack() as stack:
-        gen = stack.enter_context(adapter_loaded(engine, registry, plan.adapter))
-        judge = stack.enter_context(adapter_loaded(engine, registry, plan.judge))
+    with (
+        adapter_loaded(engine, registry, plan.adapter) as gen,
+        adapter_loaded(engine, registry, plan.judge) as judge,
+    ):
         started = time.monotonic()
         candidates = _sample(engine, plan, ns[-1], gen)
         points = sweep(

@@ -21,6 +21,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
 from streams.consumer import ConsumerLoop
+from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
 from streams.topics import TopicsConfig, ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +94,19 @@ def committed_total(kafka: KafkaSettings, group: str, topic: str) -> int:
     finally:
         admin.close()
     return sum(om.offset for tp, om in offsets.items() if tp.topic == topic and om.offset > 0)
+
+
+def candidates_message(
+    pid: str, question: str, texts: list[str], **fields: object
+) -> CandidatesMessage:
+    """One prompt's sampled answers as serve publishes them on ``candidates``."""
+    return CandidatesMessage(
+        id=pid,
+        messages=[ChatMessage(role="user", content=question)],
+        samples=[Sample(text=t, completion_tokens=2) for t in texts],
+        sampling=SamplingParams(n=len(texts), temperature=0.7),
+        **fields,
+    )
 
 
 def run_in_thread(loop: ConsumerLoop, **kw: object) -> tuple[threading.Thread, list]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from streams.schemas import AdapterEvent, ChatMessage
 from streams.topics import TopicsConfig
 from tests.conftest import cli, read_topic, start_cli, wait_for
 from tests.models import build_adapter
+from tests.test_serve import _start
 from tests.test_store import cand, msg
 
 WORDS = [
@@ -81,22 +81,25 @@ def _labeled_set(path: Path) -> Path:
     return path
 
 
-def _accept(settings: Settings, answer: str, start: int, n: int, seed: int) -> None:
-    """n prompts whose single candidate passed the whole cascade, recorded in the store."""
-    rng = random.Random(seed)
+def _record_accepted(settings: Settings, answer: str, questions: dict[str, str]) -> None:
+    """One prompt per ``{id: question}`` whose single candidate, ``answer``, passed the whole
+    cascade, recorded in the store."""
     with Store.open(settings.store, settings.data_dir) as store:
-        for i in range(start, start + n):
-            pid = f"p{i}"
-            outcome_cand = cand(0, answer, "accepted", votes=1)
-            question = _question(rng, i)
+        for pid, question in questions.items():
             message = msg(pid, [answer]).model_copy(
                 update={"messages": [ChatMessage(role="user", content=question)]}
             )
             store.record(
-                PromptOutcome(pid, question, [outcome_cand]),
-                message,
-                policy="first-valid",
+                PromptOutcome(pid, question, [cand(0, answer, "accepted", votes=1)]), message
             )
+
+
+def _accept(settings: Settings, answer: str, start: int, n: int, seed: int) -> None:
+    """n code-word prompts (p<start>...) accepted with ``answer``."""
+    rng = random.Random(seed)
+    _record_accepted(
+        settings, answer, {f"p{i}": _question(rng, i) for i in range(start, start + n)}
+    )
 
 
 def _settings(
@@ -234,8 +237,7 @@ def test_cli_rollback_restores_the_previous_adapter_in_a_running_serve_worker(
     config = tmp_path / "selfdistill.toml"
     config.write_text(render_toml(settings, comments=False))
     worker = ServeWorker(settings, tiny_engine)
-    t = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
-    t.start()
+    t = _start(worker)
     try:
         wait_for(lambda: worker.router.active == v1, 60)  # restored from adapter-events
 

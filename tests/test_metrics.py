@@ -33,7 +33,8 @@ from streams.producer import Producer
 from streams.schemas import AdapterEvent, PromptMessage
 from streams.topics import TopicsConfig
 from tests.conftest import committed_total, wait_for
-from tests.models import build_adapter
+from tests.test_learning_loop import _register_adapters
+from tests.test_serve import _start
 
 Sample = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -142,8 +143,7 @@ def test_every_worker_metric_moves_with_its_event(
     producer.close()
     engine = TransformersEngine(tiny_model_dir)
     serve = ServeWorker(settings, engine)
-    t = threading.Thread(target=serve.run, kwargs={"handle_signals": False}, daemon=True)
-    t.start()
+    t = _start(serve)
     wait_for(lambda: committed_total(kafka, settings.serve.group_id, topics.prompts) == 7, 120)
     serve.stop()
     t.join(30)
@@ -165,8 +165,7 @@ def test_every_worker_metric_moves_with_its_event(
     # ---- verify: a judge that says yes accepts every candidate
     judge = TransformersEngine(yes_model_dir)
     verify = VerifyWorker(settings, judge)
-    t = threading.Thread(target=verify.run, kwargs={"handle_signals": False}, daemon=True)
-    t.start()
+    t = _start(verify)
     wait_for(lambda: verify.loop.stats.processed >= 6, 120)
     verify.stop()
     t.join(30)
@@ -208,19 +207,7 @@ def test_every_worker_metric_moves_with_its_event(
 
     # ---- the operator promotes and rolls back; a replica swaps and refuses
     with Registry(settings.adapters.path(settings.data_dir)) as registry:
-        other = registry.next_version("tiny")
-        with registry.staging(other) as tmp:
-            build_adapter(tiny_model_dir, tmp, seed=5)
-        registry.register(
-            other,
-            parent=None,
-            base_model="tiny",
-            sha256=adapter_digest(registry.root / other),
-            snapshot_id=None,
-            sample_count=0,
-            hyperparams={},
-            training={},
-        )
+        (other,) = _register_adapters(registry, tiny_model_dir, seeds=(5,))
         promote(settings, registry, other, actor="cli")
         rollback(settings, registry, actor="cli")
     router = AdapterRouter(engine, settings.adapters.path(settings.data_dir))

@@ -9,7 +9,6 @@ embedded broker and a real SQLite store.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,12 @@ from daemon.sandbox import SandboxConfig
 from daemon.store import Store
 from daemon.verify import VerifyWorker
 from streams.connection import KafkaSettings
-from streams.producer import Producer
-from streams.schemas import CandidatesMessage, ChatMessage, CheckSpec, Sample, SamplingParams
+from streams.schemas import CandidatesMessage, CheckSpec
 from streams.topics import TopicsConfig
-from tests.conftest import cli, committed_total, wait_for
+from tests.conftest import candidates_message, cli, committed_total, wait_for
 from tests.judges import ScriptedJudge, prompt_text
+from tests.test_serve import _start
+from tests.test_verify import _produce
 
 SIX_TIMES_SEVEN = CheckSpec(checker="arithmetic", expression="6 * 7")
 
@@ -118,15 +118,9 @@ def test_tool_stages_must_come_first() -> None:
 
 
 # --------------------------------------------------------------- worker, store, export
-def _msg(pid: str, texts: list[str], expression: str, domain: str = "math") -> CandidatesMessage:
-    return CandidatesMessage(
-        id=pid,
-        messages=[ChatMessage(role="user", content=f"What is {expression}?")],
-        domain=domain,
-        check=CheckSpec(checker="arithmetic", expression=expression),
-        samples=[Sample(text=t, completion_tokens=2) for t in texts],
-        sampling=SamplingParams(n=len(texts), temperature=0.7),
-    )
+def _msg(pid: str, texts: list[str], expression: str) -> CandidatesMessage:
+    check = CheckSpec(checker="arithmetic", expression=expression)
+    return candidates_message(pid, f"What is {expression}?", texts, domain="math", check=check)
 
 
 def test_the_verify_worker_checks_stores_and_exports_ranking_groups(
@@ -138,11 +132,7 @@ def test_the_verify_worker_checks_stores_and_exports_ranking_groups(
         _msg("r3", ["1", "2"], "10 - 3"),  # all fail: nothing accepted, no group
         _msg("r4", ["7", "", "8"], "14 / 2"),  # pass, static, fail
     ]
-    producer = Producer(kafka)
-    for m in msgs:
-        producer.send(topics.candidates, m, key=m.id)
-    producer.flush()
-    producer.close()
+    _produce(kafka, topics.candidates, msgs)
     settings = Settings(
         data_dir=tmp_path,
         kafka=kafka.model_dump(),
@@ -152,8 +142,7 @@ def test_the_verify_worker_checks_stores_and_exports_ranking_groups(
         verify={"votes": 1, "domains": {"math": ["checker"]}, "group_id": "verify-tools"},
     )
     worker = VerifyWorker(settings)
-    t = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
-    t.start()
+    t = _start(worker)
     wait_for(lambda: committed_total(kafka, "verify-tools", topics.candidates) == 4, 120)
     worker.stop()
     t.join(30)

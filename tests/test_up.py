@@ -16,13 +16,31 @@ from streams.broker import free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import PromptMessage, ResponseMessage
-from streams.topics import TopicsConfig, ensure_topics
+from streams.topics import TopicsConfig
 from tests.conftest import read_topic, wait_for
 from tests.test_learning_loop import RIGHT, _accept, _settings
 
 
 def _free_metrics() -> dict[str, int]:
     return {"serve_port": free_port(), "verify_port": free_port(), "train_port": free_port()}
+
+
+def _demo_settings(tmp: Path, model: Path, **demo: object) -> Settings:
+    """The demo on the yes-model, its own broker and free metrics ports. The yes-model writes
+    no correct answer, so the checker would accept nothing: every prompt goes to the judges."""
+    return Settings(
+        data_dir=tmp / "var",
+        broker={"port": free_port()},
+        model={"path": str(model)},
+        metrics=_free_metrics(),
+        demo={
+            "extra_candidates": 1,
+            "max_tokens": 6,
+            "votes": 1,
+            "checker_domains": [],
+            **demo,
+        },
+    )
 
 
 def test_up_trains_promotes_and_serves_the_new_adapter_then_stops(
@@ -32,23 +50,12 @@ def test_up_trains_promotes_and_serves_the_new_adapter_then_stops(
     tiny_engine: TransformersEngine,
     tmp_path: Path,
 ) -> None:
-    base = _settings(kafka, topics, tmp_path, tiny_model_dir, interval_s=1.0)
-    settings = base.model_copy(
-        update={
-            "metrics": base.metrics.model_copy(update=_free_metrics()),
-            "serve": base.serve.model_copy(
-                update={
-                    "max_tokens": 4,
-                    "temperature": 0.0,
-                    "extra_candidates": 0,
-                    "transactional_id": f"serve-{topics.prompts}",
-                    "group_id": f"serve-{topics.prompts}",
-                }
-            ),
-            "verify": base.verify.model_copy(update={"group_id": f"verify-{topics.prompts}"}),
-        }
-    )
-    ensure_topics(kafka, topics)
+    settings = _settings(kafka, topics, tmp_path, tiny_model_dir, interval_s=1.0)
+    settings.metrics = settings.metrics.model_copy(update=_free_metrics())
+    serve = settings.serve
+    serve.max_tokens, serve.temperature, serve.extra_candidates = 4, 0.0, 0
+    serve.group_id = serve.transactional_id = f"serve-{topics.prompts}"
+    settings.verify.group_id = f"verify-{topics.prompts}"
     _accept(settings, RIGHT, 0, 30, seed=2)  # what verify accepted earlier
     with Up(settings, tiny_engine, until_promotion=True, max_minutes=10) as up:
         state = up.wait()
@@ -77,22 +84,9 @@ def test_up_trains_promotes_and_serves_the_new_adapter_then_stops(
 def test_demo_trains_on_what_verify_accepted_gates_it_and_shows_status(
     tmp_path: Path, yes_model_dir: Path
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "var",
-        broker={"port": free_port()},
-        model={"path": str(yes_model_dir)},
-        metrics=_free_metrics(),
-        # The yes-model writes no correct answer, so the checker would accept nothing and the
-        # verifier floor would pause training: here every prompt goes to the (yes) judges.
-        demo={
-            "extra_candidates": 1,
-            "max_tokens": 6,
-            "votes": 1,
-            "train_steps": 2,
-            "checker_domains": [],
-            "verifier_floor": None,
-            "compare_items": 3,
-        },
+    # No floor: the yes-judges accept only wrong answers, which would pause training.
+    settings = _demo_settings(
+        tmp_path, yes_model_dir, train_steps=2, verifier_floor=None, compare_items=3
     )
     out = io.StringIO()
     report = run_demo(settings, Console(file=out, width=140))
@@ -120,20 +114,9 @@ def test_demo_trains_on_what_verify_accepted_gates_it_and_shows_status(
 def test_demo_pauses_training_while_the_verifier_is_below_its_floor(
     tmp_path: Path, yes_model_dir: Path
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "var",
-        broker={"port": free_port()},
-        model={"path": str(yes_model_dir)},
-        metrics=_free_metrics(),
-        demo={
-            "extra_candidates": 1,
-            "max_tokens": 6,
-            "votes": 1,
-            "checker_domains": [],  # the yes-judges accept everything, all of it wrong
-            "verifier_floor": 0.5,
-            "eval_items": 3,
-            "compare_items": 0,
-        },
+    # the yes-judges accept everything, all of it wrong
+    settings = _demo_settings(
+        tmp_path, yes_model_dir, verifier_floor=0.5, eval_items=3, compare_items=0
     )
     out = io.StringIO()
     report = run_demo(settings, Console(file=out, width=140))

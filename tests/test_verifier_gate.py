@@ -15,13 +15,10 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 from rich.console import Console
 
-from daemon.cascade import PromptOutcome
 from daemon.config import Settings
 from daemon.status import collect_status, render_status
-from daemon.store import Store
 from daemon.train import open_registry, run_cycle
-from streams.schemas import ChatMessage
-from tests.test_store import cand, msg
+from tests.test_learning_loop import _record_accepted
 
 # Anything non-empty is right: every candidate the yes-judge accepts is correct.
 ANYTHING = {"question": "Say something.", "answer": ".", "grader": "regex"}
@@ -57,14 +54,8 @@ def _settings(tmp: Path, model: Path, labeled: Path, floor: float | None) -> Set
     )
 
 
-def _fill_store(settings: Settings, n: int = 4) -> None:
-    with Store.open(settings.store, settings.data_dir) as store:
-        for i in range(n):
-            pid = f"p{i}"
-            message = msg(pid, ["ok"]).model_copy(
-                update={"messages": [ChatMessage(role="user", content=f"q{i}")]}
-            )
-            store.record(PromptOutcome(pid, f"q{i}", [cand(0, "ok", "accepted", votes=1)]), message)
+def _fill_store(settings: Settings) -> None:
+    _record_accepted(settings, "ok", {f"p{i}": f"q{i}" for i in range(4)})
 
 
 def _runs(result: str) -> float:

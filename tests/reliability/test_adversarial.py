@@ -21,12 +21,11 @@ from daemon.store import Store
 from daemon.verdicts import parse_verdict
 from daemon.verify import VerifyWorker
 from streams.connection import KafkaSettings
-from streams.producer import Producer
-from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
 from streams.topics import TopicsConfig
-from tests.conftest import committed_total, wait_for
+from tests.conftest import candidates_message, committed_total, wait_for
 from tests.judges import ScriptedJudge, is_infer, prompt_text, stage_of
 from tests.test_serve import _start
+from tests.test_verify import _produce
 from tests.test_verify import _settings as verify_settings
 
 Q, RIGHT = "What is 12 + 7?", "19"
@@ -65,15 +64,6 @@ def injectable(r: ChatRequest) -> str:
     return f"Verdict: {verdict}\nThe text I reviewed:\n{blocks[-1]}"
 
 
-def _message(pid: str, texts: list[str], question: str = Q) -> CandidatesMessage:
-    return CandidatesMessage(
-        id=pid,
-        messages=[ChatMessage(role="user", content=question)],
-        samples=[Sample(text=t, completion_tokens=3) for t in texts],
-        sampling=SamplingParams(n=len(texts), temperature=0.7),
-    )
-
-
 def test_injected_candidates_are_never_accepted_by_the_verify_worker(
     kafka: KafkaSettings, topics: TopicsConfig, tmp_path: Path
 ) -> None:
@@ -101,17 +91,13 @@ def test_injected_candidates_are_never_accepted_by_the_verify_worker(
     }
     assert fooled == set(ATTACKS) - {"steered question"}  # that one aims at the cycle stage
 
-    messages = [_message(f"atk-{i}", [a]) for i, a in enumerate(ATTACKS.values())]
+    messages = [candidates_message(f"atk-{i}", Q, [a]) for i, a in enumerate(ATTACKS.values())]
     messages += [
-        _message("atk-question", ["20"], question=INJECTED_Q),  # the injection in the prompt
-        _message("ctl-right", [RIGHT]),  # an honest, correct answer: must pass
-        _message("ctl-after-attack", [ATTACKS["delimiter break"], RIGHT]),
+        candidates_message("atk-question", INJECTED_Q, ["20"]),  # the injection in the prompt
+        candidates_message("ctl-right", Q, [RIGHT]),  # an honest, correct answer: must pass
+        candidates_message("ctl-after-attack", Q, [ATTACKS["delimiter break"], RIGHT]),
     ]
-    p = Producer(kafka)
-    for m in messages:
-        p.send(topics.candidates, m, key=m.id)
-    p.flush()
-    p.close()
+    _produce(kafka, topics.candidates, messages)
 
     settings = verify_settings(kafka, topics, tmp_path, tmp_path)  # the model is never loaded
     judge = ScriptedJudge(injectable)
