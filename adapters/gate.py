@@ -1,7 +1,7 @@
 """The eval gate's decision rule: does a candidate adapter replace the active one?
 
 A pure function of two sets of numbers, so the rule can be read, tested and replayed apart
-from the (slow) evaluation that produces them (``daemon/evaluate.py``). The candidate must
+from the (slow) evaluation that produces them (``daemon/learning/evaluate.py``). The candidate must
 *beat* the active adapter on the primary metric by at least ``margin`` — a tie keeps what
 already serves, since every swap has a cost and a noisy eval set makes small wins luck —
 and may regress on no other metric by more than ``tolerance``. A metric without data on

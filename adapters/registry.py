@@ -23,7 +23,7 @@ an operator rolled it back). Rollback without a target returns to the most recen
 version — a stack: rolling back twice from v3 goes to v2, then to v1, then to the base.
 
 ``adapters`` knows nothing of Kafka: the daemon publishes the adapter-event and records it
-here (``daemon/promote.py``).
+here (``daemon/learning/promote.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
 from sqlite_utils import Database
 
 from adapters.files import resolve_in_registry
@@ -56,6 +57,21 @@ RUN_STATES = ("running", "done", "failed", "crashed")
 SCHEMA_VERSION = 1
 VERIFIER_EVAL_KINDS = ("eval", "sweep", "gate")
 _VERSION_RE = re.compile(r"^(?P<stem>[a-z0-9][a-z0-9._-]*)-sd-v(?P<n>\d{4,})$")
+
+
+class AdaptersConfig(BaseModel):
+    """The adapter registry on disk."""
+
+    model_config = {"extra": "forbid"}
+
+    registry_dir: Path | None = Field(
+        None,
+        description="Directory of adapter versions; nothing outside it is ever loaded. "
+        "Default: <data_dir>/adapters.",
+    )
+
+    def path(self, data_dir: Path) -> Path:
+        return self.registry_dir if self.registry_dir is not None else data_dir / "adapters"
 
 
 class RegistryError(RuntimeError):

@@ -23,7 +23,7 @@ from typing import Any
 
 import kafka
 
-from daemon.atomic import write_lines
+from daemon.learning.atomic import write_lines
 
 TARGET_RATIO = 0.9
 # Every benchmark `make bench` runs, in its order; bench.report expects one result each.
@@ -215,7 +215,7 @@ def check_record(record: Any, where: str) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside ``path`` then rename (``daemon.atomic``): a reader never sees half a
+    """Write beside ``path`` then rename (``daemon.learning.atomic``): a reader never sees half a
     file, a crash leaves the old one (or none). ``text`` ends with a newline."""
     write_lines(path, [text.removesuffix("\n")])  # which writes a newline after each line
 

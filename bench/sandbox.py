@@ -1,7 +1,7 @@
 """What a tool-stage vote costs: the sandboxed execution stage and the checker stage.
 
 An operator who turns on the ``execution`` stage pays, per vote, for the layers of
-``daemon.sandbox.run_tests`` (a launcher, an init in new namespaces, a harness with dropped
+``daemon.verifying.sandbox.run_tests`` (a launcher, an init in new namespaces, a harness with dropped
 privileges, rlimits and an audit hook: three processes and two interpreter starts). This
 benchmark says how much that is against the least anyone would do to run a candidate's tests,
 and what the ``checker`` stage costs against the grader it wraps. Three measurements, each
@@ -20,7 +20,7 @@ path in the same run as its baseline:
   limit (what is over it is the kill and the reap), with ``subprocess.run(timeout=...)`` of
   the same candidate in the notes.
 * **checker** — ``run_tool_stage("checker", CheckSpec(checker="arithmetic", ...))`` against
-  ``daemon.graders.grade`` of an equivalent numeric ``LabeledItem``, on the same answer.
+  ``daemon.verifying.graders.grade`` of an equivalent numeric ``LabeledItem``, on the same answer.
   Informational: the checker computes the reference from the expression on every call (that
   is its point: the prompt carries no answer to trust), the grader is handed it.
 
@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import log, machine, now, result_row, write_result
-from daemon.checkers import evaluate_arithmetic, run_tool_stage
-from daemon.graders import LabeledItem, grade
-from daemon.sandbox import SandboxConfig, SandboxResult, run_tests
+from daemon.verifying.checkers import evaluate_arithmetic, run_tool_stage
+from daemon.verifying.graders import LabeledItem, grade
+from daemon.verifying.sandbox import SandboxConfig, SandboxResult, run_tests
 from streams.schemas import CheckSpec
 
 # The tests use the solution's names directly: in the sandbox they run in the solution's
@@ -314,7 +314,7 @@ def report_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         result_row(
             "checker stage: run_tool_stage('checker', arithmetic)",
             "checks/s",
-            "daemon.graders.grade of the equivalent numeric LabeledItem",
+            "daemon.verifying.graders.grade of the equivalent numeric LabeledItem",
             ck["raw_checks_per_s"],
             ck["selfdistill_checks_per_s"],
             ratio=ck["ratio"],

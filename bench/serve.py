@@ -457,10 +457,10 @@ def measure_swap(
 # ----------------------------------------------------------------------- main
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from adapters.files import adapter_digest
-    from daemon.config import Settings
     from daemon.engines.model_files import resolve_model_dir
     from daemon.engines.transformers_engine import TransformersEngine
-    from daemon.serve import ServeWorker
+    from daemon.operating.config import Settings
+    from daemon.serving.worker import ServeWorker
     from tests.models import build_adapter
 
     s = Sampling(

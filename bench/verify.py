@@ -62,7 +62,8 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from bench.common import TARGET_RATIO, log, machine, now, quiet, result_row, write_result
-from daemon.cascade import (
+from daemon.engines.base import ChatRequest, ChatResult
+from daemon.verifying.cascade import (
     _FAST_PREFIX,
     STAGES,
     Cascade,
@@ -72,9 +73,8 @@ from daemon.cascade import (
     PromptOutcome,
     naive_calls,
 )
-from daemon.engines.base import ChatRequest, ChatResult
-from daemon.verdicts import parse_verdict
-from daemon.verify import question_of
+from daemon.verifying.verdicts import parse_verdict
+from daemon.verifying.worker import question_of
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer
@@ -459,8 +459,8 @@ def run_worker(
     timeout: float,
 ) -> tuple[PathSample, dict[str, Any]]:
     """A VerifyWorker over ``engine`` on pre-produced candidates; ready → last commit."""
-    from daemon.config import Settings
-    from daemon.verify import VerifyWorker
+    from daemon.operating.config import Settings
+    from daemon.verifying.worker import VerifyWorker
 
     topics = TopicsConfig(candidates=f"bench-candidates-{tag}", partitions=1)
     ensure_topics(kafka_settings, topics)

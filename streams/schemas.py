@@ -52,7 +52,7 @@ def content_id(messages: list[ChatMessage]) -> str:
 class CheckSpec(BaseModel):
     """A checkable form of a prompt's answer, for the verifier's tool stages.
 
-    ``checker`` names a registered deterministic checker (``daemon/checkers.py``: exact,
+    ``checker`` names a registered deterministic checker (``daemon/verifying/checkers.py``: exact,
     numeric, regex, choice, arithmetic) that the ``checker`` stage applies to the final
     answer; ``tests`` is Python test code that the ``execution`` stage runs against a code
     candidate in a sandbox. A prompt may carry either or both. The schema only carries the

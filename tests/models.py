@@ -81,7 +81,7 @@ def build_yes_model(tiny_dir: Path, out: Path, steps: int = 100) -> Path:
     """
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = LlamaForCausalLM.from_pretrained(tiny_dir)
-    from daemon.cascade import load_templates
+    from daemon.verifying.cascade import load_templates
 
     # The real judge prompts (and a plain question), so it says yes where the cascade asks.
     values = [

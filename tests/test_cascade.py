@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from daemon.cascade import Cascade, CascadeConfig, CascadeInput, naive_calls
 from daemon.engines.base import ChatRequest, ChatResult, Completion
-from daemon.verdicts import final_answer, neutralise, parse_verdict
+from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput, naive_calls
+from daemon.verifying.verdicts import final_answer, neutralise, parse_verdict
 from tests.judges import ScriptedJudge, is_infer, prompt_text, stage_of
 
 Q = "What is 12 + 7?"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.checkers import (
+from daemon.verifying.checkers import (
     CHECKERS,
     MAX_BITS,
     TOOL_STAGES,
@@ -22,7 +22,7 @@ from daemon.checkers import (
     register_checker,
     run_tool_stage,
 )
-from daemon.sandbox import SandboxConfig
+from daemon.verifying.sandbox import SandboxConfig
 from streams.schemas import CheckSpec
 
 SANDBOX = SandboxConfig(timeout_s=3.0, memory_mb=256)

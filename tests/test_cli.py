@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from daemon.config import Settings
-from daemon.demo import MALFORMED, bundled_prompts, run_demo
+from daemon.operating.config import Settings
+from daemon.operating.demo import MALFORMED, bundled_prompts, run_demo
 from streams.broker import free_port, port_accepts
 from streams.connection import KafkaSettings
 from streams.schemas import content_id

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError, Settings, load_settings, render_toml
+from daemon.operating.config import ConfigError, Settings, load_settings, render_toml
 from tests.conftest import ROOT, cli
 
 

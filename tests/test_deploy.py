@@ -51,7 +51,7 @@ def exported_names() -> set[str]:
     """Every sample name the workers' /metrics can contain, plus Prometheus' own ``up``."""
     from prometheus_client import REGISTRY
 
-    import daemon.metrics  # noqa: F401  (registers the worker metrics)
+    import daemon.operating.metrics  # noqa: F401  (registers the worker metrics)
     import streams.metrics  # noqa: F401  (registers the streams-layer metrics)
 
     suffixes = {
@@ -96,7 +96,7 @@ def label_names() -> dict[str, set[str]]:
     """Sample name -> the labels it can carry (its own, and what a scrape adds)."""
     from prometheus_client import REGISTRY
 
-    import daemon.metrics  # noqa: F401
+    import daemon.operating.metrics  # noqa: F401
     import streams.metrics  # noqa: F401
 
     # job and instance come with every scrape; prometheus.yml adds `worker` to each target.
@@ -395,7 +395,7 @@ def check_cli(args: list[str], where: str) -> None:
     """``args`` (after ``selfdistill``) name a real subcommand with options it accepts."""
     import typer
 
-    from daemon.cli import app
+    from daemon.operating.cli import app
 
     group = typer.main.get_command(app)  # a click Group (typer may ship its own click)
     root_opts = {o: p for p in group.params for o in (*p.opts, *p.secondary_opts)}
@@ -436,7 +436,7 @@ def check_env_names(names: set[str], where: str) -> None:
     """Each SELFDISTILL_<SECTION>__<KEY> names a settings field (SELFDISTILL_CONFIG: the file)."""
     from pydantic import BaseModel
 
-    from daemon.config import Settings
+    from daemon.operating.config import Settings
 
     for name in names - {"SELFDISTILL_CONFIG"}:
         model: Any = Settings
@@ -452,7 +452,7 @@ def load_with_env(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str = ""
 ) -> Any:
     """Settings from ``toml`` plus these SELFDISTILL_* variables; ConfigError on a bad one."""
-    from daemon.config import load_settings
+    from daemon.operating.config import load_settings
 
     path = tmp_path / f"cfg-{len(list(tmp_path.iterdir()))}.toml"
     path.write_text(toml)
@@ -644,7 +644,7 @@ def test_dockerfile_builds_the_package_with_the_pinned_torch() -> None:
     torch_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("torch=="))
     assert re.search(rf"pip install .*{re.escape(torch_pin)}", text)
     assert 'ENTRYPOINT ["selfdistill"]' in text
-    assert pyproject["project"]["scripts"]["selfdistill"] == "daemon.cli:app"
+    assert pyproject["project"]["scripts"]["selfdistill"] == "daemon.operating.cli:app"
     copied = re.findall(r"^COPY (.+) \S+$", text, re.M)
     for src in " ".join(copied).split():
         assert (ROOT / src).exists(), src

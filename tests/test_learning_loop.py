@@ -23,13 +23,13 @@ import pytest
 
 from adapters.files import adapter_digest
 from adapters.registry import Registry
-from daemon.cascade import PromptOutcome
-from daemon.config import Settings, render_toml
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.promote import promote
-from daemon.serve import ServeWorker
-from daemon.store import Store
-from daemon.train import gate_candidate, run_cycle
+from daemon.learning.promote import promote
+from daemon.learning.train import gate_candidate, run_cycle
+from daemon.operating.config import Settings, render_toml
+from daemon.serving.worker import ServeWorker
+from daemon.verifying.cascade import PromptOutcome
+from daemon.verifying.store import Store
 from streams.connection import KafkaSettings
 from streams.schemas import AdapterEvent, ChatMessage
 from streams.topics import TopicsConfig

@@ -19,14 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.files import adapter_digest
 from adapters.registry import Registry
-from daemon.config import Settings
+from daemon.engines.hotswap import AdapterRouter
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.hotswap import AdapterRouter
-from daemon.observe import MetricsConfig, observability
-from daemon.promote import promote, rollback
-from daemon.serve import ServeWorker
-from daemon.train import run_cycle
-from daemon.verify import VerifyWorker
+from daemon.learning.promote import promote, rollback
+from daemon.learning.train import run_cycle
+from daemon.operating.config import Settings
+from daemon.operating.observe import MetricsConfig, observability
+from daemon.serving.worker import ServeWorker
+from daemon.verifying.worker import VerifyWorker
 from streams.broker import free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer

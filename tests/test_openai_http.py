@@ -22,7 +22,7 @@ import pytest
 from daemon.engines.base import AdapterLoadError, ChatRequest, ChatResult, EngineError
 from daemon.engines.openai_engine import OpenAIEngine, split_evenly
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.openai_server import build_server, run_server
+from daemon.serving.openai_server import build_server, run_server
 from streams.broker import free_port
 
 TOKEN = "test-admin-token"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sandbox import SandboxConfig, SandboxResult, extract_code, run_tests
+from daemon.verifying.sandbox import SandboxConfig, SandboxResult, extract_code, run_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 ADD = "def add(a, b):\n    return a + b\n"

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from adapters.files import adapter_digest
-from daemon.config import Settings
 from daemon.engines.base import ChatRequest
+from daemon.engines.hotswap import AdapterRouter
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.hotswap import AdapterEventFollower, AdapterRouter
-from daemon.serve import ServeWorker
+from daemon.operating.config import Settings
+from daemon.serving.worker import ServeWorker
+from streams.adapter_events import AdapterEventFollower
 from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import AdapterEvent, CandidatesMessage, PromptMessage, ResponseMessage
@@ -315,8 +316,8 @@ def test_verified_answer_policy_returns_the_first_candidate_that_passes(
     registry_dir: Path, tmp_path: Path, tiny_engine: TransformersEngine
 ) -> None:
     """UQ-TTC: the cascade runs at answer time over the samples, in order."""
-    from daemon.cascade import CascadeConfig
-    from daemon.serve import ServeConfig, ServeHandler
+    from daemon.serving.worker import ServeConfig, ServeHandler
+    from daemon.verifying.cascade import CascadeConfig
     from streams.consumer import Record
     from tests.judges import ScriptedJudge, is_infer, prompt_text
 

@@ -22,10 +22,11 @@ from rich.console import Console
 
 from adapters.gate import HELDOUT, LABELED, GateConfig, decide
 from adapters.registry import Registry
-from daemon.config import Settings, render_toml
-from daemon.observe import observability
-from daemon.status import collect_status, dlq_topics, render_status
-from daemon.store import Store
+from daemon.operating.config import Settings, render_toml
+from daemon.operating.observe import observability
+from daemon.operating.status import collect_status, dlq_topics
+from daemon.operating.status_view import render_status
+from daemon.verifying.store import Store
 from streams.broker import free_port
 from streams.connection import KafkaSettings
 from streams.deadletter import DeadLetter

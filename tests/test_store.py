@@ -12,10 +12,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from daemon.cascade import STAGES, CandidateOutcome, JudgeCall, PromptOutcome, StageOutcome
-from daemon.export import export_accepted
-from daemon.store import Store, StoreConfig, candidate_id, split_for
-from daemon.verdicts import final_answer
+from daemon.learning.export import export_accepted
+from daemon.verifying.cascade import (
+    STAGES,
+    CandidateOutcome,
+    JudgeCall,
+    PromptOutcome,
+    StageOutcome,
+)
+from daemon.verifying.store import Store, StoreConfig, candidate_id, split_for
+from daemon.verifying.verdicts import final_answer
 from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
 
 TOK = 7  # completion tokens of every judge call in these tests

@@ -14,17 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.graders import (
-    GRADERS,
-    LabeledItem,
-    LabeledSetError,
-    extract_choice,
-    extract_number,
-    grade,
-    load_labeled,
-)
-from daemon.produce import parse_lines
-from daemon.tasks import (
+from daemon.learning.tasks import (
     HELDOUT_SEED_OFFSET,
     KIND_WEIGHTS,
     KINDS,
@@ -34,6 +24,16 @@ from daemon.tasks import (
     generate_items,
     heldout_items,
     seed_prompts,
+)
+from daemon.operating.produce import parse_lines
+from daemon.verifying.graders import (
+    GRADERS,
+    LabeledItem,
+    LabeledSetError,
+    extract_choice,
+    extract_number,
+    grade,
+    load_labeled,
 )
 from streams.schemas import PromptMessage
 

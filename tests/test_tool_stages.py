@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from daemon.cascade import Cascade, CascadeConfig, CascadeInput
-from daemon.config import Settings
-from daemon.sandbox import SandboxConfig
-from daemon.store import Store
-from daemon.verify import VerifyWorker
+from daemon.operating.config import Settings
+from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput
+from daemon.verifying.sandbox import SandboxConfig
+from daemon.verifying.store import Store
+from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.schemas import CandidatesMessage, CheckSpec
 from streams.topics import TopicsConfig

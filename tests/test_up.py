@@ -8,10 +8,10 @@ from pathlib import Path
 from rich.console import Console
 
 from adapters.registry import Registry
-from daemon.config import Settings
-from daemon.demo import run_demo
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.up import Up
+from daemon.operating.config import Settings
+from daemon.operating.demo import run_demo
+from daemon.operating.up import Up
 from streams.broker import free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer

@@ -16,18 +16,20 @@ import pytest
 from prometheus_client import REGISTRY
 
 from adapters.registry import Registry
-from daemon.cascade import Cascade, CascadeConfig, CascadeInput
-from daemon.config import Settings
 from daemon.engines.base import ChatRequest
-from daemon.graders import LabeledItem
-from daemon.verifier_eval import (
-    VerifierEvalConfig,
+from daemon.learning.verifier_gate import (
     VerifierGateConfig,
+    export_verifier_metrics,
+    measure_verifier,
+)
+from daemon.operating.config import Settings
+from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput
+from daemon.verifying.graders import LabeledItem
+from daemon.verifying.quality import (
+    VerifierEvalConfig,
     VerifierReport,
     auc,
     evaluate_verifier,
-    export_verifier_metrics,
-    measure_verifier,
     sample_candidates,
     sweep,
 )

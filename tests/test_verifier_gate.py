@@ -15,9 +15,11 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 from rich.console import Console
 
-from daemon.config import Settings
-from daemon.status import collect_status, render_status
-from daemon.train import open_registry, run_cycle
+from daemon.learning.settings import open_registry
+from daemon.learning.train import run_cycle
+from daemon.operating.config import Settings
+from daemon.operating.status import collect_status
+from daemon.operating.status_view import render_status
 from tests.test_learning_loop import _record_accepted
 
 # Anything non-empty is right: every candidate the yes-judge accepts is correct.

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from adapters.gate import LABELED
-from daemon.cascade import Cascade, CascadeConfig, CascadeInput
-from daemon.config import Settings
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.graders import grade, load_labeled
-from daemon.store import Store
-from daemon.tasks import bundled_heldout, generate_items, seed_prompts
-from daemon.train import run_cycle
-from daemon.verifier_eval import evaluate_verifier, sample_candidates
+from daemon.learning.tasks import bundled_heldout, generate_items, seed_prompts
+from daemon.learning.train import run_cycle
+from daemon.operating.config import Settings
+from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput
+from daemon.verifying.graders import grade, load_labeled
+from daemon.verifying.quality import evaluate_verifier, sample_candidates
+from daemon.verifying.store import Store
 from streams.schemas import CandidatesMessage, Sample, SamplingParams
 
 N = 2  # candidates per held-out item

@@ -7,10 +7,10 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from daemon.config import Settings
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.store import Store
-from daemon.verify import VerifyWorker
+from daemon.operating.config import Settings
+from daemon.verifying.store import Store
+from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams

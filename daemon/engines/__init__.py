@@ -7,11 +7,12 @@ chosen, so the CLI starts without loading torch or vLLM.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 if TYPE_CHECKING:
+    from adapters.registry import AdaptersConfig
     from daemon.engines.base import Engine
 
 
@@ -75,6 +76,21 @@ class EngineConfig(BaseModel):
     )
     max_loras: int = Field(4, ge=1, description="vllm: adapters resident at once.")
     max_model_len: int | None = Field(None, description="vllm: context length cap.")
+
+
+class EngineSettings(Protocol):
+    """What every stage that runs the model reads of the daemon's settings (``Settings`` is
+    one): which model, how it runs, and where its adapters live. Each stage extends it with
+    its own part, so no stage imports ``Settings`` back from the operator's layer."""
+
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def model(self) -> ModelConfig: ...
+    @property
+    def engine(self) -> EngineConfig: ...
+    @property
+    def adapters(self) -> AdaptersConfig: ...
 
 
 def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:

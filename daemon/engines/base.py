@@ -98,3 +98,13 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def generate_batched(
+    engine: Engine, requests: Sequence[ChatRequest], batch_size: int
+) -> list[ChatResult]:
+    """``engine.generate`` over ``requests``, ``batch_size`` at a time."""
+    out: list[ChatResult] = []
+    for i in range(0, len(requests), batch_size):
+        out += engine.generate(requests[i : i + batch_size])
+    return out

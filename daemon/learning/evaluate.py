@@ -34,9 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.gate import HELDOUT, LABELED
 from adapters.registry import BASE
-from daemon.cascade import Cascade, CascadeConfig, CascadeInput, question_of
-from daemon.engines.base import ChatRequest, ChatResult, Engine
-from daemon.graders import LabeledItem, grade, load_labeled
+from daemon.engines.base import ChatRequest, Engine, generate_batched
+from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput, question_of
+from daemon.verifying.graders import LabeledItem, grade, hash_items, load_labeled
 from streams.schemas import ChatMessage
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class EvalConfig(BaseModel):
     labeled_set: Path | None = Field(
         None,
         description="JSONL of {id, question, answer, grader: exact|numeric|regex|choice}; "
-        "default: the bundled task's held-out set (daemon/data/task/heldout.jsonl).",
+        "default: the bundled task's held-out set (daemon/learning/data/task/heldout.jsonl).",
     )
     labeled_max: int | None = Field(
         None, ge=1, description="Score only the first N labeled items (None: all)."
@@ -78,7 +78,7 @@ def path_or_bundled(path: Path | None) -> Path:
     """``path``, or (None) the bundled task's held-out set."""
     if path is not None:
         return path
-    from daemon.tasks import bundled_heldout
+    from daemon.learning.tasks import bundled_heldout
 
     return bundled_heldout()
 
@@ -87,22 +87,6 @@ def load_items(path: Path, limit: int | None) -> list[LabeledItem]:
     """The labeled set at ``path`` (raises ``LabeledSetError``): its first ``limit`` items."""
     items = load_labeled(path)
     return items if limit is None else items[:limit]
-
-
-def hash_items(h: Any, items: Sequence[LabeledItem]) -> None:
-    """Feed ``items`` to the hash ``h``: any change to an item changes the digest."""
-    for item in items:
-        h.update(item.model_dump_json().encode() + b"\0")
-
-
-def generate_batched(
-    engine: Engine, requests: Sequence[ChatRequest], batch_size: int
-) -> list[ChatResult]:
-    """``engine.generate`` over ``requests``, ``batch_size`` at a time."""
-    out: list[ChatResult] = []
-    for i in range(0, len(requests), batch_size):
-        out += engine.generate(requests[i : i + batch_size])
-    return out
 
 
 @contextlib.contextmanager

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from daemon.atomic import write_lines
-from daemon.store import Store
+from daemon.learning.atomic import write_lines
+from daemon.verifying.store import Store
 
 
 def sample_line(row: dict[str, Any]) -> dict[str, Any]:

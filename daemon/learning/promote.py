@@ -14,25 +14,33 @@ but the operator should hear it here, at the command, not from a dashboard later
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from adapters.files import verify_adapter
 from adapters.registry import BASE, Registry
-from daemon.metrics import ADAPTER_EVENTS
+from daemon.learning.metrics import ADAPTER_EVENTS
+from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import AdapterEvent
-
-if TYPE_CHECKING:
-    from daemon.config import Settings
+from streams.topics import TopicsConfig
 
 log = logging.getLogger(__name__)
+
+
+class PublishSettings(Protocol):
+    """Where announcements go (``Settings`` is one): the cluster and the topic names."""
+
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def topics(self) -> TopicsConfig: ...
 
 
 def _actor(actor: str) -> str:
     return actor if actor in ("train", "cli") else "other"  # a bounded label
 
 
-def publish(settings: Settings, event: AdapterEvent) -> None:
+def publish(settings: PublishSettings, event: AdapterEvent) -> None:
     """Send one adapter event and wait until the broker has it (raises ProduceError if not)."""
     producer = Producer(settings.kafka, name="adapter-events-writer")
     try:
@@ -57,7 +65,12 @@ def _event(registry: Registry, action: str, version: str, reason: str | None) ->
 
 
 def promote(
-    settings: Settings, registry: Registry, version: str, *, actor: str, reason: str | None = None
+    settings: PublishSettings,
+    registry: Registry,
+    version: str,
+    *,
+    actor: str,
+    reason: str | None = None,
 ) -> AdapterEvent:
     """Announce ``version`` as the active adapter and record the promotion."""
     if registry.active_version() == version:
@@ -73,7 +86,7 @@ def promote(
 
 
 def rollback(
-    settings: Settings,
+    settings: PublishSettings,
     registry: Registry,
     target: str | None = None,
     *,

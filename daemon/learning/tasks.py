@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from daemon.atomic import write_lines
-from daemon.graders import CHOICE_LETTERS, GraderName, LabeledItem
+from daemon.learning.atomic import write_lines
+from daemon.verifying.graders import CHOICE_LETTERS, GraderName, LabeledItem
 from streams.schemas import CheckSpec, PromptMessage
 
 Kind = Literal["add", "sub", "mul", "word", "compare", "units", "units_text", "choice"]

@@ -8,7 +8,7 @@ One cycle (:func:`run_cycle`), in order:
    ``train.min_new_samples`` → nothing to do (a crashed run registered nothing, so its
    samples are still new and the next cycle retries them);
    with ``train.verifier`` on, measure the verifier's precision on the labeled held-out set
-   (``daemon/verifier_eval.py``; cached while judge and settings are unchanged) and record
+   (``daemon/learning/verifier_gate.py``; cached while judge and settings are unchanged) and record
    it; below ``train.verifier.floor`` the cycle stops here, ``paused``: the accepted data is
    not better than what the model already does, and training on it would teach noise;
 3. reserve the next version name, freeze the data as a store snapshot named after it, train
@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters.gate import GateConfig, decide
 from adapters.registry import BASE, AdapterRecord, Registry, RegistryBusy
 from adapters.training import TrainingConfig
-from daemon.evaluate import (
+from daemon.learning.evaluate import (
     EvalConfig,
     NewestVersions,
     adapter_loaded,
@@ -50,7 +48,7 @@ from daemon.evaluate import (
     fingerprint,
     load_eval_data,
 )
-from daemon.metrics import (
+from daemon.learning.metrics import (
     EVAL_SCORE,
     GATE_DECISIONS,
     TRAINING_LOSS,
@@ -58,12 +56,14 @@ from daemon.metrics import (
     TRAINING_SECONDS,
     TRAINING_TOKENS_PER_SECOND,
 )
-from daemon.verifier_eval import VerifierGateConfig
+from daemon.learning.settings import VerifierSettings, model_label, open_registry
+from daemon.learning.verifier_gate import VerifierGateConfig
+from streams.connection import KafkaSettings
+from streams.topics import TopicsConfig
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
     from daemon.engines.base import Engine
-    from daemon.store import Store
+    from daemon.verifying.store import Store, StoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,20 @@ class TrainConfig(BaseModel):
         return v
 
 
+class TrainSettings(VerifierSettings, Protocol):
+    """What the train cycle reads of the daemon's settings (``Settings`` is one): the model
+    and its registry, the store, the verifier's settings for its gate, where to publish."""
+
+    @property
+    def store(self) -> StoreConfig: ...
+    @property
+    def train(self) -> TrainConfig: ...
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def topics(self) -> TopicsConfig: ...
+
+
 @dataclass
 class CycleReport:
     """What one cycle did, for the log, the CLI and the tests."""
@@ -131,24 +145,9 @@ class CycleReport:
         return asdict(self)
 
 
-def open_registry(settings: Settings, *, read_only: bool = False) -> Registry:
-    return Registry(settings.adapters.path(settings.data_dir), read_only=read_only)
-
-
-def model_label(settings: Settings) -> str:
-    """The name version names are built from (``smollm2-135m-instruct-sd-v0001``)."""
-    if settings.model.name:
-        return settings.model.name
-    if settings.model.path == "embedded":
-        from daemon.engines.model_files import EMBEDDED_NAME
-
-        return EMBEDDED_NAME
-    return settings.model.path
-
-
 # ------------------------------------------------------------------------- the cycle
 def run_cycle(
-    settings: Settings,
+    settings: TrainSettings,
     *,
     engine: Engine | None = None,
     force: bool = False,
@@ -162,7 +161,7 @@ def run_cycle(
     steps: a shutdown interrupts training (the run is recorded as failed, nothing is left
     on disk) instead of waiting for it to finish.
     """
-    from daemon.store import Store
+    from daemon.verifying.store import Store
 
     started = time.monotonic()
     registry = open_registry(settings)
@@ -193,7 +192,7 @@ def run_cycle(
 
 
 def _cycle(
-    settings: Settings,
+    settings: TrainSettings,
     registry: Registry,
     store: Store,
     engine: Engine | None,
@@ -265,10 +264,10 @@ def _cycle(
 
 
 def _verifier_gate(
-    settings: Settings, registry: Registry, engine: Engine
+    settings: TrainSettings, registry: Registry, engine: Engine
 ) -> tuple[CycleReport | None, dict[str, Any]]:
     """Measure (or recall) the verifier's precision; a report when training must pause."""
-    from daemon.verifier_eval import measure_verifier
+    from daemon.learning.verifier_gate import measure_verifier
 
     vg = settings.train.verifier
     report = measure_verifier(
@@ -293,7 +292,7 @@ def _verifier_gate(
 
 
 def _train(
-    settings: Settings,
+    settings: TrainSettings,
     registry: Registry,
     version: str,
     rows: list[dict[str, Any]],
@@ -323,7 +322,7 @@ def _train(
 
 # ---------------------------------------------------------------------- the gate
 def gate_candidate(
-    settings: Settings,
+    settings: TrainSettings,
     registry: Registry,
     store: Store,
     version: str,
@@ -387,7 +386,7 @@ def gate_candidate(
         elif not cfg.gate.auto_promote:
             outcome, reason = "candidate", f"passed the gate (auto_promote off): {reason}"
         else:
-            from daemon.promote import promote
+            from daemon.learning.promote import promote
 
             promote(settings, registry, version, actor="train", reason=decision.reason)
             outcome = "promoted"
@@ -422,7 +421,7 @@ def _export_scores(version: str, metrics: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------ the scheduler
-def add_training_job(scheduler: Any, settings: Settings, job: Callable[[], None]) -> None:
+def add_training_job(scheduler: Any, settings: TrainSettings, job: Callable[[], None]) -> None:
     """Schedule ``job`` on the configured interval or cron: never two at once
     (``max_instances=1``), missed ticks collapse into one (``coalesce``), the first tick
     at once on an interval schedule."""
@@ -447,35 +446,6 @@ def add_training_job(scheduler: Any, settings: Settings, job: Callable[[], None]
         f"cron {cfg.cron!r}" if cfg.cron else f"every {cfg.interval_s:g}s",
         cfg.min_new_samples,
     )
-
-
-def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
-    """Run cycles on the configured interval or cron until SIGTERM/SIGINT."""
-    from apscheduler.schedulers.blocking import BlockingScheduler
-
-    scheduler = BlockingScheduler()
-    stopping = threading.Event()
-
-    def job() -> None:
-        try:
-            run_cycle(settings, progress=progress, should_stop=stopping.is_set)
-        except Exception:
-            log.exception("train cycle failed; retrying at the next tick")
-
-    add_training_job(scheduler, settings, job)
-
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping the scheduler (a training run is interrupted)", signum)
-        stopping.set()
-        threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-    from daemon.observe import observability
-
-    with observability(settings.metrics, "train", lambda: scheduler.running):
-        scheduler.start()
 
 
 def _now() -> Any:

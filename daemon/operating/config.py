@@ -19,13 +19,14 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from daemon.demo import DemoConfig
+from adapters.registry import AdaptersConfig
 from daemon.engines import EngineConfig, ModelConfig
-from daemon.observe import MetricsConfig
-from daemon.serve import ServeConfig
-from daemon.store import StoreConfig
-from daemon.train import TrainConfig
-from daemon.verify import VerifyConfig
+from daemon.learning.train import TrainConfig
+from daemon.operating.demo import DemoConfig
+from daemon.operating.observe import MetricsConfig
+from daemon.serving.worker import ServeConfig
+from daemon.verifying.store import StoreConfig
+from daemon.verifying.worker import VerifyConfig
 from streams.broker import BrokerConfig
 from streams.connection import KafkaSettings
 from streams.topics import TopicsConfig
@@ -33,21 +34,6 @@ from streams.topics import TopicsConfig
 ENV_PREFIX = "SELFDISTILL_"
 CONFIG_ENV = "SELFDISTILL_CONFIG"
 DEFAULT_FILE = "selfdistill.toml"
-
-
-class AdaptersConfig(BaseModel):
-    """The adapter registry on disk."""
-
-    model_config = {"extra": "forbid"}
-
-    registry_dir: Path | None = Field(
-        None,
-        description="Directory of adapter versions; nothing outside it is ever loaded. "
-        "Default: <data_dir>/adapters.",
-    )
-
-    def path(self, data_dir: Path) -> Path:
-        return self.registry_dir if self.registry_dir is not None else data_dir / "adapters"
 
 
 class Settings(BaseSettings):

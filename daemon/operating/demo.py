@@ -24,15 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from daemon.produce import produce_prompts
-from daemon.tail import tail
+from daemon.operating.produce import produce_prompts
+from daemon.operating.tail import tail
 from streams.broker import EmbeddedBroker, free_port, port_accepts
 from streams.producer import Producer
 from streams.schemas import CandidatesMessage, ResponseMessage
 from streams.topics import ensure_topics
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
+    from daemon.operating.config import Settings
 
 #: Messages no worker can use, sent straight to the prompts topic to show dead-lettering.
 MALFORMED: list[tuple[str, bytes]] = [
@@ -97,7 +97,7 @@ class DemoReport:
     store_counts: dict[str, int] = field(default_factory=dict)
     funnel: dict[str, Any] = field(default_factory=dict)
     accepted: list[dict[str, Any]] = field(default_factory=list)
-    cycle: Any = None  # daemon.train.CycleReport of the training step
+    cycle: Any = None  # daemon.learning.train.CycleReport of the training step
     after_swap: list[ResponseMessage] = field(default_factory=list)
     verifiers: dict[str, Any] = field(default_factory=dict)  # name -> VerifierReport
     seconds: float = 0.0
@@ -109,7 +109,7 @@ class DemoReport:
 
 
 def bundled_prompts() -> list[str]:
-    text = resources.files("daemon").joinpath("data/demo_prompts.jsonl").read_text()
+    text = resources.files("daemon.operating").joinpath("data/demo_prompts.jsonl").read_text()
     return text.splitlines()
 
 
@@ -173,9 +173,10 @@ def _demo_settings(settings: Settings, bootstrap: str) -> Settings:
 
 def run_demo(settings: Settings, console: Console) -> DemoReport:
     from daemon.engines import make_engine
-    from daemon.status import collect_status, render_status
-    from daemon.store import Store
-    from daemon.up import Up
+    from daemon.operating.status import collect_status
+    from daemon.operating.status_view import render_status
+    from daemon.operating.up import Up
+    from daemon.verifying.store import Store
 
     started = time.monotonic()
     report = DemoReport()
@@ -314,9 +315,9 @@ def _show_cycle(console: Console, cycle: Any) -> None:
 def _compare_verifiers(run: Settings, engine: Any, console: Console) -> dict[str, Any]:
     """The self-cascade and the checker judge the SAME sampled candidates of labeled
     problems; their precision against the graded truth is what the loop's data is worth."""
-    from daemon.graders import load_labeled
-    from daemon.tasks import bundled_heldout
-    from daemon.verifier_eval import evaluate_verifier, sample_candidates
+    from daemon.learning.tasks import bundled_heldout
+    from daemon.verifying.graders import load_labeled
+    from daemon.verifying.quality import evaluate_verifier, sample_candidates
 
     items = load_labeled(bundled_heldout())[: run.demo.compare_items]
     n = run.serve.extra_candidates + 1

@@ -60,7 +60,7 @@ def version() -> str:
 
 
 def set_build_info(worker: str) -> None:
-    from daemon.metrics import BUILD_INFO
+    from daemon.operating.metrics import BUILD_INFO
 
     BUILD_INFO.info({"version": version(), "python": platform.python_version(), "worker": worker})
 

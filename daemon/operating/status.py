@@ -15,12 +15,11 @@ consumer group or commits an offset, and a registry or store that does not exist
 reported as missing, not created.
 
 :func:`collect_status` returns plain JSON-ready data (``--json`` prints it for scripts and
-alerting); :func:`render_status` draws it with rich tables.
+alerting); ``daemon/operating/status_view.py`` draws it with rich tables.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import shutil
@@ -30,21 +29,19 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from adapters.gate import HELDOUT, LABELED
 from adapters.registry import BASE, DB_FILE, AdapterRecord
-from daemon.observe import Worker
+from daemon.operating.observe import Worker
+from daemon.operating.status_view import RUNS_SHOWN, render_status, show_num, show_when
 
 if TYPE_CHECKING:
     from adapters.registry import Registry
-    from daemon.config import Settings
+    from daemon.operating.config import Settings
 
 
 WORKERS: tuple[Worker, ...] = ("serve", "verify", "train")
-RUNS_SHOWN = 5
 KAFKA_CONNECT_TIMEOUT_S = 3.0  # the workers' 60 s default is for start-up, not for a glance
 DLQ_READ_TIMEOUT_S = 10.0  # reading every dead letter stops here; the count is then a floor
 DLQ_IDLE_S = 1.0  # nothing new for this long after the positions are known: the end
@@ -169,7 +166,7 @@ def _registry_sections(
             "counts": {},
         }
         return adapter, [], []
-    from daemon.train import open_registry
+    from daemon.learning.settings import open_registry
 
     with open_registry(settings, read_only=True) as reg:
         active = reg.active()
@@ -303,8 +300,8 @@ def _verifier_section(settings: Settings, rows: list[dict[str, Any]]) -> dict[st
         if precision is None or precision < floor:
             out["paused"] = True
             out["reason"] = (
-                f"training paused: verifier precision {_num(precision)} < floor {floor:.3f} "
-                f"(measured {_when(gate['at'])})"
+                f"training paused: verifier precision {show_num(precision)} < floor {floor:.3f} "
+                f"(measured {show_when(gate['at'])})"
             )
     sweep = next((r for r in rows if r["kind"] == "sweep"), None)
     if sweep is not None:
@@ -320,7 +317,7 @@ def _verifier_section(settings: Settings, rows: list[dict[str, Any]]) -> dict[st
 
 def _store_section(settings: Settings) -> dict[str, Any]:
     """Counts, the cascade funnel, acceptance rates and file sizes of the sample store."""
-    from daemon.store import Store
+    from daemon.verifying.store import Store
 
     path = settings.store.path_in(settings.data_dir)
     out: dict[str, Any] = {"path": str(path), "present": path.is_file()}
@@ -498,324 +495,6 @@ def _probe_worker(settings: Settings, worker: Worker, timeout_s: float) -> dict[
     return out
 
 
-# ------------------------------------------------------------------------- rendering
-def render_status(data: dict[str, Any], console: Console) -> None:
-    """Draw the status, most urgent question first: what serves, then what changed it."""
-    stamp = (
-        datetime.datetime.fromtimestamp(data["generated_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        if data.get("generated_at")
-        else "?"
-    )
-    console.print(
-        f"[bold]selfdistill status[/] on {data.get('host', '?')} at {stamp}  "
-        f"(data_dir {data.get('data_dir')}, collected in {data.get('collected_in_s')}s)",
-        highlight=False,
-    )
-    _render_adapter(data.get("adapter") or {}, console)
-    _render_runs(data.get("runs") or [], console)
-    _render_verifier(data.get("verifier") or {}, console)
-    _render_store(data.get("store") or {}, console)
-    _render_dead_letters(data.get("dead_letters") or {}, console)
-    _render_workers(data.get("workers") or {}, console)
-
-
-def _table(*columns: str, **kw: Any) -> Table:
-    """A borderless table: the screen must fit 100 columns with full version names."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, **kw)
-    for col in columns:
-        table.add_column(col)
-    return table
-
-
-def _render_adapter(a: dict[str, Any], console: Console) -> None:
-    console.print()
-    if "error" in a:
-        console.print(f"[bold]serving[/]: [red]registry unreadable[/]: {a['error']}")
-        return
-    pin = f"  [yellow](pinned to {a['pinned']}: no automatic promotion)[/]" if a["pinned"] else ""
-    console.print(f"[bold]serving[/]: [bold green]{a['serving']}[/]{pin}", highlight=False)
-    if not a.get("registry_present"):
-        console.print(
-            f"  no adapter registry yet at {a['registry']}: the base model serves", highlight=False
-        )
-        return
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(a.get("counts", {}).items()))
-    console.print(f"  registry {a['registry']}: {counts or 'empty'}", highlight=False)
-    cols = [(role, rec) for role, rec in (("serving", a["active"]), ("newest", a["newest"])) if rec]
-    if not cols:
-        return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, show_header=True)
-    table.add_column("", style="bold", no_wrap=True)
-    for role, _ in cols:
-        table.add_column(
-            "serving adapter" if role == "serving" else "newest candidate", overflow="fold"
-        )
-
-    def row(label: str, cell: Any) -> None:
-        values = [cell(rec) for _, rec in cols]
-        if any(v not in (None, "", "-") for v in values):
-            table.add_row(label, *[v or "-" for v in values])
-
-    def metric(name: str) -> Any:
-        def cell(rec: dict[str, Any]) -> str:
-            mine, theirs = rec["metrics"].get(name), rec["compared_metrics"].get(name)
-            return _num(mine) + (f" vs {_num(theirs)}" if theirs is not None else "")
-
-        return cell
-
-    def gate(rec: dict[str, Any]) -> str:
-        g = rec.get("gate")
-        if not g:
-            return "no decision recorded"
-        return f"{'passed' if g.get('promote') else 'rejected'}: {g.get('reason')}"
-
-    row("version", lambda r: r["version"])
-    row("status", lambda r: r["status"])
-    row("promoted", lambda r: _when(r["promoted_at"]) if r["status"] == "promoted" else None)
-    row("trained", lambda r: _when(r["created_at"]))
-    row("samples", lambda r: str(r["sample_count"]))
-    row("train loss", lambda r: _num(r["train_loss"], 4))
-    row("compared with", lambda r: r["compared_to"])
-    row(LABELED, metric(LABELED))
-    row(HELDOUT, metric(HELDOUT))
-    row("gate", gate)
-
-    def made_active(rec: dict[str, Any]) -> str | None:
-        if rec["status"] != "promoted" or not rec.get("promoted_by"):
-            return None
-        why = rec.get("promote_reason")
-        same = why == (rec.get("gate") or {}).get("reason")  # the gate's words, shown above
-        return rec["promoted_by"] + ("" if not why or same else f": {why}")
-
-    row("made active by", made_active)
-    console.print(table)
-
-
-def _render_runs(runs: list[dict[str, Any]], console: Console) -> None:
-    console.print()
-    if not runs:
-        console.print("[bold]training runs[/]: none yet")
-        return
-    console.print(f"[bold]last training runs[/] (newest first, up to {RUNS_SHOWN})")
-    table = _table("version", "state", "started", "took", "samples", "adapter", "loss")
-    table.columns[0].no_wrap = True
-    for r in runs:
-        style = {"failed": "red", "crashed": "red", "running": "yellow"}.get(r["state"], "")
-        table.add_row(
-            r["version"],
-            f"[{style}]{r['state']}[/]" if style else r["state"],
-            _when(r["started_at"]),
-            "-" if r["duration_s"] is None else _duration(r["duration_s"]),
-            "-" if r["sample_count"] is None else str(r["sample_count"]),
-            r["adapter_status"] or "-",
-            _num(r["train_loss"], 4),
-        )
-    console.print(table)
-    for r in runs:
-        if r.get("error"):
-            console.print(
-                f"  {r['version']} {r['state']}: {_clip(r['error'], 300)}", highlight=False
-            )
-
-
-def _render_verifier(v: dict[str, Any], console: Console) -> None:
-    console.print()
-    if "error" in v:
-        console.print(f"[bold]verifier[/]: [red]unreadable[/]: {v['error']}", highlight=False)
-        return
-    latest = v.get("latest")
-    if latest is None:
-        console.print(
-            "[bold]verifier[/]: never measured against labeled truth "
-            "(run `selfdistill eval verifier`, or set train.verifier.measure)"
-        )
-        _render_sweep(v.get("sweep"), console)
-        return
-    console.print(
-        f"[bold]verifier[/] (judge {latest['judge']}, {latest['kind']} {_when(latest['at'])}): "
-        f"{latest['items']} labeled items x {latest['n']} candidates, v={latest['votes']}; "
-        f"base rate {_pct(latest['base_rate'])} correct",
-        highlight=False,
-    )
-    table = _table("stage", "reached", "passed", "precision", "recall", "AUC")
-    for col in table.columns[1:]:
-        col.justify = "right"
-    table.add_row(
-        "[bold]cascade[/]",
-        str(latest["candidates"]),
-        str(latest["accepted"]),
-        _num(latest["precision"]),
-        _num(latest["recall"]),
-        _num(latest["auc"]),
-    )
-    for st in latest["stages"]:
-        if not st["reached"]:  # configured, but no candidate met it (another domain's list)
-            continue
-        table.add_row(
-            st["stage"],
-            str(st["reached"]),
-            str(st["passed"]),
-            _num(st["precision"]),
-            _num(st["recall"]),
-            _num(st["auc"]),
-        )
-    console.print(table)
-    if v.get("paused"):
-        console.print(f"  [red]{v['reason']}[/]", highlight=False)
-    elif v.get("floor") is not None:
-        console.print(f"  training proceeds: precision floor {v['floor']:.3f}", highlight=False)
-    _render_sweep(v.get("sweep"), console)
-
-
-def _render_sweep(sweep: dict[str, Any] | None, console: Console) -> None:
-    if not sweep:
-        return
-    cells = ", ".join(
-        f"n{p['n']}v{p['v']} {_num(p['precision'], 2)} @{_num(p['judge_calls_per_item'], 1)}"
-        for p in sweep["points"]
-    )
-    console.print(
-        f"  sweep {_when(sweep['at'])} (precision @ judge calls per item): {cells}",
-        highlight=False,
-    )
-
-
-def _render_store(s: dict[str, Any], console: Console) -> None:
-    console.print()
-    if "error" in s:
-        console.print(f"[bold]store[/]: [red]unreadable[/]: {s['error']}", highlight=False)
-        return
-    if not s.get("present"):
-        console.print(f"[bold]store[/]: {s.get('message')} ({s.get('path')})", highlight=False)
-        return
-    size = s["size_bytes"]
-    parts = " + ".join(f"{k} {_bytes(v)}" for k, v in size.items() if k != "total")
-    c = s["counts"]
-    console.print(f"[bold]store[/] {s['path']}", highlight=False)
-    console.print(
-        f"  {_bytes(size['total'])} ({parts}); {c['prompts']} prompts, {c['candidates']} "
-        f"candidates, {c['votes']} votes, {c['accepted']} accepted "
-        f"({c['accepted_train']} train / {c['accepted_heldout']} held out)",
-        highlight=False,
-    )
-    f, acc = s["funnel"], s["acceptance"]
-    console.print()
-    console.print("[bold]cascade funnel[/] (judged candidates → accepted)")
-    stage_cols = [f"{name} ok" for name in f["stages"]]
-    table = _table("judged", "static ok", *stage_cols, "accepted", "acceptance", "prompts")
-    for col in table.columns:
-        col.justify = "right"
-    table.add_row(
-        str(f["judged"]),
-        str(f["static_ok"]),
-        *[str(v["passed"] or 0) for v in f["stages"].values()],
-        str(f["accepted"]),
-        _pct(acc["rate"]),
-        f"{acc['prompts_with_accepted']}/{acc['prompts']} ({_pct(acc['prompt_rate'])})",
-    )
-    console.print(table)
-    console.print(
-        f"  acceptance rate {_pct(acc['rate'])} of judged candidates; "
-        f"{_pct(acc['prompt_rate'])} of prompts have an accepted sample "
-        f"(not judged: {f['skipped']} skipped, {f['superseded']} superseded)",
-        highlight=False,
-    )
-
-
-def _render_dead_letters(d: dict[str, Any], console: Console) -> None:
-    console.print()
-    if not d.get("reachable"):
-        console.print(
-            f"[bold]dead letters[/]: [red]broker unreachable[/] at "
-            f"{d.get('bootstrap_servers', '?')}: {d.get('error')}",
-            highlight=False,
-        )
-        return
-    note = "" if d.get("complete") else " [yellow](read timed out: counts are lower bounds)[/]"
-    console.print(f"[bold]dead letters[/]: {d.get('total')} in all{note}", highlight=False)
-    table = _table("topic", "count", "last", "reasons")
-    table.columns[0].no_wrap = True
-    table.columns[3].overflow = "fold"
-    for name, t in d.get("topics", {}).items():
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted(t["reasons"].items(), key=_desc))
-        table.add_row(
-            name,
-            str(t["count"]) if t["exists"] else "no topic",
-            _when(t["last_at"]),
-            reasons or "-",
-            style="red" if t["count"] else None,
-        )
-    console.print(table)
-    if d.get("error"):
-        console.print(f"  [red]error[/]: {d['error']}", highlight=False)
-
-
-def _render_workers(w: dict[str, Any], console: Console) -> None:
-    console.print()
-    console.print("[bold]workers[/] (/healthz, /readyz)")
-    table = _table("worker", "state", "uptime", "endpoint", "note")
-    table.columns[4].overflow = "fold"
-    colour = {"ready": "green", "not ready": "yellow", "unknown": "yellow"}
-    for name, h in w.items():
-        state = h.get("state", "down")
-        up = h.get("uptime_s")
-        table.add_row(
-            name,
-            f"[{colour.get(state, 'red')}]{state}[/]",
-            "-" if up is None else _duration(up),
-            h.get("url", "-"),
-            _clip(h.get("error") or "", 120),
-        )
-    console.print(table)
-
-
-# ------------------------------------------------------------------ formatting
-def _desc(item: tuple[str, int]) -> tuple[int, str]:
-    return (-item[1], item[0])
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 120:
-        return f"{seconds:.0f}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    if s < 172800:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d"
-
-
-def _when(ts: float | None) -> str:
-    """Clock time and how long ago: at 3 a.m., "2h05m ago" is what matters."""
-    if not ts:
-        return "-"
-    at = datetime.datetime.fromtimestamp(ts)
-    fmt = "%H:%M:%S" if at.date() == datetime.date.today() else "%Y-%m-%d %H:%M"
-    return f"{at.strftime(fmt)} ({_duration(max(0.0, time.time() - ts))} ago)"
-
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 # ------------------------------------------------------------------------ entry
 def run_status(settings: Settings, *, as_json: bool = False) -> int:
     """``selfdistill status``: print the screen (or ``--json``); 0 once it is printed.
@@ -834,4 +513,4 @@ def run_status(settings: Settings, *, as_json: bool = False) -> int:
     return 0
 
 
-__all__ = ["collect_status", "dlq_topics", "render_status", "run_status"]
+__all__ = ["collect_status", "dlq_topics", "run_status"]

@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from daemon.observe import observability
+from daemon.operating.observe import observability
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
     from daemon.engines.base import Engine
-    from daemon.serve import ServeWorker
-    from daemon.train import CycleReport
-    from daemon.verify import VerifyWorker
+    from daemon.learning.train import CycleReport
+    from daemon.operating.config import Settings
+    from daemon.serving.worker import ServeWorker
+    from daemon.verifying.worker import VerifyWorker
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class Up:
         max_minutes: float | None = None,
         train_when: Callable[[], bool] | None = None,
     ) -> None:
-        from daemon.serve import ServeWorker
-        from daemon.verify import VerifyWorker
+        from daemon.serving.worker import ServeWorker
+        from daemon.verifying.worker import VerifyWorker
 
         self.settings = settings
         self.engine = engine
@@ -88,7 +88,7 @@ class Up:
     def __enter__(self) -> Up:
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        from daemon.train import add_training_job
+        from daemon.learning.train import add_training_job
 
         for name, worker in (("serve", self.serve), ("verify", self.verify)):
             t = threading.Thread(
@@ -138,7 +138,7 @@ class Up:
         return self._stop.is_set()
 
     def _train_tick(self) -> None:
-        from daemon.train import run_cycle
+        from daemon.learning.train import run_cycle
 
         if self._stop.is_set() or (self.train_when is not None and not self.train_when()):
             return

@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from daemon.cascade import Cascade, CascadeConfig, CascadeInput, question_of
+from daemon.engines import EngineSettings
 from daemon.engines.base import ChatRequest, Engine
-from daemon.hotswap import AdapterRouter, follow_adapter_events
-from daemon.metrics import (
+from daemon.engines.hotswap import AdapterRouter
+from daemon.serving.metrics import (
     CANDIDATES_GENERATED,
     GENERATED_TOKENS,
     PROMPT_TOKENS,
     PROMPTS_SERVED,
     SERVE_LATENCY,
 )
-from daemon.signals import wait_for_stop_signal
+from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput, question_of
+from streams.adapter_events import follow_adapter_events
 from streams.consumer import BatchResult, Output, Record
 from streams.schemas import (
     CandidatesMessage,
@@ -41,7 +41,7 @@ from streams.schemas import (
 from streams.topics import TopicsConfig
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
+    from streams.connection import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,19 @@ class ServeConfig(BaseModel):
             max_tokens=self.max_tokens,
             seed=self.seed,
         )
+
+
+class ServeSettings(EngineSettings, Protocol):
+    """What the serve worker reads of the daemon's settings (``Settings`` is one)."""
+
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def topics(self) -> TopicsConfig: ...
+    @property
+    def serve(self) -> ServeConfig: ...
+    @property
+    def verify(self) -> CascadeConfig: ...  # the judging knobs, for answer_policy "verified"
 
 
 @dataclass
@@ -226,7 +239,7 @@ class ServeHandler:
 class ServeWorker:
     """The serve process's parts: engine, router, adapter-event follower, worker loop."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: ServeSettings, engine: Engine | None = None) -> None:
         from daemon.engines import make_engine
         from streams.consumer import ConsumerLoop
 
@@ -274,64 +287,3 @@ class ServeWorker:
 
     def stop(self) -> None:
         self.loop.request_stop()
-
-
-def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) -> None:
-    """`selfdistill serve`: the worker and/or the OpenAI-compatible API until SIGTERM/SIGINT."""
-    from daemon.engines import make_engine
-
-    cfg = settings.serve.http
-    token = cfg.admin_token.get_secret_value() if cfg.admin_token else None
-    if http:
-        from daemon.openai_server import is_loopback
-
-        if not token and not is_loopback(cfg.host):  # before minutes of model loading
-            raise ValueError(
-                f"serve.http.admin_token is required when serve.http.host ({cfg.host}) is not "
-                "a loopback address: the adapter endpoints would be open to the network"
-            )
-    from daemon.observe import observability
-
-    engine = make_engine(settings.model, settings.engine)
-    serve_worker = ServeWorker(settings, engine) if worker else None
-
-    def ready() -> bool:
-        return serve_worker.loop.ready.is_set() if serve_worker is not None else True
-
-    with observability(settings.metrics, "serve", ready):
-        _run_serve(settings, engine, serve_worker, http, token)
-
-
-def _run_serve(
-    settings: Settings,
-    engine: Engine,
-    serve_worker: ServeWorker | None,
-    http: bool,
-    token: str | None,
-) -> None:
-    cfg = settings.serve.http
-    if not http:
-        assert serve_worker is not None
-        serve_worker.run()
-        return
-    from daemon.openai_server import build_server
-
-    registry = settings.adapters.path(settings.data_dir)
-    registry.mkdir(parents=True, exist_ok=True)
-    server = build_server(
-        engine, host=cfg.host, port=cfg.port, registry_dir=registry, admin_token=token
-    )
-    # In a thread, stopped by us: uvicorn in the main thread re-raises SIGTERM after its
-    # graceful shutdown, which would make a clean stop look like a crash (exit -15).
-    thread = threading.Thread(target=server.run, daemon=True, name="http")
-    thread.start()
-    log.info("OpenAI-compatible API on http://%s:%d/v1", cfg.host, cfg.port)
-    try:
-        if serve_worker is not None:
-            serve_worker.run()
-        else:
-            wait_for_stop_signal()
-            log.info("stop signal received; shutting the API down")
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -39,10 +39,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from daemon.checkers import TOOL_STAGES, applies, run_tool_stage
 from daemon.engines.base import ChatRequest, ChatResult, Engine
-from daemon.sandbox import SandboxConfig
-from daemon.verdicts import final_answer, neutralise, parse_verdict
+from daemon.verifying.checkers import TOOL_STAGES, applies, run_tool_stage
+from daemon.verifying.sandbox import SandboxConfig
+from daemon.verifying.verdicts import final_answer, neutralise, parse_verdict
 from streams.schemas import CheckSpec
 
 
@@ -246,7 +246,7 @@ def load_templates(prompts_dir: Path | None = None) -> dict[str, Template]:
         if override is not None and override.is_file():
             text = override.read_text()
         else:
-            text = resources.files("daemon").joinpath(f"prompts/{name}.txt").read_text()
+            text = resources.files("daemon.verifying").joinpath(f"prompts/{name}.txt").read_text()
         out[name] = Template(text)
     return out
 

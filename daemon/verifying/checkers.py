@@ -6,12 +6,12 @@ these stages before or instead of the judges:
 
 - ``checker``: a registered deterministic checker looks at the candidate's final answer
   (after the last ``</think>``). The built-ins ``exact``, ``numeric``, ``regex`` and
-  ``choice`` are the held-out set's graders (:mod:`daemon.graders`), so a prompt is checked
+  ``choice`` are the held-out set's graders (:mod:`daemon.verifying.graders`), so a prompt is checked
   by the same rule the promotion gate grades with; ``arithmetic`` computes the prompt's
   ``expression`` itself and compares the answer's last number with it. Users add their own
   with :func:`register_checker`.
 - ``execution``: the code in the final answer (its last fenced block) runs against the
-  prompt's tests in :mod:`daemon.sandbox`; resource exhaustion, crashes and forbidden calls
+  prompt's tests in :mod:`daemon.verifying.sandbox`; resource exhaustion, crashes and forbidden calls
   are failed votes, never a crashed worker.
 
 :func:`run_tool_stage` never raises for anything a candidate or a check spec can contain:
@@ -34,7 +34,7 @@ from fractions import Fraction
 
 from pydantic import ValidationError
 
-from daemon.graders import (
+from daemon.verifying.graders import (
     GraderName,
     LabeledItem,
     extract_choice,
@@ -42,8 +42,8 @@ from daemon.graders import (
     grade,
     last_line,
 )
-from daemon.sandbox import DETAIL_CHARS, SandboxConfig, extract_code, one_line, run_tests
-from daemon.verdicts import final_answer
+from daemon.verifying.sandbox import DETAIL_CHARS, SandboxConfig, extract_code, one_line, run_tests
+from daemon.verifying.verdicts import final_answer
 from streams.schemas import CheckSpec, validation_summary
 
 TOOL_STAGES = ("checker", "execution")

@@ -28,12 +28,13 @@ import functools
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from daemon.verdicts import final_answer
+from daemon.verifying.verdicts import final_answer
 from streams.schemas import CheckSpec, validation_summary
 
 GraderName = Literal["exact", "numeric", "regex", "choice"]
@@ -318,3 +319,9 @@ def grade(item: LabeledItem, output: str) -> bool:
     if item.grader == "regex":
         return _compiled(item.answer).search(final) is not None
     return extract_choice(final, item.choices) == item.answer
+
+
+def hash_items(h: Any, items: Sequence[LabeledItem]) -> None:
+    """Feed ``items`` to the hash ``h``: any change to an item changes the digest."""
+    for item in items:
+        h.update(item.model_dump_json().encode() + b"\0")

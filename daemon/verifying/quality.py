@@ -21,17 +21,15 @@ to its end (policy ``all-valid``): acceptance per candidate is what is measured,
 Tool stages (``checker``, ``execution``: deterministic, their calls have kind ``"tool"``)
 appear as stages with their precision and recall, but cost no judge calls or tokens.
 
-Where the numbers go: :func:`measure_verifier` (the train cycle's verifier gate and
-``selfdistill eval verifier``) caches a measurement in the adapter registry by fingerprint
-(``verifier_evals``), and exports ``selfdistill_verifier_*`` gauges
-(:func:`export_verifier_metrics`). This module imports neither torch nor the daemon's
-configuration at import time: its config classes are mounted by ``daemon/verify.py``
-(``[verify.eval]``) and ``daemon/train.py`` (``[train.verifier]``).
+This module measures, given an engine, the labeled items and their candidates. Who runs it
+and where the numbers go is ``daemon/learning/verifier_gate.py``: ``measure_verifier`` (the
+train cycle's verifier gate and ``selfdistill eval verifier``) caches a measurement in the
+adapter registry by fingerprint (``verifier_evals``) and exports the ``selfdistill_verifier_*``
+gauges. Its config class is mounted by ``daemon/verifying/worker.py`` (``[verify.eval]``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -41,34 +39,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from daemon.cascade import CandidateOutcome, Cascade, CascadeConfig, CascadeInput, PromptOutcome
-from daemon.checkers import TOOL_STAGES, applies
-from daemon.engines.base import ChatRequest, Engine
-from daemon.evaluate import (
-    BASE,
-    NewestVersions,
-    adapter_loaded,
-    generate_batched,
-    hash_items,
-    load_items,
-    path_or_bundled,
+from adapters.registry import BASE
+from daemon.engines.base import ChatRequest, Engine, generate_batched
+from daemon.verifying.cascade import (
+    CandidateOutcome,
+    Cascade,
+    CascadeConfig,
+    CascadeInput,
+    PromptOutcome,
 )
-from daemon.graders import LabeledItem, grade
-from daemon.metrics import (
-    VERIFIER_AUC,
-    VERIFIER_BASE_RATE,
-    VERIFIER_CALLS_PER_CANDIDATE,
-    VERIFIER_PRECISION,
-    VERIFIER_RECALL,
-)
+from daemon.verifying.checkers import TOOL_STAGES, applies
+from daemon.verifying.graders import LabeledItem, grade, hash_items
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from adapters.registry import Registry
-    from daemon.config import Settings
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +64,7 @@ Kind = Literal["eval", "sweep", "gate"]
 
 
 # ---------------------------------------------------------------------------- config
-def _grid(values: list[int]) -> list[int]:
+def grid(values: list[int]) -> list[int]:
     if not values:
         raise ValueError("the grid must not be empty")
     return sorted(set(values))
@@ -119,37 +105,7 @@ class VerifierEvalConfig(BaseModel):
     @field_validator("sweep_candidates", "sweep_votes")
     @classmethod
     def _sorted_unique(cls, v: list[int]) -> list[int]:
-        return _grid(v)
-
-    def heldout_path(self) -> Path:
-        return path_or_bundled(self.heldout)
-
-
-class VerifierGateConfig(BaseModel):
-    """The train cycle's watch on the verifier: its precision on the labeled set, per cycle."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    measure: bool = Field(
-        False,
-        description="Measure the verifier's precision on the labeled held-out set "
-        "(verify.eval.heldout) each training cycle, and record it.",
-    )
-    floor: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="Pause training while the verifier's precision is below this (setting it "
-        "implies measure).",
-    )
-    max_items: int = Field(16, ge=1, description="Labeled items per measurement.")
-    candidates: int = Field(4, ge=1, le=64, description="Candidates sampled per item.")
-
-    @model_validator(mode="after")
-    def _floor_implies_measure(self) -> VerifierGateConfig:
-        if self.floor is not None and not self.measure:
-            self.measure = True
-        return self
+        return grid(v)
 
 
 # ------------------------------------------------------------------------- sampling
@@ -206,7 +162,7 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return u / (pos * neg)
 
 
-def _ratio(num: float, den: float) -> float | None:
+def ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
@@ -369,7 +325,7 @@ def measurement_config(config: CascadeConfig, **update: Any) -> CascadeConfig:
     return plain.model_copy(update={"policy": "all-valid", **update})
 
 
-def _stage_config(config: CascadeConfig) -> dict[str, Any]:
+def stage_config(config: CascadeConfig) -> dict[str, Any]:
     return {
         "stages": list(config.stages),
         "domains": {k: list(v) for k, v in config.domains.items()},
@@ -480,12 +436,12 @@ def first_valid(rows: Sequence[Sequence[_Judged]], n: int, v: int) -> SweepPoint
         v=v,
         items=items,
         items_kept=kept,
-        coverage=_ratio(kept, items),
+        coverage=ratio(kept, items),
         kept_correct=kept_correct,
-        precision=_ratio(kept_correct, kept),
+        precision=ratio(kept_correct, kept),
         items_with_correct=with_correct,
-        judge_calls_per_item=_ratio(calls, items),
-        judge_tokens_per_item=_ratio(tokens, items),
+        judge_calls_per_item=ratio(calls, items),
+        judge_tokens_per_item=ratio(tokens, items),
     )
 
 
@@ -537,8 +493,8 @@ def _report(
                 passed=len(passed),
                 correct_reached=correct_reached,
                 passed_correct=passed_correct,
-                precision=_ratio(passed_correct, len(passed)),
-                recall=_ratio(passed_correct, correct_reached),
+                precision=ratio(passed_correct, len(passed)),
+                recall=ratio(passed_correct, correct_reached),
                 auc=auc([j.stages[name][1] for j in reached], [j.correct for j in reached]),
                 judge_calls=sum(j.stages[name][2] for j in reached),
                 judge_tokens=sum(j.stages[name][3] for j in reached),
@@ -557,22 +513,22 @@ def _report(
         items=len(items),
         candidates=len(flat),
         correct=correct,
-        base_rate=_ratio(correct, len(flat)),
+        base_rate=ratio(correct, len(flat)),
         accepted=accepted,
         accepted_correct=accepted_correct,
-        precision=_ratio(accepted_correct, accepted),
-        recall=_ratio(accepted_correct, correct),
+        precision=ratio(accepted_correct, accepted),
+        recall=ratio(accepted_correct, correct),
         auc=auc([j.score for j in flat], [j.correct for j in flat]),
         static_rejected=sum(j.static for j in flat),
         judge_calls=calls,
         judge_tokens=tokens,
-        calls_per_candidate=_ratio(calls, len(flat)),
-        tokens_per_candidate=_ratio(tokens, len(flat)),
+        calls_per_candidate=ratio(calls, len(flat)),
+        tokens_per_candidate=ratio(tokens, len(flat)),
         stages=stages,
         first_valid=first_valid(rows, n, config.votes) if items else None,
         n=n,
         votes=config.votes,
-        stage_config=_stage_config(config),
+        stage_config=stage_config(config),
         seconds=round(seconds, 2),
         heldout=heldout,
         heldout_fingerprint=heldout_fingerprint(items),
@@ -619,10 +575,10 @@ def evaluate_verifier(
     log.info(
         "verifier (judge %s): precision %s, recall %s, AUC %s, base rate %s; %d judge calls",
         report.judge,
-        _fmt(report.precision),
-        _fmt(report.recall),
-        _fmt(report.auc),
-        _fmt(report.base_rate),
+        fmt(report.precision),
+        fmt(report.recall),
+        fmt(report.auc),
+        fmt(report.base_rate),
         report.judge_calls,
     )
     return report
@@ -646,7 +602,7 @@ def sweep(
     :func:`first_valid` (which explains why that equals running first-valid at (n, v)).
     Points come ordered by v, then n.
     """
-    ns, vs = _grid(list(ns)), _grid(list(vs))
+    ns, vs = grid(list(ns)), grid(list(vs))
     top = ns[-1]
     short = [item.id for item, c in zip(items, candidates, strict=True) if len(c) < top]
     if short:
@@ -660,7 +616,7 @@ def sweep(
     return points
 
 
-def _fmt(x: float | None) -> str:
+def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
@@ -691,417 +647,3 @@ def fingerprint(
         "sampling": sampling,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-# ---------------------------------------------------------------------------- metrics
-_EXPORTED = NewestVersions()  # versions with verifier series, and their stage labels
-
-
-def export_verifier_metrics(report: VerifierReport) -> None:
-    """Set ``selfdistill_verifier_*{version, stage}`` from ``report`` (version: the adapter
-    whose candidates were judged). An undefined number removes its series (no NaN), and only
-    the newest ``_EXPORTED.keep`` versions keep series, so the label set stays bounded."""
-    version = report.adapter
-    rows = [(CASCADE, report.precision, report.recall, report.auc)] + [
-        (s.stage, s.precision, s.recall, s.auc) for s in report.stages
-    ]
-    dropped, evicted = _EXPORTED.update(version, (r[0] for r in rows))
-    for stage in dropped:
-        _remove_stage(version, stage)
-    for stage, precision, recall, area in rows:
-        for gauge, value in (
-            (VERIFIER_PRECISION, precision),
-            (VERIFIER_RECALL, recall),
-            (VERIFIER_AUC, area),
-        ):
-            _set(gauge, value, version, stage)
-    _set(VERIFIER_BASE_RATE, report.base_rate, version)
-    _set(VERIFIER_CALLS_PER_CANDIDATE, report.calls_per_candidate, version)
-    for old, old_stages in evicted:
-        for stage in old_stages:
-            _remove_stage(old, stage)
-        for gauge in (VERIFIER_BASE_RATE, VERIFIER_CALLS_PER_CANDIDATE):
-            with contextlib.suppress(KeyError):
-                gauge.remove(old)
-
-
-def _set(gauge: Any, value: float | None, *labels: str) -> None:
-    if value is None:
-        with contextlib.suppress(KeyError):
-            gauge.remove(*labels)
-    else:
-        gauge.labels(*labels).set(value)
-
-
-def _remove_stage(version: str, stage: str) -> None:
-    for gauge in (VERIFIER_PRECISION, VERIFIER_RECALL, VERIFIER_AUC):
-        with contextlib.suppress(KeyError):
-            gauge.remove(version, stage)
-
-
-# ------------------------------------------------------------------- the measurement
-@dataclass
-class Plan:
-    """Everything a measurement needs except the engine: resolved before a model loads, so
-    a bad labeled set fails fast."""
-
-    items: list[LabeledItem]
-    heldout: Path
-    n: int
-    adapter: str  # whose candidates: the active version or "base"
-    judge: str  # who judges: "base" or the active version
-    cascade: CascadeConfig
-    sampling: dict[str, Any]
-    model: str
-    batch_size: int
-
-    def fingerprint(
-        self, *, ns: Sequence[int] | None = None, vs: Sequence[int] | None = None
-    ) -> str:
-        return fingerprint(
-            model=self.model,
-            judge=self.judge,
-            adapter=self.adapter,
-            cascade=self.cascade,
-            items=self.items,
-            n=self.n if ns is None else ns,
-            sampling=self.sampling,
-            what="report" if ns is None else "sweep",
-            votes=vs,
-        )
-
-
-def plan_measurement(
-    settings: Settings,
-    registry: Registry,
-    *,
-    heldout: Path | None = None,
-    max_items: int | None = None,
-    candidates: int | None = None,
-) -> Plan:
-    """Resolve the labeled set (raises ``LabeledSetError``), n, who generates and who judges."""
-    from daemon.train import model_label
-
-    cfg = settings.verify.eval
-    path = heldout or cfg.heldout_path()
-    items = load_items(path, max_items if max_items is not None else cfg.max_items)
-    active = registry.active_version()
-    serve = settings.serve
-    return Plan(
-        items=items,
-        heldout=path,
-        n=candidates or cfg.candidates or serve.n,
-        adapter=active,
-        judge=BASE if settings.verify.judge == "base" else active,
-        cascade=measurement_config(settings.verify),
-        sampling={
-            "temperature": serve.temperature,
-            "top_p": serve.top_p,
-            "max_tokens": serve.max_tokens,
-            "seed": serve.seed,
-        },
-        model=model_label(settings),
-        batch_size=cfg.batch_size,
-    )
-
-
-def _sample(engine: Engine, plan: Plan, n: int, adapter: str | None) -> list[list[str]]:
-    return sample_candidates(
-        engine, plan.items, n, adapter=adapter, batch_size=plan.batch_size, **plan.sampling
-    )
-
-
-def run_plan(
-    engine: Engine,
-    registry: Registry,
-    plan: Plan,
-    *,
-    kind: Kind = "gate",
-    use_cache: bool = True,
-) -> VerifierReport:
-    """Measure (or reuse a stored measurement with the same fingerprint), store, export."""
-    fp = plan.fingerprint()
-    cached = registry.cached_verifier_eval(plan.judge, fp) if use_cache else None
-    if cached is not None:
-        report = VerifierReport.from_dict(cached)
-        log.info("verifier eval %s: cached (precision %s)", fp, _fmt(report.precision))
-    else:
-        with (
-            adapter_loaded(engine, registry, plan.adapter) as gen,
-            adapter_loaded(engine, registry, plan.judge) as judge,
-        ):
-            started = time.monotonic()
-            candidates = _sample(engine, plan, plan.n, gen)
-            report = evaluate_verifier(
-                engine,
-                plan.items,
-                plan.cascade,
-                candidates,
-                judge_adapter=judge,
-                judge=plan.judge,
-                adapter=plan.adapter,
-                heldout=str(plan.heldout),
-                batch_size=plan.batch_size,
-                fingerprint_=fp,
-            )
-            report.seconds = round(time.monotonic() - started, 2)
-        registry.record_verifier_eval(plan.judge, kind, fp, report.as_dict())
-    export_verifier_metrics(report)
-    return report
-
-
-def measure_verifier(
-    settings: Settings,
-    engine: Engine,
-    registry: Registry,
-    *,
-    kind: Kind = "gate",
-    max_items: int | None = None,
-    candidates: int | None = None,
-    heldout: Path | None = None,
-    use_cache: bool = True,
-) -> VerifierReport:
-    """The verifier's numbers on ``verify.eval``'s labeled set, for the active adapter's
-    candidates (sampled with the serve settings) judged as ``verify.judge`` says.
-
-    A measurement with the same fingerprint (model, judge, adapter, cascade, items, n,
-    sampling) is reused from the registry; a new one is stored there (``kind``: "gate" for
-    the train cycle, "eval" for the CLI). Either way the metrics are exported. Raises
-    ``LabeledSetError`` for a bad labeled set.
-    """
-    plan = plan_measurement(
-        settings, registry, heldout=heldout, max_items=max_items, candidates=candidates
-    )
-    return run_plan(engine, registry, plan, kind=kind, use_cache=use_cache)
-
-
-def run_sweep(
-    engine: Engine,
-    registry: Registry,
-    plan: Plan,
-    ns: Sequence[int],
-    vs: Sequence[int],
-    *,
-    use_cache: bool = True,
-) -> SweepReport:
-    """:func:`sweep` on ``plan``'s items with ``max(ns)`` fresh candidates each; stored as
-    kind "sweep" (and reused by fingerprint)."""
-    ns, vs = _grid(list(ns)), _grid(list(vs))
-    fp = plan.fingerprint(ns=ns, vs=vs)
-    cached = registry.cached_verifier_eval(plan.judge, fp) if use_cache else None
-    if cached is not None:
-        return SweepReport.from_dict(cached)
-    with (
-        adapter_loaded(engine, registry, plan.adapter) as gen,
-        adapter_loaded(engine, registry, plan.judge) as judge,
-    ):
-        started = time.monotonic()
-        candidates = _sample(engine, plan, ns[-1], gen)
-        points = sweep(
-            engine,
-            plan.items,
-            plan.cascade,
-            candidates,
-            ns,
-            vs,
-            judge_adapter=judge,
-            batch_size=plan.batch_size,
-        )
-        seconds = time.monotonic() - started
-    flat = [
-        grade(item, c) for item, cands in zip(plan.items, candidates, strict=True) for c in cands
-    ]
-    report = SweepReport(
-        judge=plan.judge,
-        adapter=plan.adapter,
-        items=len(plan.items),
-        candidates=ns[-1],
-        base_rate=_ratio(sum(flat), len(flat)),
-        ns=ns,
-        vs=vs,
-        points=points,
-        stage_config=_stage_config(plan.cascade),
-        seconds=round(seconds, 2),
-        heldout=str(plan.heldout),
-        heldout_fingerprint=heldout_fingerprint(plan.items),
-        fingerprint=fp,
-    )
-    registry.record_verifier_eval(plan.judge, "sweep", fp, report.as_dict())
-    return report
-
-
-# -------------------------------------------------------------------------------- CLI
-def run_eval_verifier(
-    settings: Settings,
-    *,
-    heldout: Path | None,
-    sweep: bool,
-    as_json: bool,
-    console: Console,
-    max_items: int | None = None,
-    candidates: int | None = None,
-    fresh: bool = False,
-    engine: Engine | None = None,
-) -> int:
-    """``selfdistill eval verifier``: measure (or recall an identical stored measurement,
-    unless ``fresh``), store, print. Returns the exit code (2: a labeled set that cannot be
-    used). ``engine``: use this one instead of building the configured engine."""
-    from rich.markup import escape
-
-    from daemon.graders import LabeledSetError
-    from daemon.train import open_registry
-
-    cfg = settings.verify.eval
-    with open_registry(settings) as registry:
-        try:
-            plan = plan_measurement(
-                settings, registry, heldout=heldout, max_items=max_items, candidates=candidates
-            )
-        except LabeledSetError as exc:
-            err = _stderr(console)
-            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            return 2
-        ns, vs = cfg.sweep_candidates, cfg.sweep_votes
-        fp = plan.fingerprint(ns=ns, vs=vs) if sweep else plan.fingerprint()
-        cached = None if fresh else registry.cached_verifier_eval(plan.judge, fp)
-        result: VerifierReport | SweepReport
-        if cached is not None:  # no model needed
-            if sweep:
-                result = SweepReport.from_dict(cached)
-            else:
-                result = VerifierReport.from_dict(cached)
-                export_verifier_metrics(result)
-        else:
-            own = engine is None
-            if engine is None:
-                from daemon.engines import make_engine
-
-                engine = make_engine(settings.model, settings.engine)
-            try:
-                if sweep:
-                    result = run_sweep(engine, registry, plan, ns, vs, use_cache=False)
-                else:
-                    result = run_plan(engine, registry, plan, kind="eval", use_cache=False)
-            finally:
-                if own:
-                    engine.close()
-    if as_json:
-        print(json.dumps(result.as_dict(), indent=2), file=console.file)
-        return 0
-    if isinstance(result, SweepReport):
-        render_sweep(result, console)
-    else:
-        render_report(result, console)
-    if cached is not None:
-        console.print(
-            f"(an identical measurement stored earlier, fingerprint {fp}; --fresh measures again)",
-            highlight=False,
-        )
-    return 0
-
-
-def _stderr(console: Console) -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True, no_color=console.no_color)
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def render_report(report: VerifierReport, console: Console) -> None:
-    from rich.table import Table
-
-    console.print(
-        f"[bold]verifier[/]: judge {report.judge} on {report.adapter}'s candidates; "
-        f"{report.items} items x n={report.n} = {report.candidates} candidates, "
-        f"{report.correct} correct (base rate {_pct(report.base_rate)}); "
-        f"v={report.votes} votes per stage; {report.seconds:.1f}s",
-        highlight=False,
-    )
-    table = Table()
-    table.add_column("stage", no_wrap=True)
-    for col in ("reached", "passed", "precision", "recall", "AUC", "judge calls", "tokens"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        "cascade",
-        str(report.candidates - report.static_rejected),
-        str(report.accepted),
-        _pct(report.precision),
-        _pct(report.recall),
-        _num(report.auc),
-        str(report.judge_calls),
-        str(report.judge_tokens),
-    )
-    for s in report.stages:
-        table.add_row(
-            f"  {s.stage}" + (" (tool)" if s.tool else ""),
-            str(s.reached),
-            str(s.passed),
-            _pct(s.precision),
-            _pct(s.recall),
-            _num(s.auc),
-            str(s.judge_calls),
-            str(s.judge_tokens),
-        )
-    console.print(table)
-    fv = report.first_valid
-    if fv is not None:
-        console.print(
-            f"first-valid at n={fv.n}, v={fv.v}: keeps {fv.items_kept}/{fv.items} items "
-            f"({_pct(fv.coverage)}), precision {_pct(fv.precision)}, "
-            f"{_num(fv.judge_calls_per_item, 1)} judge calls per item "
-            f"(stage numbers are conditional on reaching the stage)",
-            highlight=False,
-        )
-    console.print(
-        f"judge cost: {_num(report.calls_per_candidate, 2)} calls and "
-        f"{_num(report.tokens_per_candidate, 0)} tokens per candidate; "
-        f"held-out {report.heldout}",
-        highlight=False,
-    )
-
-
-def render_sweep(report: SweepReport, console: Console) -> None:
-    from rich.table import Table
-
-    console.print(
-        f"[bold]verifier sweep[/]: judge {report.judge} on {report.adapter}'s candidates; "
-        f"{report.items} items, up to {report.candidates} candidates each "
-        f"(base rate {_pct(report.base_rate)}); first-valid policy; {report.seconds:.1f}s",
-        highlight=False,
-    )
-    table = Table()
-    for col in (
-        "n",
-        "v",
-        "kept",
-        "coverage",
-        "precision",
-        "pass@n",
-        "judge calls/item",
-        "tokens/item",
-    ):
-        table.add_column(col, justify="right")
-    for p in report.points:
-        table.add_row(
-            str(p.n),
-            str(p.v),
-            f"{p.kept_correct}/{p.items_kept}",
-            _pct(p.coverage),
-            _pct(p.precision),
-            _pct(_ratio(p.items_with_correct, p.items)),
-            _num(p.judge_calls_per_item, 1),
-            _num(p.judge_tokens_per_item, 0),
-        )
-    console.print(table)
-    console.print(
-        "kept: correct/kept items; pass@n: items with any correct candidate (the ceiling "
-        "for coverage x precision)",
-        highlight=False,
-    )

@@ -61,8 +61,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlite_utils import Database
 
-from daemon.cascade import STAGES, CandidateOutcome, PromptOutcome
-from daemon.checkers import TOOL_STAGES
+from daemon.verifying.cascade import STAGES, CandidateOutcome, PromptOutcome
+from daemon.verifying.checkers import TOOL_STAGES
 from streams.schemas import CandidatesMessage
 
 SCHEMA_VERSION = 1

@@ -14,13 +14,20 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import Field
 
-from daemon.cascade import Cascade, CascadeConfig, CascadeInput, PromptOutcome, question_of
+from daemon.engines import EngineSettings
 from daemon.engines.base import Engine
-from daemon.metrics import (
+from daemon.verifying.cascade import (
+    Cascade,
+    CascadeConfig,
+    CascadeInput,
+    PromptOutcome,
+    question_of,
+)
+from daemon.verifying.metrics import (
     CANDIDATES_JUDGED,
     JUDGE_CALLS,
     JUDGE_TOKENS,
@@ -31,14 +38,15 @@ from daemon.metrics import (
     VERIFY_SECONDS,
     VOTES,
 )
-from daemon.verifier_eval import VerifierEvalConfig
+from daemon.verifying.quality import VerifierEvalConfig
 from streams.consumer import Record
 from streams.schemas import CandidatesMessage
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
-    from daemon.hotswap import AdapterRouter
-    from daemon.store import Store
+    from daemon.engines.hotswap import AdapterRouter
+    from daemon.verifying.store import Store, StoreConfig
+    from streams.connection import KafkaSettings
+    from streams.topics import TopicsConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,19 @@ class VerifyConfig(CascadeConfig):
         description="`selfdistill eval verifier`: how the verifier is measured against a "
         "labeled set.",
     )
+
+
+class VerifySettings(EngineSettings, Protocol):
+    """What the verify worker reads of the daemon's settings (``Settings`` is one)."""
+
+    @property
+    def kafka(self) -> KafkaSettings: ...
+    @property
+    def topics(self) -> TopicsConfig: ...
+    @property
+    def store(self) -> StoreConfig: ...
+    @property
+    def verify(self) -> VerifyConfig: ...
 
 
 @dataclass
@@ -143,9 +164,9 @@ def _observe(outcome: PromptOutcome) -> None:
 class VerifyWorker:
     """The verify process's parts: engine, store, optional adapter follower, worker loop."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: VerifySettings, engine: Engine | None = None) -> None:
         from daemon.engines import make_engine
-        from daemon.store import Store
+        from daemon.verifying.store import Store
         from streams.consumer import ConsumerLoop
 
         cfg = settings.verify
@@ -154,7 +175,7 @@ class VerifyWorker:
         self.store = Store.open(settings.store, settings.data_dir)
         self.router: AdapterRouter | None = None
         if cfg.judge == "active":
-            from daemon.hotswap import AdapterRouter
+            from daemon.engines.hotswap import AdapterRouter
 
             self.router = AdapterRouter(self.engine, settings.adapters.path(settings.data_dir))
         self.handler = VerifyHandler(self.engine, self.store, cfg, self.router)
@@ -169,7 +190,7 @@ class VerifyWorker:
         )
 
     def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:
-        from daemon.hotswap import follow_adapter_events
+        from streams.adapter_events import follow_adapter_events
         from streams.topics import ensure_topics
 
         if self.settings.topics.create:

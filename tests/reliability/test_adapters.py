@@ -16,12 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.files import WEIGHTS_FILE, adapter_digest
 from adapters.registry import Registry
-from daemon.config import render_toml
 from daemon.engines.base import ChatRequest
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.observe import MetricsConfig, observability
-from daemon.promote import promote
-from daemon.serve import ServeWorker
+from daemon.learning.promote import promote
+from daemon.operating.config import render_toml
+from daemon.operating.observe import MetricsConfig, observability
+from daemon.serving.worker import ServeWorker
 from streams.broker import free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer

@@ -15,11 +15,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from daemon.cascade import load_templates
 from daemon.engines.base import ChatRequest
-from daemon.store import Store
-from daemon.verdicts import parse_verdict
-from daemon.verify import VerifyWorker
+from daemon.verifying.cascade import load_templates
+from daemon.verifying.store import Store
+from daemon.verifying.verdicts import parse_verdict
+from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.topics import TopicsConfig
 from tests.conftest import candidates_message, committed_total, wait_for

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from daemon.engines.base import ChatRequest, ChatResult
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.serve import ServeWorker
+from daemon.serving.worker import ServeWorker
 from streams.broker import BrokerConfig, EmbeddedBroker, free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer

@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.serve import ServeWorker
-from daemon.verify import VerifyWorker
+from daemon.serving.worker import ServeWorker
+from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.deadletter import DeadLetter
 from streams.schemas import PromptMessage, ResponseMessage, encode

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from adapters.files import adapter_digest, check_adapter_files
 from adapters.registry import STAGING_PREFIX, Registry
-from daemon.config import Settings, render_toml
+from daemon.operating.config import Settings, render_toml
 from streams.connection import KafkaSettings
 from streams.schemas import CandidatesMessage, ResponseMessage
 from streams.topics import TopicsConfig

@@ -20,8 +20,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from daemon.engines.transformers_engine import TransformersEngine
-from daemon.store import Store
-from daemon.verify import VerifyWorker
+from daemon.verifying.store import Store
+from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.schemas import CandidatesMessage
 from streams.topics import TopicsConfig

@@ -1,0 +1,116 @@
+"""Each worker as its own process: its /metrics, /healthz and /readyz endpoint, then the
+worker until SIGTERM/SIGINT (`selfdistill serve`, `verify`, `train`).
+
+The stages build the workers; this module only runs them the way a process manager
+(systemd, Kubernetes, compose) expects: ready when the worker is, a clean exit on a signal.
+``up`` runs every worker in one process instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from daemon.engines.base import Engine
+from daemon.learning.train import add_training_job, run_cycle
+from daemon.operating.config import Settings
+from daemon.operating.observe import observability
+from daemon.operating.signals import wait_for_stop_signal
+from daemon.serving.worker import ServeWorker
+from daemon.verifying.worker import VerifyWorker
+
+log = logging.getLogger(__name__)
+
+
+def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) -> None:
+    """`selfdistill serve`: the worker and/or the OpenAI-compatible API until SIGTERM/SIGINT."""
+    from daemon.engines import make_engine
+
+    cfg = settings.serve.http
+    token = cfg.admin_token.get_secret_value() if cfg.admin_token else None
+    if http:
+        from daemon.serving.openai_server import is_loopback
+
+        if not token and not is_loopback(cfg.host):  # before minutes of model loading
+            raise ValueError(
+                f"serve.http.admin_token is required when serve.http.host ({cfg.host}) is not "
+                "a loopback address: the adapter endpoints would be open to the network"
+            )
+    engine = make_engine(settings.model, settings.engine)
+    serve_worker = ServeWorker(settings, engine) if worker else None
+
+    def ready() -> bool:
+        return serve_worker.loop.ready.is_set() if serve_worker is not None else True
+
+    with observability(settings.metrics, "serve", ready):
+        _run_serve(settings, engine, serve_worker, http, token)
+
+
+def _run_serve(
+    settings: Settings,
+    engine: Engine,
+    serve_worker: ServeWorker | None,
+    http: bool,
+    token: str | None,
+) -> None:
+    cfg = settings.serve.http
+    if not http:
+        assert serve_worker is not None
+        serve_worker.run()
+        return
+    from daemon.serving.openai_server import build_server
+
+    registry = settings.adapters.path(settings.data_dir)
+    registry.mkdir(parents=True, exist_ok=True)
+    server = build_server(
+        engine, host=cfg.host, port=cfg.port, registry_dir=registry, admin_token=token
+    )
+    # In a thread, stopped by us: uvicorn in the main thread re-raises SIGTERM after its
+    # graceful shutdown, which would make a clean stop look like a crash (exit -15).
+    thread = threading.Thread(target=server.run, daemon=True, name="http")
+    thread.start()
+    log.info("OpenAI-compatible API on http://%s:%d/v1", cfg.host, cfg.port)
+    try:
+        if serve_worker is not None:
+            serve_worker.run()
+        else:
+            wait_for_stop_signal()
+            log.info("stop signal received; shutting the API down")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def run_verify(settings: Settings) -> None:
+    """`selfdistill verify`: the verify worker until SIGTERM/SIGINT."""
+    worker = VerifyWorker(settings)
+    with observability(settings.metrics, "verify", worker.loop.ready.is_set):
+        worker.run()
+
+
+def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
+    """Run cycles on the configured interval or cron until SIGTERM/SIGINT."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    scheduler = BlockingScheduler()
+    stopping = threading.Event()
+
+    def job() -> None:
+        try:
+            run_cycle(settings, progress=progress, should_stop=stopping.is_set)
+        except Exception:
+            log.exception("train cycle failed; retrying at the next tick")
+
+    add_training_job(scheduler, settings, job)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping the scheduler (a training run is interrupted)", signum)
+        stopping.set()
+        threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    with observability(settings.metrics, "train", lambda: scheduler.running):
+        scheduler.start()

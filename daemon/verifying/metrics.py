@@ -1,0 +1,57 @@
+"""Prometheus metrics of the verify worker: the cascade's funnel, votes, judge cost, the store.
+
+Labels carry bounded values only (stages, results, verdicts), never prompt ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CANDIDATES_JUDGED = Counter(
+    "selfdistill_candidates_judged_total", "Candidates that entered the cascade (not skipped)."
+)
+STAGE_RESULTS = Counter(
+    "selfdistill_stage_results_total",
+    "Cascade stage outcomes per candidate: the funnel (static, checker, execution, cycle, "
+    "factuality, correctness).",
+    ["stage", "result"],
+)
+JUDGE_CALLS = Counter(
+    "selfdistill_judge_calls_total", "Judge generations (votes and inferred questions).", ["stage"]
+)
+JUDGE_TOKENS = Counter(
+    "selfdistill_judge_tokens_total", "Prompt + completion tokens spent by the judge.", ["stage"]
+)
+SAMPLES_ACCEPTED = Counter(
+    "selfdistill_samples_accepted_total", "Samples newly stored as accepted by the cascade."
+)
+VERIFY_SECONDS = Histogram(
+    "selfdistill_verify_batch_seconds",
+    "Time to judge and store one batch of candidate groups.",
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 180, 600, 1800),
+)
+VOTES = Counter(
+    "selfdistill_votes_total",
+    "Judge votes by stage and verdict (yes, no, unparsed: an unparseable vote counts as no).",
+    ["stage", "verdict"],
+)
+STORE_SAMPLES = Gauge(
+    "selfdistill_store_samples",
+    "Accepted samples in the store, by split (train, heldout); set by verify.",
+    ["split"],
+)
+STORE_PROMPTS = Gauge("selfdistill_store_prompts", "Prompts recorded in the store.")
+
+
+# Every bounded label value exists from the start at 0: a counter series that first appears
+# at 1 is invisible to rate()/increase().
+STAGE_RESULTS.labels("static", "pass")
+STAGE_RESULTS.labels("static", "fail")
+for _stage in ("cycle", "factuality", "correctness"):
+    for _result in ("pass", "fail"):
+        STAGE_RESULTS.labels(_stage, _result)
+    for _verdict in ("yes", "no", "unparsed"):
+        VOTES.labels(_stage, _verdict)
+for _stage in ("checker", "execution"):  # tool stages: one deterministic verdict, no votes
+    for _result in ("pass", "fail"):
+        STAGE_RESULTS.labels(_stage, _result)
