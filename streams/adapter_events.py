@@ -24,14 +24,11 @@ from streams.connection import KafkaSettings, connect
 from streams.deadletter import DeadLetter
 from streams.metrics import DLQ_MESSAGES, LOG_RESETS
 from streams.producer import Producer
-from streams.schemas import AdapterEvent, DecodeError, decode
+from streams.schemas import BASE_VERSION, AdapterEvent, DecodeError, decode
 
 log = logging.getLogger(__name__)
 
 WHO = "adapter-events follower"  # the worker named in its dead letters
-BASE = (
-    "base"  # the version name of "no adapter" (adapters.registry.BASE; streams imports no adapters)
-)
 
 
 class EventTarget(Protocol):
@@ -153,7 +150,7 @@ class AdapterEventFollower:
             self.topic,
             high,
             self._next,
-            self.router.active or BASE,
+            self.router.active or BASE_VERSION,
         )
         self.consumer.seek_to_beginning(self._tp)
         self._next = 0
@@ -179,7 +176,7 @@ def follow_adapter_events(
     try:
         restored = follower.catch_up()
         if restored is not None:
-            log.info("restored from %s: %s", topic, router.active or BASE)
+            log.info("restored from %s: %s", topic, router.active or BASE_VERSION)
         follower.start()
         yield
     finally:

@@ -170,6 +170,11 @@ class CandidatesMessage(_Message):
     created_at: float = Field(default_factory=time.time)
 
 
+#: ``AdapterEvent.version`` of "no adapter": the base model (the wire format's name for it;
+#: ``adapters.registry.BASE`` is the same name, in a library streams does not import).
+BASE_VERSION = "base"
+
+
 class AdapterEvent(_Message):
     """``adapter-events``: tells every serve replica which adapter to route to."""
 
