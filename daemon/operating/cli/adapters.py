@@ -9,13 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from daemon.operating.cli.app import (
-    adapters_app,
-    err,
-    fmt_num,
-    print_cycle,
-    settings,
-)
+from daemon.operating.cli.app import adapters_app, err, fmt_num, print_cycle, settings
 
 
 # --------------------------------------------------------------------- adapters

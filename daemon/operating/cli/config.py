@@ -7,12 +7,7 @@ from typing import Annotated
 
 import typer
 
-from daemon.operating.cli.app import (
-    config_app,
-    err,
-    settings,
-    state,
-)
+from daemon.operating.cli.app import config_app, err, settings, state
 from daemon.operating.config import Settings, config_path, render_toml
 
 

@@ -8,13 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from daemon.operating.cli.app import (
-    app,
-    err,
-    eval_app,
-    settings,
-    task_app,
-)
+from daemon.operating.cli.app import app, err, eval_app, settings, task_app
 
 
 @app.command()

@@ -11,12 +11,7 @@ from typing import Annotated
 
 import typer
 
-from daemon.operating.cli.app import (
-    app,
-    err,
-    settings,
-    topics_app,
-)
+from daemon.operating.cli.app import app, err, settings, topics_app
 from daemon.operating.signals import wait_for_stop_signal
 
 

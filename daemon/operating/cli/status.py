@@ -6,10 +6,7 @@ from typing import Annotated
 
 import typer
 
-from daemon.operating.cli.app import (
-    app,
-    settings,
-)
+from daemon.operating.cli.app import app, settings
 
 
 # ----------------------------------------------------------------------- status

@@ -9,13 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from daemon.operating.cli.app import (
-    app,
-    err,
-    print_cycle,
-    settings,
-    state,
-)
+from daemon.operating.cli.app import app, err, print_cycle, settings, state
 from daemon.operating.logs import setup_logging
 
 
