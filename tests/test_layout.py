@@ -117,18 +117,18 @@ def test_imports_flow_one_way() -> None:
     assert not wrong, "imports against the flow:\n" + "\n".join(wrong)
 
 
-def test_no_import_circles() -> None:
-    g = graph(typing=False)
+def circles(g: dict[str, set[str]]) -> list[str]:
+    """Every import circle a depth-first walk of ``g`` meets, as ``a -> b -> a``."""
     state: dict[str, int] = {}  # 1: on the stack, 2: done
     stack: list[str] = []
-    circles: list[str] = []
+    found: list[str] = []
 
     def visit(m: str) -> None:
         state[m] = 1
         stack.append(m)
-        for dep in sorted(g[m]):
+        for dep in sorted(g.get(m, ())):
             if state.get(dep) == 1:
-                circles.append(" -> ".join([*stack[stack.index(dep) :], dep]))
+                found.append(" -> ".join([*stack[stack.index(dep) :], dep]))
             elif dep not in state:
                 visit(dep)
         stack.pop()
@@ -137,7 +137,36 @@ def test_no_import_circles() -> None:
     for m in sorted(g):
         if m not in state:
             visit(m)
-    assert not circles, "import circles:\n" + "\n".join(circles)
+    return found
+
+
+def test_no_import_circles() -> None:
+    found = circles(graph(typing=False))
+    assert not found, "import circles:\n" + "\n".join(found)
+
+
+def test_the_reader_sees_lazy_relative_and_typing_only_imports(tmp_path: Path) -> None:
+    # The checks above pass vacuously if the reader misses an import: show it sees each kind.
+    path = tmp_path / "mod.py"
+    path.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import pkg.a\n"
+        "from pkg import b\n"
+        "from .c import thing\n"
+        "if TYPE_CHECKING:\n"
+        "    from pkg.d import Type\n"
+        "def f():\n"
+        "    from pkg.e import g\n"
+    )
+    known = {"pkg", "pkg.a", "pkg.b", "pkg.c", "pkg.d", "pkg.e", "pkg.mod"}
+    every = imports(path, "pkg.mod", known)
+    assert every == {"pkg", "pkg.a", "pkg.b", "pkg.c", "pkg.d", "pkg.e"}
+    assert imports(path, "pkg.mod", known, typing=False) == every - {"pkg.d"}
+
+
+def test_a_circle_is_found_and_a_chain_is_not() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a -> b -> c -> a"]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
 @pytest.mark.parametrize("module", sorted(modules()))

@@ -1,11 +1,13 @@
-"""Adapter hot-swap (serve, and verify with ``judge = "active"``): which adapter new requests go to, and how it changes safely.
+"""Adapter hot-swap: which adapter new requests go to, and how it changes safely (in serve,
+and in verify with ``judge = "active"``).
 
 A swap loads the new adapter *beside* the old one under its immutable version name,
 checks its files (inside the registry, safetensors only, sha256 as recorded; an event that
 carries no digest is refused), runs a canary generation on it, and only then routes new
 requests to it. Requests already running hold the name they started with (``use()``), so
-they finish on the old adapter, and an adapter is never unloaded while a request uses it. Any failure leaves the old adapter serving and
-is reported (log, ``selfdistill_adapter_swaps_total{result="refused"|"failed"}``).
+they finish on the old adapter, and an adapter is never unloaded while a request uses it.
+Any failure leaves the old adapter serving and is reported (log,
+``selfdistill_adapter_swaps_total{result="refused"|"failed"}``).
 
 The events come from ``streams.adapter_events``, which every replica follows from the
 beginning of ``adapter-events`` and applies to its router. This module reads no Kafka: it is

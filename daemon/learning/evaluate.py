@@ -4,7 +4,7 @@ Two metrics, both computed on data no adapter was trained on:
 
 * ``labeled_pass@1`` — greedy answers to a labeled held-out set (JSONL of question,
   reference and grader; default: the bundled task's ``heldout.jsonl``), graded by
-  ``daemon/graders.py``. The only number here backed by ground truth.
+  ``daemon/verifying/graders.py``. The only number here backed by ground truth.
 * ``heldout_cascade_pass`` — the model's greedy answers to the held-out slice of the
   accepted data (``split = 'heldout'``, never trained on), judged by the cascade: the rate at
   which the adapter's own answers pass the same bar its training data passed. The judge is

@@ -2,8 +2,9 @@
 
 ``Settings`` (``daemon/operating/config.py``) composes every stage's config; a stage names
 only the part it reads, as a protocol ``Settings`` satisfies, so no stage imports the
-operator's layer back. The registry's location and the name versions are built from follow
-from that part, for the train cycle, the verifier gate and the CLI alike.
+operator's layer back. Two things follow from the engine's part, for the train cycle, the
+verifier gate and the CLI alike: where the registry is, and the model name that version
+names are built from.
 """
 
 from __future__ import annotations

@@ -56,10 +56,9 @@ from daemon.learning.metrics import (
     TRAINING_SECONDS,
     TRAINING_TOKENS_PER_SECOND,
 )
+from daemon.learning.promote import PublishSettings
 from daemon.learning.settings import VerifierSettings, model_label, open_registry
 from daemon.learning.verifier_gate import VerifierGateConfig
-from streams.connection import KafkaSettings
-from streams.topics import TopicsConfig
 
 if TYPE_CHECKING:
     from daemon.engines.base import Engine
@@ -109,18 +108,15 @@ class TrainConfig(BaseModel):
         return v
 
 
-class TrainSettings(VerifierSettings, Protocol):
+class TrainSettings(VerifierSettings, PublishSettings, Protocol):
     """What the train cycle reads of the daemon's settings (``Settings`` is one): the model
-    and its registry, the store, the verifier's settings for its gate, where to publish."""
+    and its registry, the verifier's settings for its gate, where promotions are published,
+    and its own part: the store and the schedule."""
 
     @property
     def store(self) -> StoreConfig: ...
     @property
     def train(self) -> TrainConfig: ...
-    @property
-    def kafka(self) -> KafkaSettings: ...
-    @property
-    def topics(self) -> TopicsConfig: ...
 
 
 @dataclass

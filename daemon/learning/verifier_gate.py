@@ -32,7 +32,7 @@ from daemon.learning.metrics import (
 )
 from daemon.learning.settings import VerifierSettings, model_label
 from daemon.verifying.cascade import CascadeConfig
-from daemon.verifying.graders import LabeledItem, grade
+from daemon.verifying.graders import LabeledItem
 from daemon.verifying.quality import (
     CASCADE,
     Kind,
@@ -42,12 +42,10 @@ from daemon.verifying.quality import (
     fingerprint,
     fmt,
     grid,
-    heldout_fingerprint,
     measurement_config,
-    ratio,
     sample_candidates,
-    stage_config,
     sweep,
+    sweep_report,
 )
 
 if TYPE_CHECKING:
@@ -296,23 +294,18 @@ def run_sweep(
             batch_size=plan.batch_size,
         )
         seconds = time.monotonic() - started
-    flat = [
-        grade(item, c) for item, cands in zip(plan.items, candidates, strict=True) for c in cands
-    ]
-    report = SweepReport(
+    report = sweep_report(
+        plan.items,
+        plan.cascade,
+        candidates,
+        ns,
+        vs,
+        points,
         judge=plan.judge,
         adapter=plan.adapter,
-        items=len(plan.items),
-        candidates=ns[-1],
-        base_rate=ratio(sum(flat), len(flat)),
-        ns=ns,
-        vs=vs,
-        points=points,
-        stage_config=stage_config(plan.cascade),
-        seconds=round(seconds, 2),
         heldout=str(plan.heldout),
-        heldout_fingerprint=heldout_fingerprint(plan.items),
-        fingerprint=fp,
+        seconds=seconds,
+        fingerprint_=fp,
     )
     registry.record_verifier_eval(plan.judge, "sweep", fp, report.as_dict())
     return report

@@ -3,6 +3,7 @@ worker until SIGTERM/SIGINT (`selfdistill serve`, `verify`, `train`).
 
 The stages build the workers; this module only runs them the way a process manager
 (systemd, Kubernetes, compose) expects: ready when the worker is, a clean exit on a signal.
+Each function imports only its own stage, so a serve process never loads the trainer.
 ``up`` runs every worker in one process instead.
 """
 
@@ -11,14 +12,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from typing import TYPE_CHECKING
 
-from daemon.engines.base import Engine
-from daemon.learning.train import add_training_job, run_cycle
-from daemon.operating.config import Settings
 from daemon.operating.observe import observability
 from daemon.operating.signals import wait_for_stop_signal
-from daemon.serving.worker import ServeWorker
-from daemon.verifying.worker import VerifyWorker
+
+if TYPE_CHECKING:
+    from daemon.engines.base import Engine
+    from daemon.operating.config import Settings
+    from daemon.serving.worker import ServeWorker
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) -> None:
     """`selfdistill serve`: the worker and/or the OpenAI-compatible API until SIGTERM/SIGINT."""
     from daemon.engines import make_engine
+    from daemon.serving.worker import ServeWorker
 
     cfg = settings.serve.http
     token = cfg.admin_token.get_secret_value() if cfg.admin_token else None
@@ -84,6 +87,8 @@ def _run_serve(
 
 def run_verify(settings: Settings) -> None:
     """`selfdistill verify`: the verify worker until SIGTERM/SIGINT."""
+    from daemon.verifying.worker import VerifyWorker
+
     worker = VerifyWorker(settings)
     with observability(settings.metrics, "verify", worker.loop.ready.is_set):
         worker.run()
@@ -92,6 +97,8 @@ def run_verify(settings: Settings) -> None:
 def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
     """Run cycles on the configured interval or cron until SIGTERM/SIGINT."""
     from apscheduler.schedulers.blocking import BlockingScheduler
+
+    from daemon.learning.train import add_training_job, run_cycle
 
     scheduler = BlockingScheduler()
     stopping = threading.Event()

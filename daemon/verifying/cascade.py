@@ -13,7 +13,7 @@ stage passes, and a stage passes when all of its ``v`` votes say yes:
 Tool stages run before the self-judges, or instead of them, for prompts that carry a check
 (``CheckSpec``; which stages a prompt meets is per domain, ``domains``): ``checker`` applies a
 registered deterministic check (``daemon/checkers.py``), ``execution`` runs a code candidate
-against the prompt's tests in a sandbox (``daemon/sandbox.py``). They are one verdict each,
+against the prompt's tests in a sandbox (``daemon/verifying/sandbox.py``). They are one verdict each,
 cost no judge call, and run on every candidate of the prompt whatever the policy, so each
 group has a definite pass/fail per candidate (ranking data, ``selfdistill export --ranking``).
 

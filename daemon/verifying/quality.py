@@ -2,7 +2,7 @@
 
 Self-verified distillation is only as good as the cascade's verdicts, and the cascade is
 the model judging itself. This module measures it against ground truth: for a labeled set
-(question, reference answer, grader: ``daemon/graders.py``) it samples candidates with the
+(question, reference answer, grader: ``daemon/verifying/graders.py``) it samples candidates with the
 serving settings, runs the cascade, grades every candidate, and reports how acceptance
 lines up with correctness:
 
@@ -325,7 +325,7 @@ def measurement_config(config: CascadeConfig, **update: Any) -> CascadeConfig:
     return plain.model_copy(update={"policy": "all-valid", **update})
 
 
-def stage_config(config: CascadeConfig) -> dict[str, Any]:
+def _stage_config(config: CascadeConfig) -> dict[str, Any]:
     return {
         "stages": list(config.stages),
         "domains": {k: list(v) for k, v in config.domains.items()},
@@ -528,7 +528,7 @@ def _report(
         first_valid=first_valid(rows, n, config.votes) if items else None,
         n=n,
         votes=config.votes,
-        stage_config=stage_config(config),
+        stage_config=_stage_config(config),
         seconds=round(seconds, 2),
         heldout=heldout,
         heldout_fingerprint=heldout_fingerprint(items),
@@ -614,6 +614,41 @@ def sweep(
         rows = _judge_all(engine, items, config, pool, judge_adapter, batch_size)
         points += [first_valid(rows, n, v) for n in ns]
     return points
+
+
+def sweep_report(
+    items: Sequence[LabeledItem],
+    cascade_config: CascadeConfig,
+    candidates: Sequence[Sequence[str]],
+    ns: Sequence[int],
+    vs: Sequence[int],
+    points: list[SweepPoint],
+    *,
+    judge: str,
+    adapter: str,
+    heldout: str,
+    seconds: float,
+    fingerprint_: str = "",
+) -> SweepReport:
+    """:func:`sweep`'s points with what they were measured on: the base rate over every
+    sampled candidate, the stage settings, the labeled set's fingerprint."""
+    ns, vs = grid(list(ns)), grid(list(vs))
+    flat = [grade(item, c) for item, cands in zip(items, candidates, strict=True) for c in cands]
+    return SweepReport(
+        judge=judge,
+        adapter=adapter,
+        items=len(items),
+        candidates=ns[-1],
+        base_rate=ratio(sum(flat), len(flat)),
+        ns=ns,
+        vs=vs,
+        points=points,
+        stage_config=_stage_config(cascade_config),
+        seconds=round(seconds, 2),
+        heldout=heldout,
+        heldout_fingerprint=heldout_fingerprint(items),
+        fingerprint=fingerprint_,
+    )
 
 
 def fmt(x: float | None) -> str:

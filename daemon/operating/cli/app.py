@@ -1,5 +1,6 @@
-"""The ``selfdistill`` application: its command groups, global options and the settings every
-command loads once. The commands live beside it, one module per group."""
+"""The ``selfdistill`` application: its command groups, global options, the settings every
+command loads once, and the output helpers two groups share (a training cycle's report).
+The commands live beside it, one module per group."""
 
 from __future__ import annotations
 
