@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import Info
 
+# Imported for what importing does: each module registers its stage's series.
 import daemon.engines.metrics
 import daemon.learning.metrics
 import daemon.serving.metrics
