@@ -87,6 +87,21 @@ class KafkaSettings(BaseModel):
     connect_timeout_s: float = Field(
         60.0, gt=0, description="How long start-up retries an unreachable cluster before failing."
     )
+    max_handler_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Tries (with backoff) of a batch whose handler raises before the batch is "
+        "split to isolate the records that fail on their own; those go to <topic>.dlq with "
+        "reason handler-error, the rest are processed. An unavailable engine is waited for "
+        "instead and never counts here.",
+    )
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Longest a worker takes to stop on SIGTERM. A batch still running then is "
+        "abandoned uncommitted and redelivered (Kubernetes kills after 30 s by default).",
+    )
     client_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra kafka-python options passed verbatim to every client "

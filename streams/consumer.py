@@ -7,25 +7,35 @@ This is where every offset of the daemon is committed. The rules it keeps:
   anywhere before that redelivers the batch; handlers make their effects idempotent
   (SQLite keys) or run in ``transactional`` mode, where outputs and offsets commit in one
   Kafka transaction and a crash leaves no visible output at all.
+* **Only the owner commits, and only what it owned throughout.** A batch during which any
+  of its partitions was revoked or lost (a rebalance, an eviction) is discarded whole: none
+  of its outputs is sent, none of its offsets committed; the partitions kept are rewound and
+  the new owner redoes the rest. So "no second response" holds by design on any broker, not
+  by the broker refusing a stale group generation (KIP-447; the embedded one does not check
+  it), and an old owner never commits an offset behind the new owner's.
 * **Slow handlers do not cost group membership.** The handler runs on a worker thread while
   this thread pauses every assigned partition and keeps polling. Polls return nothing but
   keep ``max_poll_interval_ms`` honest and let rebalances proceed, so a judge batch that
   takes ten minutes on a CPU does not get the member evicted and the batch run twice.
-* **Rebalances commit what was processed.** Offsets whose effect is durable but whose commit
-  failed are committed by the rebalance listener before the partitions are given up.
 * **Bad messages never stop the loop.** Anything that does not decode or validate goes to
-  ``<topic>.dlq`` with its reason, in the same commit as the batch it came in.
-* **SIGTERM drains.** The in-flight batch finishes and commits, then the consumer leaves
-  the group and the producer flushes.
-* **A broker that comes back empty is survived and its loss reported.** kafka-python
-  reconnects with backoff and rejoins the group; a failed transaction gets a fresh
-  transactional producer (a restarted broker has forgotten the old one's id); a batch whose
-  partitions were lost (evicted) while it ran is not committed but redelivered, so stale
-  offsets never land on a re-created log. A partition whose records restart below the offset
-  this group had committed has lost its log (a memory-only broker restarted, the topic was
-  re-created): the loop logs it at ERROR with the offsets and counts it
-  (``selfdistill_log_resets_total``, ``selfdistill_records_lost_total``), instead of letting
-  the client's ``auto_offset_reset`` carry on silently.
+  ``<topic>.dlq`` with its reason, in the same commit as the batch it came in. A batch the
+  client cannot even decompress is stepped over with its offsets logged and dead-lettered
+  (:mod:`streams.undecodable`).
+* **A poison message never stalls a partition** (:mod:`streams.handling`). A failing batch
+  is retried ``max_handler_attempts`` times, then split until the records failing on their
+  own are isolated: those are dead-lettered (``handler-error``), the rest commit. A
+  ``record_faults`` exception (the engine refused the prompt) skips the retries; an
+  ``unavailable`` one (the engine is down) is waited for, never blamed on a record, and
+  reported (:meth:`ConsumerLoop.is_ready` false, a gauge).
+* **SIGTERM stops within ``shutdown_timeout_s``.** The in-flight batch may finish and
+  commit within that time; if it cannot, it is abandoned uncommitted (the handler runs on a
+  daemon thread, which the process does not wait for) and redelivered to the next owner.
+* **A broker that comes back empty is survived and its loss reported.** Clients reconnect
+  and rejoin; a failed transaction gets a fresh transactional producer (a restarted broker
+  forgot the old id); a partition whose records restart below this group's committed offset
+  lost its log, and :mod:`streams.log_loss` says so at ERROR, with the offsets and counters.
+* **A fenced producer stops the worker.** Another process took over its transactional id;
+  fighting it (each retry's fresh producer fences the other in turn) would stall both.
 """
 
 from __future__ import annotations
@@ -33,12 +43,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from collections import Counter
+from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
@@ -48,67 +56,46 @@ from pydantic import BaseModel
 
 from streams.connection import KafkaSettings, connect
 from streams.deadletter import DeadLetter
+from streams.handling import HandlerThread, Spent, isolate, stop_on_signals
+from streams.log_loss import LogWatch
 from streams.metrics import (
     BATCH_SECONDS,
+    BATCHES_ABANDONED,
     CONSUMER_LAG,
+    DEPENDENCY_FAILURES,
+    DEPENDENCY_UNAVAILABLE,
     DLQ_MESSAGES,
     HANDLER_FAILURES,
+    HANDLER_ISOLATED,
     LOG_RESETS,
     MESSAGES_CONSUMED,
     OFFSET_COMMITS,
     RECORDS_LOST,
+    UNDECODABLE_BATCHES,
 )
-from streams.producer import Producer
+from streams.producer import Producer, ProducerFenced, is_fenced
+from streams.records import BatchResult, Handler, LoopStats, Output, Record
 from streams.schemas import DecodeError, decode
+from streams.undecodable import clear_failed_fetch, find_undecodable, is_decode_failure
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
-
-@dataclass(slots=True)
-class Record(Generic[M]):
-    """A validated message and where it came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    value: M
-    timestamp_ms: int = 0
-
-
-@dataclass(frozen=True)
-class Output:
-    """A message the handler wants produced as part of its batch's effect."""
-
-    topic: str
-    value: BaseModel | bytes
-    key: str | None = None
-    headers: list[tuple[str, bytes]] | None = None
+#: The dead-letter reason of a record the handler failed on by itself (after retries).
+HANDLER_ERROR = "handler-error"
+__all__ = [
+    "HANDLER_ERROR",
+    "BatchResult",
+    "ConsumerLoop",
+    "Handler",
+    "LoopStats",
+    "Output",
+    "Record",
+]
 
 
-@dataclass
-class BatchResult:
-    """What a handler returns: messages to produce, and records it refuses (dead-lettered)."""
-
-    outputs: list[Output] = field(default_factory=list)
-    rejected: list[tuple[Record[Any], str]] = field(default_factory=list)
-
-
-Handler = Callable[[list[Record[M]]], BatchResult | None]
-
-
-@dataclass
-class LoopStats:
-    consumed: int = 0
-    processed: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    commits: int = 0
-    commit_failures: int = 0
-    handler_failures: int = 0
-    log_resets: int = 0
-    records_lost: int = 0
+class _Abandoned(Exception):
+    """The batch is given up uncommitted: a stop ran out of time, or it lost a partition."""
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
@@ -118,6 +105,7 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.loop._mark_revoked(revoked)  # before anything else: an in-flight batch is void
         pending = self.loop._take_processed(revoked)
         if pending and self.loop.consumer is not None:
             try:
@@ -135,8 +123,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         # Evicted: the commit would be refused. The new owner redoes the batch; handlers
         # are idempotent (or transactional), so that costs time, not correctness.
+        self.loop._mark_revoked(lost)
         self.loop._take_processed(lost)
-        self.loop._losses += 1  # an in-flight batch must not commit its (stale) offsets
         log.warning("partitions lost (evicted from group): %s", sorted(map(str, lost)))
 
 
@@ -151,6 +139,11 @@ class ConsumerLoop(Generic[M]):
 
     ``transactional_id`` switches to read-process-write transactions: the handler's outputs,
     dead letters and the input offsets commit atomically (readers use ``read_committed``).
+
+    ``unavailable``: exception types that mean a dependency is down (never the record's
+    fault: wait, do not dead-letter). ``record_faults``: exception types that are the
+    record's fault (isolate it at once, no retries). Anything else is retried
+    ``kafka.max_handler_attempts`` times before the batch is split.
 
     The handler always runs on one dedicated thread (never the caller's), one batch at a
     time. Thread-bound resources such as a ``sqlite3`` connection must be opened on that
@@ -170,6 +163,8 @@ class ConsumerLoop(Generic[M]):
         name: str = "worker",
         keepalive_s: float = 1.0,
         retry_backoff_max_s: float = 30.0,
+        unavailable: tuple[type[BaseException], ...] = (),
+        record_faults: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.kafka = kafka
         self.topic = topic
@@ -181,50 +176,52 @@ class ConsumerLoop(Generic[M]):
         self.name = name
         self.keepalive_s = min(keepalive_s, kafka.max_poll_interval_ms / 4000)
         self.retry_backoff_max_s = retry_backoff_max_s
+        self.unavailable = unavailable
+        self.record_faults = record_faults
         self.stats = LoopStats()
         self.consumer: KafkaConsumer | None = None
         self.producer: Producer | None = None
         self._stop = threading.Event()
+        self._stop_at: float | None = None
         self._processed: dict[TopicPartition, OffsetAndMetadata] = {}
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-handler")
+        self._handler = HandlerThread(f"{name}-handler")
         self.ready = threading.Event()  # set once the group has assigned partitions
+        #: Why the loop is waiting instead of working (an unavailable engine), or None.
+        self.waiting_on: str | None = None
+        #: A newer process took over this loop's transactional id; ``run`` then raises.
+        self.fenced = False
         self._next_offset: dict[TopicPartition, int] = {}  # for the lag gauge
         self._lag_at = 0.0
-        # What this loop knows of each partition's log, to notice when a broker loses it:
-        # the last offset it committed (acknowledged) and the highest high watermark seen.
-        self._committed: dict[TopicPartition, int] = {}
-        self._high: dict[TopicPartition, int] = {}
-        self._losses = 0  # partitions-lost events (evictions), counted by the listener
-        LOG_RESETS.labels(topic)  # the series exist at 0 from the start, for alerts
-        RECORDS_LOST.labels(topic)
+        self._log = LogWatch(group_id)  # to notice a broker that lost a partition's log
+        # How often each partition was revoked or lost: a batch compares before and after.
+        self._revocations: Counter[TopicPartition] = Counter()
+        for metric in (LOG_RESETS, RECORDS_LOST, HANDLER_ISOLATED, UNDECODABLE_BATCHES):
+            metric.labels(topic)  # the series exist at 0 from the start, for alerts
+        DEPENDENCY_UNAVAILABLE.labels(topic).set(0)
 
     # ----------------------------------------------------------------- control
     def request_stop(self) -> None:
-        """Finish the in-flight batch, commit it, then leave. Safe from any thread or signal."""
+        """Stop within ``kafka.shutdown_timeout_s``. Safe from any thread or signal."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
 
-    @contextlib.contextmanager
-    def _signals(self, enabled: bool) -> Iterator[None]:
-        if not enabled or threading.current_thread() is not threading.main_thread():
-            yield
-            return
+    @property
+    def busy(self) -> bool:
+        """A handler call is still running (after a stop: a batch that was abandoned)."""
+        return self._handler.busy
 
-        def on_signal(signum: int, _frame: object) -> None:
-            if self._stop.is_set():  # second signal: the operator means it
-                raise KeyboardInterrupt
-            log.info(
-                "%s received; finishing the in-flight batch, then stopping",
-                signal.Signals(signum).name,
-            )
-            self._stop.set()
+    def is_ready(self) -> bool:
+        """Readiness: in the group, not stopping, and not waiting for an unavailable engine."""
+        return self.ready.is_set() and self.waiting_on is None and not self._stop.is_set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+    def _batch_deadline(self) -> float | None:
+        """When an in-flight batch is abandoned: the stop's deadline less time to close."""
+        if self._stop_at is None:
+            return None
+        budget = self.kafka.shutdown_timeout_s
+        return self._stop_at + budget - min(5.0, budget / 4)
 
     # -------------------------------------------------------------------- run
     def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> LoopStats:
@@ -245,10 +242,21 @@ class ConsumerLoop(Generic[M]):
             " (transactional)" if self.transactional_id else "",
         )
         last_record = time.monotonic()
+        poll_failures = 0
         try:
-            with self._signals(handle_signals):
+            with stop_on_signals(
+                handle_signals, self._stop.is_set, self.request_stop, self.kafka.shutdown_timeout_s
+            ):
                 while not self._stop.is_set():
-                    polled = self.consumer.poll(timeout_ms=500, max_records=self.kafka.batch_size)
+                    try:
+                        polled = self.consumer.poll(
+                            timeout_ms=500, max_records=self.kafka.batch_size
+                        )
+                        poll_failures = 0
+                    except Exception as exc:
+                        poll_failures += 1
+                        self._poll_failed(exc, poll_failures)
+                        continue
                     if not self.ready.is_set() and self.consumer.assignment():
                         self.ready.set()
                         last_record = time.monotonic()  # idle time counts from joining
@@ -265,6 +273,11 @@ class ConsumerLoop(Generic[M]):
                     self._report_lag()
         finally:
             self._close()
+        if self.fenced:
+            raise ProducerFenced(
+                f"{self.name}: transactional id {self.transactional_id!r} was taken over by "
+                "another process; give each replica its own (serve.transactional_id)"
+            )
         return self.stats
 
     def _new_producer(self) -> Producer:
@@ -293,7 +306,10 @@ class ConsumerLoop(Generic[M]):
             CONSUMER_LAG.labels(self.topic).set(lag)
 
     def _close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._handler.shutdown()  # never waits: an abandoned batch may still be running
+        left = 10.0
+        if self._stop_at is not None:
+            left = max(1.0, self._stop_at + self.kafka.shutdown_timeout_s - time.monotonic())
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 self._report_lag(force=True)  # the last word, not a throttled stale one
@@ -302,19 +318,52 @@ class ConsumerLoop(Generic[M]):
                 if pending:
                     self.consumer.commit(pending)
             with contextlib.suppress(Exception):
-                self.consumer.close(autocommit=False)
+                self.consumer.close(autocommit=False, timeout_ms=int(left / 2 * 1000))
         if self.producer is not None:
             with contextlib.suppress(Exception):
-                self.producer.close()
+                self.producer.close(timeout_s=left / 2)
+        DEPENDENCY_UNAVAILABLE.labels(self.topic).set(0)
         log.info("%s stopped: %s", self.name, self.stats)
+
+    # -------------------------------------------------------- undecodable input
+    def _poll_failed(self, exc: BaseException, failures: int) -> None:
+        """``poll()`` raised: step over records the client cannot decode, never spin."""
+        assert self.consumer is not None
+        clear_failed_fetch(self.consumer)
+        runs = find_undecodable(self.consumer) if is_decode_failure(exc) else []
+        if not runs:
+            delay = min(self.retry_backoff_max_s, 0.5 * 2 ** min(failures - 1, 10))
+            log.error(
+                "%s: poll failed (%d in a row): %r; retrying in %.1fs",
+                self.name,
+                failures,
+                exc,
+                delay,
+                exc_info=failures == 1,
+            )
+            self._sleep_polling(delay)
+            return
+        for run in runs:
+            run.report(self.dlq_topic)
+            try:  # the dead letter and the offset past the run commit together
+                self._finish([], [run.dead_letter(self.name)], run.commit_offsets())
+            except Exception as exc:  # the next poll fails the same way and retries this
+                log.error("%s: could not commit past the undecodable run: %r", self.name, exc)
+                self._sleep_polling(1.0)
+                continue
+            self.stats.undecodable_runs += 1
+            self.stats.records_skipped += run.count
+            self.consumer.seek(run.tp, run.end)
+            self._next_offset[run.tp] = run.end
 
     # ------------------------------------------------------------- one batch
     def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        assert self.consumer is not None
         by_partition: dict[TopicPartition, list[Record[M]]] = {}
         dead: list[DeadLetter] = []
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        first: dict[TopicPartition, int] = {}
         max_bytes, schema, count = self.kafka.max_message_bytes, self.schema, 0
-        losses = self._losses
         for tp, raws in polled.items():
             self._check_log(tp, raws[0].offset)
             records: list[Record[M]] = []
@@ -329,63 +378,206 @@ class ConsumerLoop(Generic[M]):
                 records.append(Record(r.topic, r.partition, r.offset, key, value, r.timestamp or 0))
             by_partition[tp] = records
             # Records of one partition arrive in offset order: commit after the last.
+            first[tp] = raws[0].offset
             offsets[tp] = OffsetAndMetadata(raws[-1].offset + 1, "", -1)
             self._next_offset[tp] = raws[-1].offset + 1
             count += len(raws)
         MESSAGES_CONSUMED.labels(self.topic).inc(count)
         self.stats.consumed += count
-
+        with self._lock:
+            before = {tp: self._revocations[tp] for tp in offsets}
+        if not set(offsets) <= self.consumer.assignment():
+            self._void(before, first, "its partitions were reassigned before it started")
+            return
+        batch = [rec for recs in by_partition.values() for rec in recs]
         attempt = 0
         while True:
-            owned = self.consumer.assignment() if self.consumer else set()
-            mine = [rec for tp, recs in by_partition.items() if tp in owned for rec in recs]
-            if not owned.intersection(offsets):
-                log.info("batch's partitions were reassigned; the new owner will process it")
+            try:
+                result, failed = self._handle(batch, before)
+                rejected = [self._dead_letter_record(r, why) for r, why in result.rejected]
+                if self._revoked(before):
+                    raise _Abandoned("a partition was revoked while it ran")
+                try:
+                    self._finish(result.outputs, dead + rejected + failed, offsets)
+                    break
+                except Exception as exc:
+                    if is_fenced(exc):
+                        self.fenced = True
+                        self.request_stop()
+                        log.error(
+                            "%s: another process took over transactional id %r (fenced); this "
+                            "one stops. Each replica needs its own id (serve.transactional_id)",
+                            self.name,
+                            self.transactional_id,
+                        )
+                        raise _Abandoned("fenced by a newer producer") from exc
+                    # Not the records' fault as far as anyone can tell (a broker restarting):
+                    # the whole batch is redone, however often it takes.
+                    attempt += 1
+                    self.stats.handler_failures += 1
+                    HANDLER_FAILURES.labels(self.topic).inc()
+                    delay = min(self.retry_backoff_max_s, 0.5 * 2 ** min(attempt - 1, 10))
+                    log.error(
+                        "%s: committing a batch of %d from %s failed (attempt %d): %r; "
+                        "nothing committed, redoing it in %.1fs",
+                        self.name,
+                        len(batch),
+                        self.topic,
+                        attempt,
+                        exc,
+                        delay,
+                        exc_info=attempt == 1,
+                    )
+                    self._sleep_polling(delay)
+                    if self._stop.is_set():
+                        raise _Abandoned("stopping with the batch uncommitted") from exc
+            except _Abandoned as why:
+                self._void(before, first, str(why))
                 return
+        self.stats.batches += 1
+        self.stats.processed += len(batch)
+
+    def _revoked(self, before: dict[TopicPartition, int]) -> bool:
+        with self._lock:
+            return any(self._revocations[tp] != n for tp, n in before.items())
+
+    def _mark_revoked(self, partitions: set[TopicPartition]) -> None:
+        with self._lock:
+            self._revocations.update(partitions)
+
+    def _void(
+        self, before: dict[TopicPartition, int], first: dict[TopicPartition, int], why: str
+    ) -> None:
+        """Give a batch up uncommitted; rewind its partitions this member owns now.
+
+        A partition kept throughout goes back to the batch's first offset. One that was
+        revoked and has come back (to this member, in the same or a later rebalance) goes to
+        the group's committed offset: kafka-python keeps a re-assigned partition's position,
+        which is past the voided batch, and reading on from there would skip those records
+        for good (seen: the next batch committed past them). Someone else may have done them
+        meanwhile, so the committed offset, not ``first``, is where to resume.
+        """
+        assert self.consumer is not None
+        reason = "revoked" if self._revoked(before) else "stopped"
+        self.stats.abandoned += 1
+        BATCHES_ABANDONED.labels(self.topic, reason).inc()
+        owned = self.consumer.assignment()
+        rewound: dict[TopicPartition, int] = {}
+        for tp, off in first.items():
+            if tp not in owned:
+                continue
+            if self._revoked({tp: before[tp]}):
+                with contextlib.suppress(Exception):
+                    committed = self.consumer.committed(tp)
+                    off = committed if committed is not None else off
+            with contextlib.suppress(Exception):
+                self.consumer.seek(tp, off)
+                rewound[tp] = off
+        log.warning(
+            "%s: batch from %s given up uncommitted (%s); it is redelivered from the "
+            "committed offsets%s",
+            self.name,
+            self.topic,
+            why,
+            f", rewound {sorted(f'{tp.partition}@{o}' for tp, o in rewound.items())}"
+            if rewound
+            else "",
+        )
+
+    def _handle(
+        self, batch: list[Record[M]], before: dict[TopicPartition, int]
+    ) -> tuple[BatchResult, list[DeadLetter]]:
+        """The batch's result, retried, then split so only records failing alone are dropped."""
+        return isolate(
+            batch,
+            lambda part, tries: self._attempt(part, tries, before),
+            self.kafka.max_handler_attempts,
+            self._handler_error,
+        )
+
+    def _attempt(
+        self, batch: list[Record[M]], attempts: int, before: dict[TopicPartition, int]
+    ) -> BatchResult:
+        """Run the handler up to ``attempts`` times; raise ``Spent`` when they are used up.
+
+        An unavailable dependency does not use up attempts: it is waited for, however long.
+        """
+        failures = unavailable = 0
+        while True:
+            if self._revoked(before):
+                raise _Abandoned("a partition was revoked while it ran")
             try:
                 started = time.monotonic()
-                result = self._run_handler(mine) if mine else BatchResult()
+                result = self._run_handler(batch)
                 BATCH_SECONDS.labels(self.topic).observe(time.monotonic() - started)
-                if self._losses != losses:
-                    log.warning(
-                        "%s: partitions were lost while a batch of %d ran; not committing it, "
-                        "it is redelivered from the committed offsets",
-                        self.name,
-                        len(mine),
-                    )
-                    return
-                rejected = [
-                    self._dead_letter_record(rec, reason) for rec, reason in result.rejected
-                ]
-                self._finish(result.outputs, dead + rejected, offsets)
-                self.stats.batches += 1
-                self.stats.processed += len(mine)
-                return
+                if self.waiting_on is not None:
+                    log.info("%s: %s is back; resuming", self.name, self.waiting_on)
+                    self.waiting_on = None
+                    DEPENDENCY_UNAVAILABLE.labels(self.topic).set(0)
+                return result
+            except _Abandoned:
+                raise
+            except self.unavailable as exc:
+                unavailable += 1
+                self.stats.unavailable_waits += 1
+                DEPENDENCY_FAILURES.labels(self.topic).inc()
+                DEPENDENCY_UNAVAILABLE.labels(self.topic).set(1)
+                self.waiting_on = f"{type(exc).__name__}: {exc}"[:300]
+                delay = min(self.retry_backoff_max_s, 0.5 * 2 ** min(unavailable - 1, 10))
+                log.error(
+                    "%s: a dependency is unavailable (%s); waiting %.1fs, nothing is "
+                    "dead-lettered, the batch of %d is retried",
+                    self.name,
+                    self.waiting_on,
+                    delay,
+                    len(batch),
+                )
             except Exception as exc:
-                attempt += 1
+                failures += 1
                 self.stats.handler_failures += 1
                 HANDLER_FAILURES.labels(self.topic).inc()
-                delay = min(self.retry_backoff_max_s, 0.5 * 2 ** (attempt - 1))
+                if isinstance(exc, self.record_faults) or failures >= attempts:
+                    raise Spent(exc) from exc
+                delay = min(self.retry_backoff_max_s, 0.5 * 2 ** (failures - 1))
                 log.error(
-                    "%s: batch of %d from %s failed (attempt %d): %r; offsets not committed, "
-                    "retrying in %.1fs",
+                    "%s: batch of %d from %s failed (attempt %d of %d): %r; retrying in %.1fs",
                     self.name,
-                    len(mine),
+                    len(batch),
                     self.topic,
-                    attempt,
+                    failures,
+                    attempts,
                     exc,
                     delay,
-                    exc_info=attempt == 1,
+                    exc_info=failures == 1,
                 )
-                if self._stop.is_set():
-                    log.warning("stopping with a failed batch uncommitted; it will be redelivered")
-                    return
-                self._sleep_polling(delay)
-                if self._stop.is_set():
-                    return
+            self._sleep_polling(delay)
+            if self._stop.is_set():
+                raise _Abandoned("stopping with a failed batch")
+
+    def _handler_error(self, rec: Record[Any], exc: BaseException) -> DeadLetter:
+        self.stats.isolated += 1
+        HANDLER_ISOLATED.labels(self.topic).inc()
+        log.error(
+            "%s[%d]@%d → DLQ: the handler fails on this record by itself: %r",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            exc,
+        )
+        dl = self._dead_letter_record(rec, f"{type(exc).__name__}: {exc}")
+        return DeadLetter(
+            dl.source_topic,
+            dl.partition,
+            dl.offset,
+            HANDLER_ERROR,
+            dl.detail,
+            dl.key,
+            dl.value,
+            self.name,
+        )
 
     def _run_handler(self, batch: list[Record[M]]) -> BatchResult:
-        fut = self._executor.submit(self.handler, batch)
+        fut = self._handler.submit(lambda: self.handler(batch))
         self._wait_polling(fut)
         return fut.result() or BatchResult()
 
@@ -396,14 +588,27 @@ class ConsumerLoop(Generic[M]):
         than polling now and then: kafka-python completes a group (re)join only while a poll
         waits for it, and sends a join that finished between polls again, so a member that
         must rejoin during a long batch (a rebalance, a restarted broker) would otherwise not
-        get back in until the batch ends.
+        get back in until the batch ends. A stop that runs out of time abandons the batch.
         """
         assert self.consumer is not None
-        done, _ = wait([fut], timeout=self.keepalive_s)
-        while not done:
-            self._keepalive_poll(timeout_ms=50)
-            done = fut.done()
-        self._resume_paused()
+        deadline_checked = False
+        try:
+            if fut.done():
+                return
+            with contextlib.suppress(TimeoutError):
+                fut.exception(timeout=self.keepalive_s)
+            while not fut.done():
+                self._keepalive_poll(timeout_ms=50)
+                deadline = self._batch_deadline()
+                if deadline is not None and time.monotonic() > deadline:
+                    deadline_checked = True
+                    raise _Abandoned(
+                        f"stopping: still running {self.kafka.shutdown_timeout_s:g}s "
+                        "(kafka.shutdown_timeout_s) after the stop"
+                    )
+        finally:
+            if not deadline_checked:
+                self._resume_paused()
 
     def _sleep_polling(self, seconds: float) -> None:
         assert self.consumer is not None
@@ -435,6 +640,12 @@ class ConsumerLoop(Generic[M]):
         dead: list[DeadLetter],
         offsets: dict[TopicPartition, OffsetAndMetadata],
     ) -> None:
+        """Make the batch's outputs and dead letters durable, then commit its offsets.
+
+        Every output sent here belongs to a partition this member owned from the poll that
+        fetched it until now (``_process`` voids a batch that lost one), so what commits is
+        never another member's work.
+        """
         assert self.consumer is not None
         owned = self.consumer.assignment()
         if self.transactional_id:
@@ -454,7 +665,7 @@ class ConsumerLoop(Generic[M]):
                 self._discard_producer()
                 raise
             self._count_dead(dead)
-            self._committed.update((tp, om.offset) for tp, om in commit.items())
+            self._log.committed.update((tp, om.offset) for tp, om in commit.items())
         else:
             assert self.producer is not None
             self._send(outputs, dead)
@@ -462,7 +673,7 @@ class ConsumerLoop(Generic[M]):
                 self.producer.flush()  # raises: nothing committed while an output may be lost
             self._count_dead(dead)
             with self._lock:  # durable now: pending until committed (here or by the listener)
-                self._processed.update(offsets)
+                self._processed.update((tp, om) for tp, om in offsets.items() if tp in owned)
                 commit = {tp: om for tp, om in self._processed.items() if tp in owned}
             try:
                 self.consumer.commit(commit)
@@ -472,7 +683,7 @@ class ConsumerLoop(Generic[M]):
                 self.stats.commit_failures += 1
                 log.warning("offset commit failed (%r); will retry with the next commit", exc)
                 return
-            self._committed.update((tp, om.offset) for tp, om in commit.items())
+            self._log.committed.update((tp, om.offset) for tp, om in commit.items())
         with self._lock:  # only this thread adds offsets, so the committed ones are the newest
             for tp in commit:
                 self._processed.pop(tp, None)
@@ -500,42 +711,12 @@ class ConsumerLoop(Generic[M]):
             producer.close(timeout_s=1.0)
 
     def _check_log(self, tp: TopicPartition, first_offset: int) -> None:
-        """Report a partition whose log restarted below the offset this group committed.
-
-        On a healthy broker a group is redelivered from its committed offset, never below it:
-        records that come back below it mean the broker lost the log and the group's offsets
-        (the embedded broker keeps everything in memory; a re-created topic does the same),
-        and the client has quietly started again from ``auto_offset_reset``. What the loop
-        knew was there and had not finished (up to the highest high watermark it saw) is lost
-        with it; outputs already produced may be gone too. Say so, loudly and in numbers.
-        """
+        """Report a partition whose log restarted below the offset this group committed."""
         assert self.consumer is not None
-        committed = self._committed.get(tp, 0)
-        seen = max(self._high.get(tp, 0), committed)
-        if first_offset < committed:
-            lost = seen - committed
+        lost = self._log.check(tp, first_offset, self.consumer.highwater(tp))
+        if lost is not None:
             self.stats.log_resets += 1
             self.stats.records_lost += lost
-            LOG_RESETS.labels(tp.topic).inc()
-            RECORDS_LOST.labels(tp.topic).inc(lost)
-            log.error(
-                "%s[%d]: the broker lost this partition's log (records restart at offset %d, "
-                "below offset %d that group %s had committed; was the broker restarted with "
-                "memory-only storage, or the topic re-created?): %d record(s) past it, up to "
-                "the high watermark %d it had seen, were not committed as processed and are "
-                "lost; outputs of the earlier ones may be gone from the broker too",
-                tp.topic,
-                tp.partition,
-                first_offset,
-                committed,
-                self.group_id,
-                lost,
-                seen,
-            )
-            self._committed.pop(tp, None)
-            seen = 0
-        high = self.consumer.highwater(tp)
-        self._high[tp] = max(seen, high or 0)
 
     def _send(self, outputs: list[Output], dead: list[DeadLetter]) -> None:
         assert self.producer is not None

@@ -55,3 +55,38 @@ RECORDS_LOST = Counter(
     "committed as processed when the broker lost that partition's log.",
     ["topic"],
 )
+UNDECODABLE_BATCHES = Counter(
+    "selfdistill_undecodable_batches_total",
+    "Runs of records the client could not decode (an unknown codec, a corrupt or undecompressable "
+    "batch), skipped with their offsets logged and a dead letter saying where.",
+    ["topic"],
+)
+RECORDS_SKIPPED = Counter(
+    "selfdistill_records_skipped_total",
+    "Offsets skipped because the batch holding them could not be decoded.",
+    ["topic"],
+)
+HANDLER_ISOLATED = Counter(
+    "selfdistill_handler_isolated_total",
+    "Records the handler failed on by themselves, after bounded retries and splitting the "
+    "batch; each went to the dead-letter topic (reason handler-error).",
+    ["topic"],
+)
+DEPENDENCY_UNAVAILABLE = Gauge(
+    "selfdistill_dependency_unavailable",
+    "1 while a worker waits for a dependency (the engine) that is unreachable or answers 5xx: "
+    "nothing is dead-lettered, /readyz answers 503, the batch resumes when it is back.",
+    ["topic"],
+)
+DEPENDENCY_FAILURES = Counter(
+    "selfdistill_dependency_failures_total",
+    "Batches that failed because a dependency (the engine) was unavailable; retried, never "
+    "blamed on a record.",
+    ["topic"],
+)
+BATCHES_ABANDONED = Counter(
+    "selfdistill_batches_abandoned_total",
+    "Batches given up uncommitted (redelivered): a stop that ran out of shutdown_timeout_s, or "
+    "a partition revoked while the batch ran.",
+    ["topic", "why"],
+)

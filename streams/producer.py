@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import ProducerFencedError
 from kafka.producer.future import FutureRecordMetadata
 from pydantic import BaseModel
 
 from streams.connection import KafkaSettings, connect
-from streams.deadletter import DeadLetter
+from streams.deadletter import DeadLetter, whole_limit
 from streams.metrics import MESSAGES_PRODUCED, PRODUCE_FAILURES
 from streams.schemas import encode
 
@@ -34,6 +35,21 @@ class ProduceError(RuntimeError):
             f"{len(failures)} message(s) not acknowledged; first on {topic!r}: {exc!r}"
         )
         self.failures = failures
+
+
+class ProducerFenced(RuntimeError):
+    """Another process uses this worker's transactional id; this one stopped."""
+
+
+def is_fenced(exc: BaseException) -> bool:
+    """A newer producer with our transactional id exists: going on would fight it forever
+    (each retry's fresh producer fences the other one in turn)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ProducerFencedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Producer:
@@ -88,6 +104,15 @@ class Producer:
         return fut
 
     def send_dead_letter(self, dlq_topic: str, dl: DeadLetter) -> FutureRecordMetadata:
+        """Send ``dl`` to ``dlq_topic``, bounded so that its size can never make the send fail.
+
+        A worker commits past a bad record only once its dead letter is acknowledged, so one
+        that is too big to send would wedge the partition: key and value beyond
+        :func:`streams.deadletter.whole_limit` (for this producer's ``max_request_size``) are
+        cut to a prefix, with the original's size and sha256 in the headers.
+        """
+        limit = whole_limit(self.kafka.max_message_bytes, self._producer.config["max_request_size"])
+        dl = dl.bounded(limit)
         return self.send(dlq_topic, dl.value, key=dl.key, headers=dl.headers())
 
     def flush(self, timeout_s: float = 60.0) -> int:

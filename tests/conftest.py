@@ -147,8 +147,14 @@ def cli(
     )
 
 
-def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start the real `selfdistill` console script in the background (stop it with a signal)."""
+def start_cli(
+    *args: str, env: dict[str, str] | None = None, stderr: Path | None = None
+) -> subprocess.Popen[str]:
+    """Start the real `selfdistill` console script in the background (stop it with a signal).
+
+    ``stderr``: a file for its log. A worker that logs much while nobody reads its pipe
+    (communicate() comes only at the end) blocks once the pipe's 64 KiB are full.
+    """
     exe = Path(sys.executable).parent / "selfdistill"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SELFDISTILL_")}
     full_env.update(env or {})
@@ -158,7 +164,7 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
         env=full_env,
         text=True,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.PIPE if stderr is None else stderr.open("a"),
     )
 
 

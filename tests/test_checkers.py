@@ -73,6 +73,24 @@ def test_regex() -> None:
     assert not bad.passed and "no match in 'x = 5'" in bad.detail
 
 
+def test_a_catastrophic_regex_is_a_failed_verdict_within_its_time_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``(a|aa)+$`` against a long run of a's and a bang backtracks for longer than anyone
+    waits (Python's ``re`` has no bound); the check must end, fail, and say why."""
+    import daemon.verifying.checkers as checkers
+    import daemon.verifying.graders as graders
+
+    monkeypatch.setattr(checkers, "REGEX_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(graders, "REGEX_TIMEOUT_S", 0.2)
+    real = graders.regex_search
+    monkeypatch.setattr(checkers, "regex_search", lambda p, t: real(p, t, timeout_s=0.2))
+    spec = CheckSpec(checker="regex", answer=r"(a|aa)+$")
+    verdict = check(spec, "a" * 60 + "!")
+    assert not verdict.passed and "ran past 0.2s" in verdict.detail
+    assert check(spec, "aaaa").passed  # an honest input still matches
+
+
 def test_choice() -> None:
     spec = CheckSpec(checker="choice", answer="B", choices=["18", "19", "20"])
     assert check(spec, "The answer is (B).").passed

@@ -20,6 +20,20 @@ class EngineError(RuntimeError):
     """The engine could not do what was asked (bad adapter, backend down, bad request)."""
 
 
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached, timed out, or answered 5xx/429: not the request's fault.
+
+    Workers wait for it (``/readyz`` 503, a gauge, an alert) and retry; they never
+    dead-letter a record because of it.
+    """
+
+
+class EngineRejected(EngineError, ValueError):
+    """The engine refused this request (HTTP 4xx other than 408/429: a prompt longer than the
+    context, a chat template that refuses the roles): the record's fault, so a worker
+    dead-letters it without retrying."""
+
+
 class AdapterLoadError(EngineError):
     """An adapter was refused or failed to load; whatever served before keeps serving."""
 

@@ -39,12 +39,14 @@ from daemon.engines.base import (
     ChatResult,
     Completion,
     EngineError,
+    EngineRejected,
+    EngineUnavailable,
 )
 
 log = logging.getLogger(__name__)
 
 #: Statuses worth retrying: the server or a proxy in front of it is briefly unavailable.
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Transport errors worth retrying for generation. A read timeout is not among them: the
 #: server may still be generating, and sending the request again would double the load.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
@@ -76,7 +78,7 @@ def error_message(response: httpx.Response) -> str:
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
+            return str(err["message"])[:500]
         if isinstance(err, str):
             return err
         if body.get("detail"):
@@ -155,12 +157,12 @@ class OpenAIEngine:
             return retrying(attempt)
         except _RetryableStatus as exc:
             r = exc.response
-            raise EngineError(
+            raise EngineUnavailable(
                 f"{method} {path}: HTTP {r.status_code} after {self._attempts} attempts: "
                 f"{error_message(r)}"
             ) from exc
-        except httpx.HTTPError as exc:
-            raise EngineError(
+        except httpx.HTTPError as exc:  # unreachable, reset, timed out: the engine's side
+            raise EngineUnavailable(
                 f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}"
             ) from exc
 
@@ -201,7 +203,10 @@ class OpenAIEngine:
             "POST", "/chat/completions", self._body(r), TRANSIENT_ERRORS, RETRY_STATUSES
         )
         if response.status_code != 200:
-            raise EngineError(
+            kind = EngineRejected if 400 <= response.status_code < 500 else EngineUnavailable
+            if response.status_code == 408:
+                kind = EngineUnavailable
+            raise kind(
                 f"chat completion for model {r.adapter or self.model_name!r} refused "
                 f"(HTTP {response.status_code}): {error_message(response)}"
             )

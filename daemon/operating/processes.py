@@ -10,9 +10,10 @@ Each function imports only its own stage, so a serve process never loads the tra
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon.operating.observe import observability
 from daemon.operating.signals import wait_for_stop_signal
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from daemon.engines.base import Engine
     from daemon.operating.config import Settings
     from daemon.serving.worker import ServeWorker
+    from streams.consumer import ConsumerLoop
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,12 @@ def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) ->
     serve_worker = ServeWorker(settings, engine) if worker else None
 
     def ready() -> bool:
-        return serve_worker.loop.ready.is_set() if serve_worker is not None else True
+        return serve_worker.loop.is_ready() if serve_worker is not None else True
 
     with observability(settings.metrics, "serve", ready):
         _run_serve(settings, engine, serve_worker, http, token)
+    if serve_worker is not None:
+        exit_if_abandoned(serve_worker.loop, "serve")
 
 
 def _run_serve(
@@ -90,8 +94,23 @@ def run_verify(settings: Settings) -> None:
     from daemon.verifying.worker import VerifyWorker
 
     worker = VerifyWorker(settings)
-    with observability(settings.metrics, "verify", worker.loop.ready.is_set):
+    with observability(settings.metrics, "verify", worker.loop.is_ready):
         worker.run()
+    exit_if_abandoned(worker.loop, "verify")
+
+
+def exit_if_abandoned(loop: ConsumerLoop[Any], name: str) -> None:
+    """Exit now when the loop left a batch running at its stop deadline.
+
+    The batch is uncommitted (it is redelivered), but the engine call it waits on may hold
+    non-daemon threads (an HTTP request pool, a generation) that the interpreter would join
+    on exit, minutes past ``kafka.shutdown_timeout_s``. Everything durable is done by now.
+    """
+    if not loop.busy:
+        return
+    log.warning("%s: exiting with an abandoned batch still running (it is redelivered)", name)
+    logging.shutdown()
+    os._exit(0)
 
 
 def run_scheduler(settings: Settings, *, progress: bool = False) -> None:

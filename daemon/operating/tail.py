@@ -1,8 +1,15 @@
-"""``selfdistill tail``: print what is on a topic as JSON lines, for operators and scripts."""
+"""``selfdistill tail``: print what is on a topic as JSON lines, for operators and scripts.
+
+Any bytes print: a record's key, value and headers are shown as text when they are UTF-8,
+else as base64 (``key_b64``, ``value_b64``, ``headers_b64``), and :func:`json_line` writes
+each record as strict JSON that encodes in the output's encoding, even when a JSON value
+holds a lone surrogate escape (``"\\ud800"``, valid JSON whose Python string has no UTF-8).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,12 +33,51 @@ def record_json(r: Any, dead_letter: bool) -> dict[str, Any]:
         out.update(DeadLetter.from_record(r.headers, r.key, r.value).as_json())
         return out
     try:
-        out["value"] = json.loads(r.value) if r.value is not None else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        out["value"] = None if r.value is None else json.loads(r.value, **_STRICT)
+    except ValueError:  # not UTF-8, not JSON, or NaN/Infinity/1e999 (strict JSON has none)
         out.update(render_bytes("value", r.value))
     if r.headers:
-        out["headers"] = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+        text: dict[str, str | None] = {}
+        binary: dict[str, str] = {}
+        for k, v in r.headers:
+            shown = render_bytes(k, v)
+            if k in shown:
+                text[k] = shown[k]
+            else:
+                binary[k] = shown[f"{k}_b64"]
+        if text:
+            out["headers"] = text
+        if binary:
+            out["headers_b64"] = binary
     return out
+
+
+def json_line(rec: dict[str, Any], encoding: str | None = "utf-8") -> str:
+    """``rec`` as one line of strict JSON that encodes in ``encoding``, whatever it holds.
+
+    Readable (non-ASCII characters as themselves) when the line encodes; otherwise, for a
+    lone surrogate or a stdout that is not UTF-8, every non-ASCII character is escaped.
+    """
+    line = json.dumps(rec, ensure_ascii=False, allow_nan=False, default=repr)
+    try:
+        line.encode(encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        line = json.dumps(rec, ensure_ascii=True, allow_nan=False, default=repr)
+    return line + "\n"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} does not fit a float")
+    return value
+
+
+_STRICT: dict[str, Any] = {"parse_constant": _no_constant, "parse_float": _finite}
 
 
 def tail(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,13 +103,29 @@ class Up:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop within ``kafka.shutdown_timeout_s``, as the separate workers do.
+
+        The loops abandon a batch still running at their deadline (it is redelivered); a
+        training run stops at its next forward pass (``_should_stop_training``). What is
+        still running when the time is up (a gate evaluation midway) is left to the
+        caller: :attr:`unfinished` says so, and ``run_up`` then exits the process.
+        """
         self.stop("exit")
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)  # an interrupted training run ends first
+        deadline = time.monotonic() + self.settings.kafka.shutdown_timeout_s
         for w in (self.serve, self.verify):
             w.stop()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
         for t in self._threads:
-            t.join(120)
+            t.join(max(0.1, deadline - time.monotonic()))
+        while self.state.training.startswith("training") and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    @property
+    def unfinished(self) -> list[str]:
+        """What is still running after :meth:`__exit__` gave up waiting for it."""
+        left = [t.name for t in self._threads if t.is_alive()]
+        return left + (["train"] if self.state.training.startswith("training") else [])
 
     def stop(self, why: str) -> None:
         if not self._stop.is_set():
@@ -124,8 +141,8 @@ class Up:
         """/metrics on the serve port; /healthz and /readyz on each worker's port."""
         m = self.settings.metrics
         with (
-            observability(m, "serve", self.serve.loop.ready.is_set),
-            observability(m, "verify", self.verify.loop.ready.is_set, metrics=False),
+            observability(m, "serve", self.serve.loop.is_ready),
+            observability(m, "verify", self.verify.loop.is_ready, metrics=False),
             observability(m, "train", lambda: self._scheduler is not None, metrics=False),
         ):
             yield
@@ -235,6 +252,15 @@ def run_up(
                 signal.signal(sig, lambda signum, _f: up.stop(f"signal {signum}"))
             state = up.wait(tick)
         log.info("up stopped: %s", state.stopped_by)
+        if up.unfinished:  # past shutdown_timeout_s: nothing uncommitted is lost by going now
+            log.warning(
+                "up: %s still running %.0fs after the stop (kafka.shutdown_timeout_s); exiting "
+                "without it, uncommitted work is redelivered",
+                ", ".join(up.unfinished),
+                settings.kafka.shutdown_timeout_s,
+            )
+            logging.shutdown()
+            os._exit(0)
         return state
     finally:
         engine.close()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from daemon.engines import EngineSettings
-from daemon.engines.base import ChatRequest, Engine
+from daemon.engines.base import ChatRequest, Engine, EngineRejected, EngineUnavailable
 from daemon.engines.hotswap import AdapterRouter
 from daemon.serving.metrics import (
     CANDIDATES_GENERATED,
@@ -268,6 +268,9 @@ class ServeWorker:
             dlq_topic=settings.topics.dlq(settings.topics.prompts),
             transactional_id=cfg.transactional_id_or_default(),
             name="serve",
+            # The engine down is never a record's fault; a request it refuses (HTTP 400) is.
+            unavailable=(EngineUnavailable,),
+            record_faults=(EngineRejected,),
         )
 
     def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:

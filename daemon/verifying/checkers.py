@@ -18,10 +18,11 @@ these stages before or instead of the judges:
 a bad spec or a broken checker is a failed verdict whose detail says so, because one odd
 prompt must not stop the worker. Only a programmer's error (an unknown stage) raises.
 
-What a check spec holds comes from the prompt's producer and is trusted as far as running
-time goes: the arithmetic checker bounds its own work, but a ``regex`` pattern prone to
-catastrophic backtracking can take long on an unlucky answer (Python's ``re`` has no time
-limit), and a registered checker runs in the worker's own process.
+What a check spec holds comes from the prompt's producer and is not trusted with running
+time: the arithmetic checker bounds its own work, and a ``regex`` pattern runs with a time
+bound (:data:`daemon.verifying.graders.REGEX_TIMEOUT_S`), so one prone to catastrophic
+backtracking is a failed verdict that says so, not a wedged worker. A registered checker
+runs in the worker's own process.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from fractions import Fraction
 from pydantic import ValidationError
 
 from daemon.verifying.graders import (
+    REGEX_TIMEOUT_S,
     GraderName,
     LabeledItem,
     extract_choice,
     extract_number,
     grade,
     last_line,
+    regex_search,
 )
 from daemon.verifying.sandbox import DETAIL_CHARS, SandboxConfig, extract_code, one_line, run_tests
 from daemon.verifying.verdicts import final_answer
@@ -197,7 +200,13 @@ def check_regex(check: CheckSpec, answer: str) -> ToolVerdict:
     item = _item("regex", check)
     if isinstance(item, str):
         return ToolVerdict(False, item)
-    passed = grade(item, answer)
+    try:
+        final = final_answer(answer)
+        passed = bool(final) and regex_search(item.answer, final)
+    except TimeoutError:
+        return ToolVerdict(
+            False, f"the pattern /{_clip(item.answer)}/ ran past {REGEX_TIMEOUT_S:g}s: no match"
+        )
     found = "matched" if passed else f"no match in {_clip(answer)}"
     return ToolVerdict(passed, f"expected a match for /{item.answer}/, {found}")
 

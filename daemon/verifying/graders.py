@@ -12,9 +12,12 @@ the last ``</think>``, as the judges see it) and then applies one documented rul
   reference somewhere in the middle is not a pass.
 - ``numeric``: the *last* number in the final answer equals the reference, within the
   item's absolute tolerance (relative 1e-9 is always allowed, for float noise).
-- ``regex``: ``re.search(pattern, final_answer, IGNORECASE | DOTALL)``. A search, not a
+- ``regex``: ``search(pattern, final_answer, IGNORECASE | DOTALL)``. A search, not a
   full match, so a pattern states exactly what it requires; patterns that care about
   position anchor themselves (``^``/``$`` or number boundaries such as ``(?<![\\d.,])``).
+  Patterns run on the ``regex`` package (its ``re``-compatible VERSION0 syntax) with a time
+  bound, :data:`REGEX_TIMEOUT_S`: a pattern prone to catastrophic backtracking cannot wedge
+  a worker. A search that runs out of time is not a match.
 - ``choice``: the letter the output picks (:func:`extract_choice`) equals the reference.
 
 A held-out file is JSONL, one :class:`LabeledItem` per line; :func:`load_labeled` rejects
@@ -32,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from daemon.verifying.verdicts import final_answer
@@ -43,7 +47,13 @@ GRADERS: tuple[GraderName, ...] = ("exact", "numeric", "regex", "choice")
 #: Multiple choice supports at most five options (A-E): beyond that a standalone capital
 #: letter in prose ("I", "a") is too often a word rather than a pick.
 CHOICE_LETTERS = "ABCDE"
-REGEX_FLAGS = re.IGNORECASE | re.DOTALL
+REGEX_FLAGS = regex.IGNORECASE | regex.DOTALL | regex.VERSION0
+
+#: Seconds one regex grade may search before it gives up. A search of an honest pattern in
+#: a model's answer takes microseconds; a pattern prone to catastrophic backtracking (such
+#: as ``(a|aa)+$``) can take longer than the universe is old. The bound is per search, so a
+#: checker vote or a held-out grade costs at most this much.
+REGEX_TIMEOUT_S = 1.0
 
 
 class LabeledSetError(ValueError):
@@ -100,8 +110,8 @@ class LabeledItem(BaseModel):
             raise ValueError(f"a numeric answer must be a number (got {self.answer!r})")
         if self.grader == "regex":
             try:
-                re.compile(self.answer, REGEX_FLAGS)
-            except re.error as exc:
+                _compiled(self.answer)
+            except regex.error as exc:
                 raise ValueError(f"regex answer does not compile: {exc}") from None
         if self.grader == "exact" and not _normalise(self.answer):
             raise ValueError("an exact answer must not be empty after normalisation")
@@ -299,8 +309,15 @@ def extract_choice(text: str, choices: list[str] | None = None) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, REGEX_FLAGS)
+def _compiled(pattern: str) -> regex.Pattern[str]:
+    return regex.compile(pattern, REGEX_FLAGS)
+
+
+def regex_search(pattern: str, text: str, timeout_s: float = REGEX_TIMEOUT_S) -> bool:
+    """Whether ``pattern`` is found in ``text`` (the ``regex`` grader's rule), within a time
+    bound. Raises ``regex.error`` for a pattern that does not compile and ``TimeoutError``
+    when the search takes longer than ``timeout_s`` seconds."""
+    return _compiled(pattern).search(text, timeout=timeout_s) is not None
 
 
 def grade(item: LabeledItem, output: str) -> bool:
@@ -317,7 +334,10 @@ def grade(item: LabeledItem, output: str) -> bool:
             return False
         return math.isclose(got, want, rel_tol=1e-9, abs_tol=item.tolerance)
     if item.grader == "regex":
-        return _compiled(item.answer).search(final) is not None
+        try:
+            return regex_search(item.answer, final)
+        except TimeoutError:  # a search that cannot finish in time found no match
+            return False
     return extract_choice(final, item.choices) == item.answer
 
 

@@ -26,9 +26,12 @@ Redelivery rules (all inside ONE ``BEGIN IMMEDIATE`` transaction per prompt):
 
 Invariant: ``candidates.accepted = 1`` exactly for the ids in ``accepted``.
 
-Held-out split: each accepted row gets ``split`` from its id hash at insert time
-(:func:`split_for`); it is stored, not recomputed, so changing ``heldout_fraction`` later
-never moves an already held-out sample into training. The held-out slice is never trained on.
+Held-out split: each accepted row gets ``split`` at insert time from a hash of its
+*question* (:func:`question_key`, :func:`split_for`), not of the candidate or the prompt id:
+every accepted answer to one question, and the same question produced again under another
+id, lands on the same side, so a held-out question never leaks into training. It is stored,
+not recomputed, so changing ``heldout_fraction`` later never moves an already held-out
+sample into training. The held-out slice is never trained on.
 
 Snapshots record the exact set of accepted ids a training run used, so a run is
 reproducible and "new samples since the last run" is a set difference.
@@ -112,9 +115,19 @@ def vote_id(cand_id: str, stage: str, kind: str, ordinal: int) -> str:
     return _hash(cand_id, stage, kind, str(ordinal))
 
 
-def split_for(cand_id: str, heldout_fraction: float) -> str:
-    """Deterministic split from the id hash: the same sample lands in the same slice anywhere."""
-    return "heldout" if int(cand_id[:8], 16) % 1000 < round(heldout_fraction * 1000) else "train"
+def question_key(messages: list[dict[str, str]]) -> str:
+    """A hash of what was asked: every non-assistant turn, case and whitespace normalised."""
+    asked = [
+        (m["role"], " ".join(m["content"].split()).casefold())
+        for m in messages
+        if m["role"] != "assistant"
+    ]
+    return hashlib.sha256(json.dumps(asked, ensure_ascii=False).encode()).hexdigest()
+
+
+def split_for(key: str, heldout_fraction: float) -> str:
+    """Deterministic split from a hex hash (:func:`question_key`): the same anywhere."""
+    return "heldout" if int(key[:8], 16) % 1000 < round(heldout_fraction * 1000) else "train"
 
 
 @dataclass(frozen=True)
@@ -359,6 +372,7 @@ class Store:
         now = time.time()
         pid = message.id
         chat = [m.model_dump() for m in message.messages]
+        split = split_for(question_key(chat), self.heldout_fraction)
         chosen: dict[str, CandidateOutcome] = {}
         for c in sorted(outcome.candidates, key=lambda c: c.index):
             cid = candidate_id(pid, c.text)
@@ -463,7 +477,7 @@ class Store:
                             ),
                             "judge_tokens": judge_tokens,
                             "accepted_at": now,
-                            "split": split_for(cid, self.heldout_fraction),
+                            "split": split,
                         }
                     )
             # OR IGNORE although these ids are new: a no-op guard, never an overwrite.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from pydantic import Field
 
 from daemon.engines import EngineSettings
-from daemon.engines.base import Engine
+from daemon.engines.base import Engine, EngineRejected, EngineUnavailable
 from daemon.verifying.cascade import (
     Cascade,
     CascadeConfig,
@@ -187,6 +187,9 @@ class VerifyWorker:
             handler=self.handler,
             dlq_topic=settings.topics.dlq(settings.topics.candidates),
             name="verify",
+            # The engine down is never a record's fault; a request it refuses (HTTP 400) is.
+            unavailable=(EngineUnavailable,),
+            record_faults=(EngineRejected,),
         )
 
     def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -143,9 +142,10 @@ def tail_cmd(
     ] = 2.0,
 ) -> None:
     """Print a topic's messages, from the beginning, as JSON lines (no consumer group joined)."""
-    from daemon.operating.tail import tail
+    from daemon.operating.tail import json_line, tail
 
     s = settings()
+    encoding = getattr(sys.stdout, "encoding", None)
     dead = topic.endswith(s.topics.dlq_suffix)
     try:
         for rec in tail(
@@ -156,7 +156,7 @@ def tail_cmd(
             follow=follow,
             idle_timeout_s=idle_timeout,
         ):
-            sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            sys.stdout.write(json_line(rec, encoding))
             sys.stdout.flush()
     except LookupError as exc:
         err.print(f"[red]error:[/] {exc.args[0]}", highlight=False)
