@@ -83,15 +83,6 @@ M = TypeVar("M", bound=BaseModel)
 
 #: The dead-letter reason of a record the handler failed on by itself (after retries).
 HANDLER_ERROR = "handler-error"
-__all__ = [
-    "HANDLER_ERROR",
-    "BatchResult",
-    "ConsumerLoop",
-    "Handler",
-    "LoopStats",
-    "Output",
-    "Record",
-]
 
 
 class _Abandoned(Exception):
@@ -450,12 +441,10 @@ class ConsumerLoop(Generic[M]):
     ) -> None:
         """Give a batch up uncommitted; rewind its partitions this member owns now.
 
-        A partition kept throughout goes back to the batch's first offset. One that was
-        revoked and has come back (to this member, in the same or a later rebalance) goes to
-        the group's committed offset: kafka-python keeps a re-assigned partition's position,
-        which is past the voided batch, and reading on from there would skip those records
-        for good (seen: the next batch committed past them). Someone else may have done them
-        meanwhile, so the committed offset, not ``first``, is where to resume.
+        Kept throughout: back to the batch's first offset. Revoked and come back: to the
+        group's committed offset (someone may have done them meanwhile), because kafka-python
+        keeps a re-assigned partition's position, past the voided batch, and reading on
+        from there skipped those records for good (the next batch committed past them).
         """
         assert self.consumer is not None
         reason = "revoked" if self._revoked(before) else "stopped"
@@ -466,11 +455,16 @@ class ConsumerLoop(Generic[M]):
         for tp, off in first.items():
             if tp not in owned:
                 continue
-            if self._revoked({tp: before[tp]}):
-                with contextlib.suppress(Exception):
-                    committed = self.consumer.committed(tp)
-                    off = committed if committed is not None else off
             with contextlib.suppress(Exception):
+                if self._revoked({tp: before[tp]}):
+                    committed = self.consumer.committed(tp)
+                    if committed is None:  # as a new owner would: the group has no offset
+                        reset = self.kafka.auto_offset_reset == "earliest"
+                        (self.consumer.seek_to_beginning if reset else self.consumer.seek_to_end)(
+                            tp
+                        )
+                        continue
+                    off = committed
                 self.consumer.seek(tp, off)
                 rewound[tp] = off
         log.warning(
@@ -520,17 +514,19 @@ class ConsumerLoop(Generic[M]):
             except self.unavailable as exc:
                 unavailable += 1
                 self.stats.unavailable_waits += 1
+                self.stats.handler_failures += 1  # a failed attempt all the same (alerts)
+                HANDLER_FAILURES.labels(self.topic).inc()
                 DEPENDENCY_FAILURES.labels(self.topic).inc()
                 DEPENDENCY_UNAVAILABLE.labels(self.topic).set(1)
                 self.waiting_on = f"{type(exc).__name__}: {exc}"[:300]
                 delay = min(self.retry_backoff_max_s, 0.5 * 2 ** min(unavailable - 1, 10))
                 log.error(
-                    "%s: a dependency is unavailable (%s); waiting %.1fs, nothing is "
-                    "dead-lettered, the batch of %d is retried",
+                    "%s: a dependency is unavailable (%s); offsets not committed, nothing "
+                    "dead-lettered, the batch of %d is retried in %.1fs",
                     self.name,
                     self.waiting_on,
-                    delay,
                     len(batch),
+                    delay,
                 )
             except Exception as exc:
                 failures += 1

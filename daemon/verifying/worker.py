@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -187,8 +188,9 @@ class VerifyWorker:
             handler=self.handler,
             dlq_topic=settings.topics.dlq(settings.topics.candidates),
             name="verify",
-            # The engine down is never a record's fault; a request it refuses (HTTP 400) is.
-            unavailable=(EngineUnavailable,),
+            # The engine down, or the store's disk full or read-only, is never a record's
+            # fault: wait for it. A request the engine refuses (HTTP 400) is the record's.
+            unavailable=(EngineUnavailable, sqlite3.OperationalError),
             record_faults=(EngineRejected,),
         )
 
