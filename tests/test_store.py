@@ -331,82 +331,23 @@ def test_one_question_never_lands_on_both_sides(db_path: Path) -> None:
             for copy in range(2):  # the same question produced twice, under two ids
                 pid = f"q{q}-copy{copy}"
                 out, message = prompt(pid, {f"answer {k} of {q}": "accepted" for k in range(3)})
-                # The second copy differs in case, spacing and system prompt only.
-                turns = (
-                    [ChatMessage(role="system", content="Be brief."), _user(f"  Question {q}? ")]
-                    if copy
-                    else [_user(f"question {q}?")]
+                message = message.model_copy(
+                    update={
+                        "messages": [
+                            ChatMessage(
+                                role="user",
+                                content=f"  Question {q}?  " if copy else f"question {q}?",
+                            )
+                        ]
+                    }
                 )
-                s.record(out, message.model_copy(update={"messages": turns}), policy="all-valid")
+                s.record(out, message, policy="all-valid")
         for row in s.accepted_samples(None):
             sides.setdefault(row["prompt_id"].split("-")[0], set()).add(row["split"])
     assert len(sides) == 40
     assert all(len(split) == 1 for split in sides.values()), sides
     held = sum(split == {"heldout"} for split in sides.values())
     assert 8 <= held <= 32  # about half of 40 questions
-
-
-def _user(text: str) -> ChatMessage:
-    return ChatMessage(role="user", content=text)
-
-
-def _asked(pid: str, question: str, answer: str) -> tuple[PromptOutcome, CandidatesMessage]:
-    out, message = prompt(pid, {answer: "accepted"})
-    return out, message.model_copy(update={"messages": [_user(question)]})
-
-
-def test_the_fraction_is_honoured_over_many_questions(db_path: Path) -> None:
-    with Store(db_path, heldout_fraction=0.2) as s:
-        for q in range(1000):
-            s.record(*_asked(f"p{q}", f"What is {q} + {q}?", str(2 * q)))
-        counts = s.counts()
-    assert counts["accepted"] == 1000
-    assert 150 <= counts["accepted_heldout"] <= 250, counts  # 20% of 1000, within 3.5 sigma
-
-
-def test_a_known_question_keeps_its_side_when_the_fraction_changes(db_path: Path) -> None:
-    """The split is stored: a new answer to a held-out question, produced again under a new
-    id after the fraction was lowered, is held out too (and one in train stays in train)."""
-    questions = [f"Name the capital of country {q}." for q in range(60)]
-    with Store(db_path, heldout_fraction=0.5) as s:
-        for q, text in enumerate(questions):
-            s.record(*_asked(f"first-{q}", text, "Paris"))
-        before = {r["prompt_id"].split("-")[1]: r["split"] for r in s.accepted_samples(None)}
-    assert set(before.values()) == {"train", "heldout"}
-    for fraction in (0.0, 0.5):
-        with Store(db_path, heldout_fraction=fraction) as s:
-            for q, text in enumerate(questions):
-                s.record(*_asked(f"again-{fraction}-{q}", text.upper(), f"Rome {fraction}"))
-            for row in s.accepted_samples(None):
-                assert row["split"] == before[row["prompt_id"].split("-")[-1]], row
-
-
-def test_a_schema_1_store_is_migrated_and_keeps_its_splits(db_path: Path) -> None:
-    with Store(db_path, heldout_fraction=0.5) as s:
-        for q in range(20):
-            s.record(*_asked(f"p{q}", f"question {q}?", "4"))
-        stored = {r["id"]: r["split"] for r in s.accepted_samples(None)}
-    # Make it what schema 1 wrote: no question column, and a split flipped as the old
-    # per-candidate rule could have put it.
-    flipped = next(iter(stored))
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("DROP INDEX idx_accepted_question")
-        conn.execute("ALTER TABLE accepted DROP COLUMN question")
-        conn.execute(
-            "UPDATE accepted SET split = CASE split WHEN 'train' THEN 'heldout' ELSE 'train' END "
-            "WHERE id = ?",
-            (flipped,),
-        )
-        conn.execute("PRAGMA user_version = 1")
-    stored[flipped] = "heldout" if stored[flipped] == "train" else "train"
-    with Store(db_path, heldout_fraction=0.0) as s:
-        assert {r["id"]: r["split"] for r in s.accepted_samples(None)} == stored
-        s.record(*_asked("p0-again", "QUESTION 0?", "four"))
-        [again] = [r for r in s.accepted_samples(None) if r["prompt_id"] == "p0-again"]
-        p0 = [r for r in s.accepted_samples(None) if r["prompt_id"] == "p0"][0]
-        assert again["split"] == p0["split"]  # found by the backfilled key
-    assert table(db_path, "PRAGMA user_version") == [(2,)]
-    assert table(db_path, "SELECT count(*) FROM accepted WHERE question IS NULL") == [(0,)]
 
 
 def test_snapshots_are_exact_and_stable(store: Store) -> None:

@@ -26,15 +26,12 @@ Redelivery rules (all inside ONE ``BEGIN IMMEDIATE`` transaction per prompt):
 
 Invariant: ``candidates.accepted = 1`` exactly for the ids in ``accepted``.
 
-Held-out split: each accepted row gets ``split`` at insert time from its *question*
-(:func:`question_key`: the user turns, normalised), not from the candidate or the prompt id:
+Held-out split: each accepted row gets ``split`` at insert time from a hash of its
+*question* (:func:`question_key`, :func:`split_for`), not of the candidate or the prompt id:
 every accepted answer to one question, and the same question produced again under another
-id or system prompt, lands on the same side, so a held-out question never leaks into
-training. It is stored, not recomputed, so changing ``heldout_fraction`` later never moves
-an already held-out sample into training; and the key is stored with the row
-(``accepted.question``), so a new answer to a question the store already holds joins the
-side that question is on, whatever the fraction is now (held out, if a store from before
-schema 2 has it on both sides). The held-out slice is never trained on.
+id, lands on the same side, so a held-out question never leaks into training. It is stored,
+not recomputed, so changing ``heldout_fraction`` later never moves an already held-out
+sample into training. The held-out slice is never trained on.
 
 Snapshots record the exact set of accepted ids a training run used, so a run is
 reproducible and "new samples since the last run" is a set difference.
@@ -58,7 +55,6 @@ import json
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,7 +68,7 @@ from daemon.verifying.cascade import STAGES, CandidateOutcome, PromptOutcome
 from daemon.verifying.checkers import TOOL_STAGES
 from streams.schemas import CandidatesMessage
 
-SCHEMA_VERSION = 2  # 2: accepted.question (the split's key)
+SCHEMA_VERSION = 1
 SPLITS = ("train", "heldout")
 Policy = Literal["first-valid", "all-valid"]
 
@@ -90,9 +86,8 @@ class StoreConfig(BaseModel):
         0.1,
         ge=0.0,
         le=0.5,
-        description="Share of accepted questions held out of training for the evaluation "
-        "gate, chosen by a hash of the question text, so every answer to one question is on "
-        "one side (deterministic; fixed at insert time).",
+        description="Share of accepted samples held out of training for the evaluation gate, "
+        "chosen by candidate-id hash (deterministic; fixed at insert time).",
     )
     busy_timeout_s: float = Field(
         10.0,
@@ -121,23 +116,17 @@ def vote_id(cand_id: str, stage: str, kind: str, ordinal: int) -> str:
 
 
 def question_key(messages: list[dict[str, str]]) -> str:
-    """A hash of what was asked: the user turns' text, normalised (Unicode NFKC, case
-    folded, whitespace collapsed), in order. Not the prompt id, which a producer may choose
-    afresh for the same question; not the system prompt, which can differ between producers
-    of one question; not the assistant turns, so an accepted row (whose messages end in its
-    answer) has the key of the prompt it answers."""
+    """A hash of what was asked: every non-assistant turn, case and whitespace normalised."""
     asked = [
-        " ".join(unicodedata.normalize("NFKC", m["content"]).split()).casefold()
+        (m["role"], " ".join(m["content"].split()).casefold())
         for m in messages
-        if m["role"] == "user"
+        if m["role"] != "assistant"
     ]
-    return hashlib.sha256(json.dumps(asked, ensure_ascii=False).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps(asked, ensure_ascii=False).encode()).hexdigest()
 
 
 def split_for(key: str, heldout_fraction: float) -> str:
-    """The split of a question never seen before, from its hex key (:func:`question_key`):
-    deterministic, the same in any store. A question the store already holds keeps the side
-    it is on (:meth:`Store.record`)."""
+    """Deterministic split from a hex hash (:func:`question_key`): the same anywhere."""
     return "heldout" if int(key[:8], 16) % 1000 < round(heldout_fraction * 1000) else "train"
 
 
@@ -331,7 +320,6 @@ class Store:
                     "judge_tokens": int,
                     "accepted_at": float,
                     "split": str,
-                    "question": str,
                 },
                 pk="id",
                 foreign_keys=[("id", "candidates", "id"), ("prompt_id", "prompts", "id")],
@@ -339,7 +327,6 @@ class Store:
                 if_not_exists=True,
                 strict=strict,
             )
-            self._migrate_accepted(db)
             db["snapshots"].create(
                 {"id": str, "created_at": float, "split": str, "sample_count": int, "note": str},
                 pk="id",
@@ -363,24 +350,10 @@ class Store:
                 ("votes", ["prompt_id"]),
                 ("accepted", ["prompt_id"]),
                 ("accepted", ["split"]),
-                ("accepted", ["question"]),
                 ("snapshot_samples", ["accepted_id"]),
             ):
                 db[table].create_index(cols, if_not_exists=True)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    @staticmethod
-    def _migrate_accepted(db: Database) -> None:
-        """Schema 1 -> 2: add ``accepted.question`` and fill it from each row's messages.
-        Splits stay as stored; only new rows follow the per-question rule."""
-        if "question" in db["accepted"].columns_dict:
-            return
-        db.execute("ALTER TABLE accepted ADD COLUMN question TEXT")
-        rows = db.execute("SELECT id, messages FROM accepted").fetchall()
-        db.conn.executemany(
-            "UPDATE accepted SET question = ? WHERE id = ?",
-            [(question_key(json.loads(messages)), cid) for cid, messages in rows],
-        )
 
     # ------------------------------------------------------------------------ writes
     def record(
@@ -399,7 +372,7 @@ class Store:
         now = time.time()
         pid = message.id
         chat = [m.model_dump() for m in message.messages]
-        question = question_key(chat)
+        split = split_for(question_key(chat), self.heldout_fraction)
         chosen: dict[str, CandidateOutcome] = {}
         for c in sorted(outcome.candidates, key=lambda c: c.index):
             cid = candidate_id(pid, c.text)
@@ -429,18 +402,6 @@ class Store:
             has_accepted = (
                 db.execute("SELECT 1 FROM accepted WHERE prompt_id = ? LIMIT 1", (pid,)).fetchone()
                 is not None
-            )
-            # A known question keeps its side; held out wins if an old store has it on both.
-            sides = {
-                r[0]
-                for r in db.execute(
-                    "SELECT DISTINCT split FROM accepted WHERE question = ?", (question,)
-                )
-            }
-            split = (
-                ("heldout" if "heldout" in sides else "train")
-                if sides
-                else split_for(question, self.heldout_fraction)
             )
             cand_rows: list[dict[str, Any]] = []
             vote_rows: list[dict[str, Any]] = []
@@ -517,7 +478,6 @@ class Store:
                             "judge_tokens": judge_tokens,
                             "accepted_at": now,
                             "split": split,
-                            "question": question,
                         }
                     )
             # OR IGNORE although these ids are new: a no-op guard, never an overwrite.
