@@ -323,7 +323,7 @@ class ConsumerLoop(Generic[M]):
         clear_failed_fetch(self.consumer)
         runs = find_undecodable(self.consumer) if is_decode_failure(exc) else []
         if not runs:
-            delay = min(self.retry_backoff_max_s, 0.5 * 2 ** min(failures - 1, 10))
+            delay = self._backoff(failures)
             log.error(
                 "%s: poll failed (%d in a row): %r; retrying in %.1fs",
                 self.name,
@@ -407,7 +407,7 @@ class ConsumerLoop(Generic[M]):
                     attempt += 1
                     self.stats.handler_failures += 1
                     HANDLER_FAILURES.labels(self.topic).inc()
-                    delay = min(self.retry_backoff_max_s, 0.5 * 2 ** min(attempt - 1, 10))
+                    delay = self._backoff(attempt)
                     log.error(
                         "%s: committing a batch of %d from %s failed (attempt %d): %r; "
                         "nothing committed, redoing it in %.1fs",
@@ -427,6 +427,10 @@ class ConsumerLoop(Generic[M]):
                 return
         self.stats.batches += 1
         self.stats.processed += len(batch)
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds before try ``attempt + 1``: 0.5 s doubling, capped at retry_backoff_max_s."""
+        return min(self.retry_backoff_max_s, 0.5 * 2 ** min(attempt - 1, 10))
 
     def _revoked(self, before: dict[TopicPartition, int]) -> bool:
         with self._lock:
@@ -519,7 +523,7 @@ class ConsumerLoop(Generic[M]):
                 DEPENDENCY_FAILURES.labels(self.topic).inc()
                 DEPENDENCY_UNAVAILABLE.labels(self.topic).set(1)
                 self.waiting_on = f"{type(exc).__name__}: {exc}"[:300]
-                delay = min(self.retry_backoff_max_s, 0.5 * 2 ** min(unavailable - 1, 10))
+                delay = self._backoff(unavailable)
                 log.error(
                     "%s: a dependency is unavailable (%s); offsets not committed, nothing "
                     "dead-lettered, the batch of %d is retried in %.1fs",
@@ -534,7 +538,7 @@ class ConsumerLoop(Generic[M]):
                 HANDLER_FAILURES.labels(self.topic).inc()
                 if isinstance(exc, self.record_faults) or failures >= attempts:
                     raise Spent(exc) from exc
-                delay = min(self.retry_backoff_max_s, 0.5 * 2 ** (failures - 1))
+                delay = self._backoff(failures)
                 log.error(
                     "%s: batch of %d from %s failed (attempt %d of %d): %r; retrying in %.1fs",
                     self.name,
@@ -560,17 +564,7 @@ class ConsumerLoop(Generic[M]):
             rec.offset,
             exc,
         )
-        dl = self._dead_letter_record(rec, f"{type(exc).__name__}: {exc}")
-        return DeadLetter(
-            dl.source_topic,
-            dl.partition,
-            dl.offset,
-            HANDLER_ERROR,
-            dl.detail,
-            dl.key,
-            dl.value,
-            self.name,
-        )
+        return self._dead_letter_record(rec, f"{type(exc).__name__}: {exc}", HANDLER_ERROR)
 
     def _run_handler(self, batch: list[Record[M]]) -> BatchResult:
         fut = self._handler.submit(lambda: self.handler(batch))
@@ -587,7 +581,6 @@ class ConsumerLoop(Generic[M]):
         get back in until the batch ends. A stop that runs out of time abandons the batch.
         """
         assert self.consumer is not None
-        deadline_checked = False
         try:
             if fut.done():
                 return
@@ -597,14 +590,12 @@ class ConsumerLoop(Generic[M]):
                 self._keepalive_poll(timeout_ms=50)
                 deadline = self._batch_deadline()
                 if deadline is not None and time.monotonic() > deadline:
-                    deadline_checked = True
                     raise _Abandoned(
                         f"stopping: still running {self.kafka.shutdown_timeout_s:g}s "
                         "(kafka.shutdown_timeout_s) after the stop"
                     )
         finally:
-            if not deadline_checked:
-                self._resume_paused()
+            self._resume_paused()
 
     def _sleep_polling(self, seconds: float) -> None:
         assert self.consumer is not None
@@ -738,9 +729,11 @@ class ConsumerLoop(Generic[M]):
     def _dead_letter(self, r: Any, reason: str, detail: str) -> DeadLetter:
         return DeadLetter(r.topic, r.partition, r.offset, reason, detail, r.key, r.value, self.name)
 
-    def _dead_letter_record(self, rec: Record[Any], detail: str) -> DeadLetter:
+    def _dead_letter_record(
+        self, rec: Record[Any], detail: str, reason: str = "handler_rejected"
+    ) -> DeadLetter:
         key = rec.key.encode() if rec.key is not None else None
         value = rec.value.model_dump_json().encode()
         return DeadLetter(
-            rec.topic, rec.partition, rec.offset, "handler_rejected", detail, key, value, self.name
+            rec.topic, rec.partition, rec.offset, reason, detail, key, value, self.name
         )
