@@ -23,7 +23,8 @@ an operator rolled it back). Rollback without a target returns to the most recen
 version — a stack: rolling back twice from v3 goes to v2, then to v1, then to the base.
 
 ``adapters`` knows nothing of Kafka: the daemon publishes the adapter-event and records it
-here (``daemon/learning/promote.py``).
+here (``daemon/learning/promote.py``), through the ``outbox`` table (``adapters/outbox.py``)
+so that a crash between the two cannot leave them disagreeing.
 """
 
 from __future__ import annotations
@@ -244,6 +245,22 @@ class Registry:
                 if_not_exists=True,
             )
             db["state"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db["outbox"].create(  # adapters/outbox.py: announcements not yet known published
+                {
+                    "id": int,
+                    "at": float,
+                    "action": str,
+                    "version": str,
+                    "event": str,
+                    "actor": str,
+                    "reason": str,
+                    "state": str,
+                    "done_at": float,
+                },
+                pk="id",
+                not_null=["at", "action", "version", "event", "state"],
+                if_not_exists=True,
+            )
             db["evals"].create(
                 {"version": str, "fingerprint": str, "metrics": str, "at": float},
                 pk=("version", "fingerprint"),
@@ -267,6 +284,11 @@ class Registry:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # --------------------------------------------------------------- reads
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A read of this database (for modules that own a table in it: the outbox)."""
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
+
     def get(self, version: str) -> AdapterRecord | None:
         with self._lock:
             rows = list(self.db.query("SELECT * FROM adapters WHERE version = ?", [version]))
@@ -587,38 +609,49 @@ class Registry:
 
     def promote(self, version: str, *, actor: str, reason: str | None = None) -> str:
         """Make ``version`` the active adapter; the one it replaces is retired. Returns it."""
-        if version == BASE:
-            raise RegistryError("the base model is not promoted: roll back to it")
-        return self._activate(version, "promote", "retired", actor, reason)
+        with self._tx() as db:
+            return self.activate_in(db, version, "promote", actor, reason)
 
     def rollback(self, target: str, *, actor: str, reason: str | None = None) -> str:
         """Make ``target`` (a version or 'base') active; the current one becomes rolled-back."""
-        return self._activate(target, "rollback", "rolled-back", actor, reason)
-
-    def _activate(
-        self, target: str, action: str, old_status: str, actor: str, reason: str | None
-    ) -> str:
-        """One transaction: the active adapter takes ``old_status``, ``target`` (unless the
-        base) becomes promoted, and the event is recorded. Returns what was active."""
         with self._tx() as db:
-            if target != BASE:
-                self._require_row(db, target)
-            previous = self._active_in(db)
-            if previous == target:
-                raise RegistryError(f"{target} is already active")
-            now = time.time()
+            return self.activate_in(db, target, "rollback", actor, reason)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """One write transaction (``BEGIN IMMEDIATE``), for the outbox's compound steps."""
+        with self._tx() as db:
+            yield db
+
+    def activate_in(
+        self, db: Database, target: str, action: str, actor: str, reason: str | None
+    ) -> str:
+        """Inside the caller's transaction: the active adapter is retired (promote) or
+        rolled-back (rollback), ``target`` (unless the base) becomes promoted, and the event
+        is recorded. Returns what was active."""
+        if action not in ("promote", "rollback"):
+            raise ValueError(f"action must be promote or rollback, not {action!r}")
+        if action == "promote" and target == BASE:
+            raise RegistryError("the base model is not promoted: roll back to it")
+        old_status = "retired" if action == "promote" else "rolled-back"
+        if target != BASE:
+            self._require_row(db, target)
+        previous = self.active_in(db)
+        if previous == target:
+            raise RegistryError(f"{target} is already active")
+        now = time.time()
+        db.execute(
+            "UPDATE adapters SET status = ?, updated_at = ? WHERE status = 'promoted'",
+            (old_status, now),
+        )
+        if target != BASE:
             db.execute(
-                "UPDATE adapters SET status = ?, updated_at = ? WHERE status = 'promoted'",
-                (old_status, now),
+                "UPDATE adapters SET status = 'promoted', promoted_at = ?, updated_at = ? "
+                "WHERE version = ?",
+                (now, now, target),
             )
-            if target != BASE:
-                db.execute(
-                    "UPDATE adapters SET status = 'promoted', promoted_at = ?, updated_at = ? "
-                    "WHERE version = ?",
-                    (now, now, target),
-                )
-            self._event(db, action, target, previous, actor, reason)
-            return previous
+        self._event(db, action, target, previous, actor, reason)
+        return previous
 
     def pin(self, version: str, *, actor: str, reason: str | None = None) -> None:
         """Stop automatic promotion (``version``: what it is pinned to, for the record)."""
@@ -636,7 +669,7 @@ class Registry:
 
     # ------------------------------------------------------------- helpers
     @staticmethod
-    def _active_in(db: Database) -> str:
+    def active_in(db: Database) -> str:
         row = db.execute("SELECT version FROM adapters WHERE status = 'promoted'").fetchone()
         return row[0] if row else BASE
 

@@ -6,7 +6,11 @@ does not decode goes to ``adapter-events.dlq`` with its reason, like a bad messa
 other topic; since every replica reads the whole log, each replica that meets it (at start-up
 too) dead-letters it, and the copies share one source offset.
 
-What an event does is the target's business (the workers' adapter router): this module only reads, decodes, dead-letters and hands events over.
+What an event does is the target's business (the workers' adapter router): this module only
+reads, decodes, dead-letters and hands events over, and tells ``on_apply`` (the replica's
+``adapter-status`` reporter) what came of each. Nothing the target raises stops the follower:
+an engine blip while a swap lists or unloads adapters is logged, counted and the follower
+goes on; ``healthy()`` (part of the worker's ``/readyz``) says whether it is still following.
 """
 
 from __future__ import annotations
@@ -15,20 +19,49 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 
 from streams.connection import KafkaSettings, connect
 from streams.deadletter import DeadLetter
-from streams.metrics import DLQ_MESSAGES, LOG_RESETS
+from streams.metrics import DLQ_MESSAGES, FOLLOWER_ERRORS, LOG_RESETS
 from streams.producer import Producer
 from streams.schemas import BASE_VERSION, AdapterEvent, DecodeError, decode
 
 log = logging.getLogger(__name__)
 
 WHO = "adapter-events follower"  # the worker named in its dead letters
+
+
+def at_end(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
+    """True once ``consumer`` has read everything ``tp`` held at its last fetch.
+
+    The high watermark comes with every fetch response (an empty one too), so this is exact
+    on any broker; ListOffsets is not asked because the embedded broker answers it with the
+    base offset of the last batch, not the end of the log.
+    """
+    high = consumer.highwater(tp)
+    return high is not None and consumer.position(tp) >= high
+
+
+def read_to_end(
+    consumer: KafkaConsumer, tp: TopicPartition, timeout_s: float, poll_ms: int = 200
+) -> Iterator[Any]:
+    """Every record of ``tp`` from the consumer's position to the end of the log.
+
+    Raises ``TimeoutError`` when the end is not reached within ``timeout_s`` (a broker that
+    answers no fetch): an incomplete history must not pass for the whole one.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for recs in consumer.poll(timeout_ms=poll_ms).values():
+            yield from recs
+        if at_end(consumer, tp):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{tp.topic}: the end of the log was not reached in {timeout_s}s")
 
 
 class EventTarget(Protocol):
@@ -52,12 +85,18 @@ class AdapterEventFollower:
         topic: str,
         router: EventTarget,
         dlq_topic: str | None = None,
+        on_apply: Callable[[AdapterEvent, Any], None] | None = None,
     ) -> None:
         self.kafka = kafka
         self.topic = topic
         self.router = router
         self.dlq_topic = dlq_topic
+        self.on_apply = on_apply
         self.bad = 0
+        self.errors = 0  # failures inside the loop that it survived
+        self.last_error: str | None = None
+        self.restored: Any = None  # what catch_up() applied at start-up (None: no history)
+        self._alive_at = time.monotonic()  # when the loop last came round
         self._dlq: Producer | None = None  # made when the first bad event arrives
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,17 +108,20 @@ class AdapterEventFollower:
         self.consumer.seek_to_beginning(self._tp)
 
     def _read(self, timeout_ms: int) -> list[AdapterEvent]:
+        records = [r for recs in self.consumer.poll(timeout_ms=timeout_ms).values() for r in recs]
+        return self._decode(records)
+
+    def _decode(self, records: list[Any]) -> list[AdapterEvent]:
         events, dead = [], []
-        for recs in self.consumer.poll(timeout_ms=timeout_ms).values():
-            for r in recs:
-                self._next = r.offset + 1
-                try:
-                    events.append(decode(AdapterEvent, r.value, self.kafka.max_message_bytes))
-                except DecodeError as exc:
-                    self.bad += 1
-                    log.error("bad adapter event at offset %d, not applied: %s", r.offset, exc)
-                    where = (r.topic, r.partition, r.offset)
-                    dead.append(DeadLetter(*where, exc.reason, exc.detail, r.key, r.value, WHO))
+        for r in records:
+            self._next = r.offset + 1
+            try:
+                events.append(decode(AdapterEvent, r.value, self.kafka.max_message_bytes))
+            except DecodeError as exc:
+                self.bad += 1
+                log.error("bad adapter event at offset %d, not applied: %s", r.offset, exc)
+                where = (r.topic, r.partition, r.offset)
+                dead.append(DeadLetter(*where, exc.reason, exc.detail, r.key, r.value, WHO))
         if dead and self.dlq_topic:
             self._dead_letter(dead)
         return events
@@ -100,33 +142,55 @@ class AdapterEventFollower:
         for dl in dead:
             DLQ_MESSAGES.labels(dl.source_topic, dl.reason).inc()
 
-    def catch_up(self, quiet_s: float = 1.0, timeout_s: float = 30.0) -> Any:
-        """Replay history and apply only its last event (the state to restore after a restart).
+    def catch_up(self, timeout_s: float = 60.0) -> Any:
+        """Replay history to the end of the log and apply only its last event (the state to
+        restore after a restart); ``None`` when the log holds no event.
 
-        The end of the log is taken to be reached after ``quiet_s`` without records:
-        ListOffsets answers wrongly on the embedded broker, so it is not asked.
+        The end is the high watermark of the fetches themselves (``at_end``), not a pause in
+        the records: a slow broker cannot make a replica start on an older adapter.
         """
-        last: AdapterEvent | None = None
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
-            events = self._read(200)
-            if events:
-                last = events[-1]
-                quiet_since = time.monotonic()
-        return None if last is None else self.router.apply(last)
+        events = self._decode(list(read_to_end(self.consumer, self._tp, timeout_s)))
+        return self._apply(events[-1]) if events else None
+
+    def _apply(self, event: AdapterEvent) -> Any:
+        result = self.router.apply(event)
+        if self.on_apply is not None:
+            self.on_apply(event, result)
+        return result
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="adapter-events", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
-            if self._log_lost():
-                self.catch_up()  # what the new log holds; only its newest event counts
-                continue
-            for event in self._read(500):
-                self.router.apply(event)
+            self._alive_at = time.monotonic()
+            try:
+                if self._log_lost():
+                    self.catch_up()  # what the new log holds; only its newest event counts
+                    continue
+                for event in self._read(500):
+                    self._apply(event)
+                failures = 0
+                self.last_error = None
+            except Exception as exc:  # an engine or broker blip: report it, keep following
+                failures += 1
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                FOLLOWER_ERRORS.inc()
+                log.exception("%s: error while following (it goes on)", self.topic)
+                self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+
+    def healthy(self, stale_s: float = 120.0) -> bool:
+        """Following: the thread runs, its last round raised nothing, and it came round
+        within ``stale_s`` (a swap that hangs the engine longer makes the replica unready)."""
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and self.last_error is None
+            and time.monotonic() - self._alive_at < stale_s
+        )
 
     def _log_lost(self) -> bool:
         """True (and reported) when the log now ends before what this replica has read.
@@ -167,17 +231,48 @@ class AdapterEventFollower:
                 self._dlq.close()
 
 
+def read_log(kafka: KafkaSettings, topic: str, who: str, timeout_s: float) -> list[Any]:
+    """Every record of a single-partition state topic, from its beginning to its end, read
+    by a short-lived consumer outside any group (the CLI, status, the promotion outbox)."""
+    kw = kafka.reader_kwargs(who)
+    consumer = connect(lambda: KafkaConsumer(**kw), kafka, f"{who} reader")
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        return list(read_to_end(consumer, tp, timeout_s))
+    finally:
+        with contextlib.suppress(Exception):
+            consumer.close(autocommit=False)
+
+
+def read_last_event(
+    kafka: KafkaSettings, topic: str, timeout_s: float = 60.0
+) -> AdapterEvent | None:
+    """The newest event that decodes on ``topic``, read to the end of the log (what the
+    promotion outbox reconciles the registry with); None for an empty history."""
+    last = None
+    for r in read_log(kafka, topic, "adapter-events-check", timeout_s):
+        with contextlib.suppress(DecodeError):
+            last = decode(AdapterEvent, r.value, kafka.max_message_bytes)
+    return last
+
+
 @contextlib.contextmanager
 def follow_adapter_events(
-    kafka: KafkaSettings, topic: str, router: EventTarget, dlq_topic: str | None = None
-) -> Iterator[None]:
+    kafka: KafkaSettings,
+    topic: str,
+    router: EventTarget,
+    dlq_topic: str | None = None,
+    on_apply: Callable[[AdapterEvent, Any], None] | None = None,
+) -> Iterator[AdapterEventFollower]:
     """Restore the newest adapter from history, then apply promotions until the block ends."""
-    follower = AdapterEventFollower(kafka, topic, router, dlq_topic)
+    follower = AdapterEventFollower(kafka, topic, router, dlq_topic, on_apply)
     try:
-        restored = follower.catch_up()
+        restored = follower.restored = follower.catch_up()
         if restored is not None:
             log.info("restored from %s: %s", topic, router.active or BASE_VERSION)
         follower.start()
-        yield
+        yield follower
     finally:
         follower.stop()

@@ -43,6 +43,15 @@ CONSUMER_LAG = Gauge(
     "it in fetch responses (not ListOffsets, which the embedded broker answers wrongly).",
     ["topic"],
 )
+FOLLOWER_ERRORS = Counter(
+    "selfdistill_adapter_follower_errors_total",
+    "Errors the adapter-events follower survived (an engine or broker blip during a swap); "
+    "while the latest round failed, the replica is not ready.",
+)
+REPLICA_STATUS_FAILURES = Counter(
+    "selfdistill_adapter_status_failures_total",
+    "adapter-status records this replica could not publish (operators then do not see it).",
+)
 LOG_RESETS = Counter(
     "selfdistill_log_resets_total",
     "Partitions whose records restarted below the offset the worker's group had committed: "

@@ -186,6 +186,31 @@ class AdapterEvent(_Message):
     at: float = Field(default_factory=time.time)
 
 
+class AdapterStatus(BaseModel):
+    """``adapter-status``, keyed by replica: what one replica serves and how its last swap went.
+
+    Each replica writes its own key after every swap attempt and on a heartbeat, and a
+    ``stopped`` record when it shuts down cleanly; the compacted topic therefore holds one
+    current record per replica. Unknown fields are ignored (not refused, as elsewhere): in a
+    rolling update, readers of one release meet records of the next.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = 1
+    replica: str = Field(min_length=1, max_length=200)
+    role: str = "serve"
+    state: Literal["serving", "stopped"] = "serving"
+    serving: str = Field(description="the version this replica routes new requests to, or 'base'")
+    requested: str | None = Field(None, description="the version the last event asked for")
+    ok: bool = True
+    error: str | None = None
+    swapped_at: float | None = None
+    started_at: float = Field(default_factory=time.time)
+    at: float = Field(default_factory=time.time)
+    heartbeat_s: float = 15.0
+
+
 class DecodeError(ValueError):
     """A message that no worker can use; carries a bounded reason code and a detail."""
 

@@ -1,8 +1,12 @@
 """Topic names and their creation.
 
 Topics are created explicitly at start-up because a broker that auto-creates them on first
-produce picks its own partition count (Tansu: 4), and ``adapter-events`` must have exactly
-one partition so every replica sees promotions in order.
+produce picks its own partition count (Tansu: 4). The two state topics are different from
+the data topics: ``adapter-events`` (what should serve) and ``adapter-status`` (what each
+replica serves) must have exactly one partition, so every reader sees one order, and are
+compacted with no time retention, so a replica started after any number of days still finds
+the current adapter. A state topic with another partition count stops the worker at start-up
+(``TopicLayoutError``) instead of splitting promotions across partitions nobody reads.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +23,14 @@ from streams.connection import KafkaSettings, connect
 log = logging.getLogger(__name__)
 
 _NAME = r"^[A-Za-z0-9._-]{1,200}$"
+
+#: The state topics keep the newest record per key for ever (Kafka's defaults would delete
+#: a promotion after 7 days, and a replica started later would serve the base model).
+COMPACTED = {"cleanup.policy": "compact", "retention.ms": "-1"}
+
+
+class TopicLayoutError(ValueError):
+    """A topic exists with a layout the daemon cannot work with (a start-up error)."""
 
 
 class TopicsConfig(BaseModel):
@@ -35,6 +47,11 @@ class TopicsConfig(BaseModel):
     )
     adapter_events: str = Field(
         "adapter-events", pattern=_NAME, description="Adapter promotions and rollbacks."
+    )
+    adapter_status: str = Field(
+        "adapter-status",
+        pattern=_NAME,
+        description="What each serve replica serves, keyed by replica (compacted).",
     )
     dlq_suffix: str = Field(
         ".dlq",
@@ -57,13 +74,22 @@ class TopicsConfig(BaseModel):
     def data_topics(self) -> list[str]:
         return [self.prompts, self.responses, self.candidates]
 
+    def state_topics(self) -> list[str]:
+        """Single-partition, compacted: the newest record per key is the state."""
+        return [self.adapter_events, self.adapter_status]
+
     def layout(self) -> dict[str, int]:
         """Every topic the daemon uses, with its partition count."""
         parts = {t: self.partitions for t in self.data_topics()}
         parts[self.adapter_events] = 1
         for t in list(parts):
             parts[self.dlq(t)] = 1
+        parts[self.adapter_status] = 1  # no dead letters: it is written only by replicas
         return parts
+
+    def topic_configs(self, topic: str) -> dict[str, str]:
+        """Topic-level configs the daemon creates ``topic`` with."""
+        return dict(COMPACTED) if topic in self.state_topics() else {}
 
 
 def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
@@ -74,7 +100,7 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
         existing = set(admin.list_topics())
         result = {t: "exists" for t in layout if t in existing}
         missing = [
-            NewTopic(t, n, topics.replication_factor)
+            NewTopic(t, n, topics.replication_factor, topic_configs=topics.topic_configs(t))
             for t, n in layout.items()
             if t not in existing
         ]
@@ -85,6 +111,78 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
                 log.info("created topic %s (%d partitions)", nt.name, nt.num_partitions)
             except TopicAlreadyExistsError:  # another worker won the race
                 result[nt.name] = "exists"
+        _check_state_topics(admin, topics)
         return result
     finally:
         admin.close()
+
+
+def prepare_topics(kafka: KafkaSettings, topics: TopicsConfig) -> None:
+    """What a worker does at start-up: create missing topics (unless ``topics.create`` is
+    off, where an admin owns them) and check the state topics' layout either way."""
+    if topics.create:
+        ensure_topics(kafka, topics)
+        return
+    admin = connect(lambda: KafkaAdminClient(**kafka.client_kwargs("admin")), kafka, "admin client")
+    try:
+        _check_state_topics(admin, topics)
+    finally:
+        admin.close()
+
+
+def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig) -> None:
+    """Raise ``TopicLayoutError`` for a state topic with other than one partition; warn when
+    the broker reports a cleanup policy or retention that would delete the current state.
+
+    (The embedded broker reports no topic configs; a real cluster does.)
+    """
+    names = [t for t in topics.state_topics() if t in set(admin.list_topics())]
+    for desc in admin.describe_topics(names) if names else []:
+        n = len(desc.get("partitions") or [])
+        if n != 1:
+            raise TopicLayoutError(
+                f"topic {desc['name']} has {n} partitions; it must have exactly 1 (every "
+                "replica reads one ordered history). Delete and re-create it with 1 partition, "
+                f"or set topics.{_field_of(topics, desc['name'])} to a new topic name"
+            )
+    try:
+        wanted = dict.fromkeys(COMPACTED)
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs=dict(wanted)) for t in names],
+            config_filter="all",
+        )
+    except Exception as exc:  # an old or partial broker: the layout check above still holds
+        log.debug("describe_configs failed: %r", exc)
+        return
+    for topic, configs in _topic_configs(described).items():
+        policy, retention = configs.get("cleanup.policy"), configs.get("retention.ms")
+        if (policy is not None and "compact" not in policy) or (
+            retention is not None and "compact" not in (policy or "") and retention != "-1"
+        ):
+            log.warning(
+                "topic %s has cleanup.policy=%s retention.ms=%s: the broker will delete the "
+                "current adapter state, and a replica started after that serves the base "
+                "model; set cleanup.policy=compact and retention.ms=-1",
+                topic,
+                policy,
+                retention,
+            )
+
+
+def _field_of(topics: TopicsConfig, name: str) -> str:
+    return "adapter_events" if name == topics.adapter_events else "adapter_status"
+
+
+def _topic_configs(described: object) -> dict[str, dict[str, str]]:
+    """``{topic: {name: value}}`` from kafka-python's describe_configs answer, whichever of
+    its shapes this version returns (a dict by resource type, or response objects)."""
+    out: dict[str, dict[str, str]] = {}
+    if isinstance(described, dict):
+        for topic, configs in (described.get("topic") or {}).items():
+            if isinstance(configs, dict):
+                out[topic] = {
+                    str(k): str(v.get("value") if isinstance(v, dict) else v)
+                    for k, v in configs.items()
+                    if (v.get("value") if isinstance(v, dict) else v) is not None
+                }
+    return out

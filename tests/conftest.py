@@ -58,6 +58,7 @@ def topics(kafka: KafkaSettings) -> TopicsConfig:
         responses=f"responses-{tag}",
         candidates=f"candidates-{tag}",
         adapter_events=f"adapter-events-{tag}",
+        adapter_status=f"adapter-status-{tag}",
         partitions=3,
     )
     ensure_topics(kafka, cfg)

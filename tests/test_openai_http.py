@@ -19,7 +19,13 @@ import httpx
 import openai
 import pytest
 
-from daemon.engines.base import AdapterLoadError, ChatRequest, ChatResult, EngineError
+from daemon.engines.base import (
+    AdapterLoadError,
+    AdapterMissing,
+    ChatRequest,
+    ChatResult,
+    EngineError,
+)
 from daemon.engines.openai_engine import OpenAIEngine, split_evenly
 from daemon.engines.transformers_engine import TransformersEngine
 from daemon.serving.openai_server import build_server, run_server
@@ -317,14 +323,24 @@ def test_openai_engine_adapter_lifecycle(
             == _direct(tiny_engine, ChatRequest(Q, max_tokens=8, adapter=name)).completions[0].text
         )
 
-        with pytest.raises(AdapterLoadError, match="already loaded"):
-            remote.load_adapter(name, str(path))
+        # Replicas share the server: a name it already has counts as loaded (the server
+        # itself refused the second load, as vLLM does), and nothing was loaded twice.
+        remote.load_adapter(name, str(path))
+        assert remote.adapters() == [name] and tiny_engine.adapters() == [name]
+        raw = httpx.post(
+            f"{served.url}/load_lora_adapter",
+            json={"lora_name": name, "lora_path": str(path)},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+        assert raw.status_code == 400 and "already loaded" in raw.text
 
         remote.unload_adapter(name)
         assert remote.adapters() == [] and tiny_engine.adapters() == []
         assert [m.id for m in served.client().models.list().data] == [BASE]
-        with pytest.raises(EngineError, match="404"):
+        with pytest.raises(AdapterMissing, match="404") as missing:
             remote.generate([ChatRequest(Q, max_tokens=2, adapter=name)])
+        assert missing.value.adapter == name  # a worker can restore it and retry
         with pytest.raises(EngineError, match="404"):
             remote.unload_adapter(name)
     finally:

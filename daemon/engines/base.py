@@ -34,6 +34,16 @@ class EngineRejected(EngineError, ValueError):
     dead-letters it without retrying."""
 
 
+class AdapterMissing(EngineUnavailable):
+    """The engine does not know the adapter a request named (HTTP 404 on a model that is an
+    adapter): a shared server restarted and forgot it. Not the record's fault; the worker
+    has the router load it again (``AdapterRouter.restore``) and retries."""
+
+    def __init__(self, adapter: str, message: str) -> None:
+        super().__init__(message)
+        self.adapter = adapter
+
+
 class AdapterLoadError(EngineError):
     """An adapter was refused or failed to load; whatever served before keeps serving."""
 

@@ -7,7 +7,18 @@ carries no digest is refused), runs a canary generation on it, and only then rou
 requests to it. Requests already running hold the name they started with (``use()``), so
 they finish on the old adapter, and an adapter is never unloaded while a request uses it.
 Any failure leaves the old adapter serving and is reported (log,
-``selfdistill_adapter_swaps_total{result="refused"|"failed"}``).
+``selfdistill_adapter_swaps_total{result="refused"|"failed"}``); ``apply`` never raises, so
+an engine blip cannot stop the replica from following promotions.
+
+On a server shared by several replicas (``engine.shared``: the ``openai`` engine, typically
+one vLLM), the router never unloads: another replica may still route to any adapter, and
+the server's own LRU (vLLM's ``--max-loras`` / ``--max-cpu-loras``) bounds what is resident.
+An adapter the server already lists (another replica loaded it) is used as it is. When the
+server forgets an adapter (it restarted), the first request on it fails with
+``AdapterMissing`` and ``restore()`` loads it again from the files its event named.
+
+Eviction and swaps are serialised (both take the swap lock), so a rollback to an adapter
+being evicted finds it unloaded and loads it again instead of routing to a ghost.
 
 The events come from ``streams.adapter_events``, which every replica follows from the
 beginning of ``adapter-events`` and applies to its router. This module reads no Kafka: it is
@@ -61,6 +72,8 @@ class AdapterRouter:
             [{"role": "user", "content": "Reply with the single word OK."}], max_tokens=8
         )
         self.keep_loaded = max(1, keep_loaded)
+        self.shared = bool(getattr(engine, "shared", False))
+        self._sources: dict[str, AdapterEvent] = {}  # what each adapter was loaded from
         self._active: str | None = None
         self._in_use: Counter[str] = Counter()
         self._loaded: list[str] = []  # oldest first; what this router loaded
@@ -109,7 +122,36 @@ class AdapterRouter:
                 return self._swap(event, target, started)
             finally:
                 self._settled.set()
-                self._evict()
+                self._evict_locked()
+
+    def restore(self, name: str) -> bool:
+        """Load ``name`` again after the engine forgot it (a shared server restarted).
+
+        Called by a worker whose request failed with ``AdapterMissing``. The files are
+        checked against the digest of the event that first loaded it; no canary (the same
+        files passed one). Returns True when the engine has it again.
+        """
+        with self._swap_lock:
+            event = self._sources.get(name)
+            try:
+                if name in self.engine.adapters():
+                    return True
+                if event is None or event.sha256 is None:
+                    log.error("cannot restore %s: this replica never loaded it", name)
+                    return False
+                path = verify_adapter(self.registry_dir, event.path or name, event.sha256)
+                try:
+                    self.engine.load_adapter(name, str(path))
+                except EngineError:
+                    if name not in self.engine.adapters():  # another replica was first
+                        raise
+            except (AdapterFileError, EngineError) as exc:
+                log.error("could not restore adapter %s on the engine: %s", name, exc)
+                return False
+            ADAPTER_SWAPS.labels("restored").inc()
+            log.warning("the engine had forgotten adapter %s (restarted?); loaded it again", name)
+            self._count_loaded()
+            return True
 
     def _swap(self, event: AdapterEvent, target: str | None, started: float) -> SwapResult:
         # Load and canary back to back while holding the engine: no serve batch may slip in
@@ -121,15 +163,18 @@ class AdapterRouter:
                     if event.sha256 is None:  # a hand-made event: nothing to check files against
                         raise AdapterFileError(f"the event for {target} carries no sha256")
                     path = verify_adapter(self.registry_dir, event.path or target, event.sha256)
-                    self.engine.load_adapter(target, str(path))
-                    with self._lock:
-                        self._loaded.append(target)
-                    ADAPTERS_LOADED.set(len(self.engine.adapters()))
-                    try:
-                        self._run_canary(target)
-                    except Exception:
-                        self._unload(target)
-                        raise
+                    if self._load(target, str(path)):
+                        with self._lock:
+                            self._loaded.append(target)
+                        try:
+                            self._run_canary(target)
+                        except Exception:
+                            if not self.shared:  # another replica may route to it already
+                                self._unload(target)
+                            raise
+                    self._count_loaded()
+                if target is not None and event.sha256 is not None:
+                    self._sources[target] = event
         except (AdapterFileError, EngineError) as exc:
             ADAPTER_SWAPS.labels("refused").inc()
             log.error(
@@ -157,6 +202,24 @@ class AdapterRouter:
         )
         return SwapResult(True, target, event.version, seconds)
 
+    def _load(self, name: str, path: str) -> bool:
+        """Load ``name``; True when this router loaded it, False when a replica sharing the
+        server did so first (then it is theirs too, and no canary or unload of ours)."""
+        try:
+            self.engine.load_adapter(name, path)
+            return True
+        except EngineError:
+            if self.shared and name in self.engine.adapters():
+                log.info("adapter %s is already loaded on the shared server", name)
+                return False
+            raise
+
+    def _count_loaded(self) -> None:
+        try:
+            ADAPTERS_LOADED.set(len(self.engine.adapters()))
+        except Exception as exc:  # a gauge is not worth a failed swap
+            log.debug("could not count loaded adapters: %r", exc)
+
     def _run_canary(self, name: str) -> None:
         """A real generation on the new adapter; empty output or an error refuses it."""
         result = self.engine.generate([replace(self.canary, adapter=name)])[0]
@@ -164,7 +227,20 @@ class AdapterRouter:
             raise EngineError(f"canary generation on {name} returned no text")
 
     def _evict(self) -> None:
-        """Unload adapters beyond ``keep_loaded`` that are neither active nor in use."""
+        """Evict, unless a swap is under way: it evicts itself when it ends, and an eviction
+        beside it could unload the very adapter it is about to route to."""
+        if not self._swap_lock.acquire(blocking=False):
+            return
+        try:
+            self._evict_locked()
+        finally:
+            self._swap_lock.release()
+
+    def _evict_locked(self) -> None:
+        """Unload adapters beyond ``keep_loaded`` that are neither active nor in use (never
+        on a shared server). Holds the swap lock; never raises."""
+        if self.shared:
+            return
         with self._lock:
             keep = set(self._loaded[-self.keep_loaded :]) | {self._active}
             victims = [a for a in self._loaded if a not in keep and self._in_use[a] == 0]
@@ -177,6 +253,6 @@ class AdapterRouter:
                 self._loaded.remove(name)
         try:
             self.engine.unload_adapter(name)
-        except EngineError as exc:
-            log.warning("unloading %s: %s", name, exc)
-        ADAPTERS_LOADED.set(len(self.engine.adapters()))
+        except Exception as exc:  # forgotten here either way; the engine may keep it
+            log.warning("unloading %s: %r", name, exc)
+        self._count_loaded()

@@ -7,7 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 ADAPTER_SWAPS = Counter(
     "selfdistill_adapter_swaps_total",
-    "Adapter swaps in serve, by result (ok, refused, failed).",
+    "Adapter swaps in serve, by result (ok, refused, failed; restored: loaded again after "
+    "the engine forgot it).",
     ["result"],
 )
 SWAP_SECONDS = Histogram(
@@ -21,5 +22,5 @@ ADAPTERS_LOADED = Gauge("selfdistill_adapters_loaded", "LoRA adapters resident i
 
 # Every bounded label value exists from the start at 0: a counter series that first appears
 # at 1 is invisible to rate()/increase(), so the first swap failure would never alert.
-for _result in ("ok", "refused", "failed"):
+for _result in ("ok", "refused", "failed", "restored"):
     ADAPTER_SWAPS.labels(_result)

@@ -35,6 +35,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from daemon.engines.base import (
     AdapterLoadError,
+    AdapterMissing,
     ChatRequest,
     ChatResult,
     Completion,
@@ -93,7 +94,13 @@ def split_evenly(total: int, parts: int) -> list[int]:
 
 
 class OpenAIEngine:
-    """An Engine backed by an OpenAI-compatible server reached over HTTP."""
+    """An Engine backed by an OpenAI-compatible server reached over HTTP.
+
+    ``shared``: other replicas use the same server, so the adapter router never unloads
+    (another replica may still route to the adapter) and leaves eviction to the server.
+    """
+
+    shared = True
 
     def __init__(
         self,
@@ -202,6 +209,12 @@ class OpenAIEngine:
         response = self._send(
             "POST", "/chat/completions", self._body(r), TRANSIENT_ERRORS, RETRY_STATUSES
         )
+        if response.status_code == 404 and r.adapter is not None:
+            raise AdapterMissing(
+                r.adapter,
+                f"the server does not know adapter {r.adapter!r} (HTTP 404; restarted?): "
+                f"{error_message(response)}",
+            )
         if response.status_code != 200:
             kind = EngineRejected if 400 <= response.status_code < 500 else EngineUnavailable
             if response.status_code == 408:
@@ -252,6 +265,10 @@ class OpenAIEngine:
     def load_adapter(self, name: str, path: str) -> None:
         """Load through vLLM's runtime-LoRA endpoint, then confirm in ``/models``.
 
+        A name the server already lists counts as loaded: several replicas share one server,
+        and vLLM refuses a second load of a name with 400 "has already been loaded" (it
+        compares names only; versions are immutable, so one name is one set of weights).
+
         The listing check exists because a 200 alone has not always meant "loaded": a proxy or
         gateway may answer for the server, and vLLM before 0.7 (until PR #11727, "Validate
         lora adapters to avoid crashing server") answered 200 without reading the files at
@@ -264,10 +281,18 @@ class OpenAIEngine:
         except EngineError as exc:
             raise AdapterLoadError(f"adapter {name!r}: {exc}") from exc
         if response.status_code != 200:
-            raise AdapterLoadError(
+            refusal = (
                 f"adapter {name!r} refused by the server (HTTP {response.status_code}): "
                 f"{error_message(response)}"
             )
+            try:
+                already = response.status_code == 400 and name in self.adapters()
+            except EngineError:
+                already = False
+            if not already:
+                raise AdapterLoadError(refusal)
+            log.info("adapter %s was already loaded on %s (another replica)", name, self.base_url)
+            return
         try:
             listed = self.adapters()
         except EngineError as exc:

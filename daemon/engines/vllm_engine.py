@@ -49,38 +49,42 @@ MISSING_VLLM = (
 
 
 class LoraIds:
-    """vLLM adapter names and integer ids, each handed out once for the life of the process.
+    """vLLM adapter names and integer ids; an id is handed out once for the life of the process.
 
-    vLLM caches a loaded LoRA by its int id (and newer releases compare requests by name), so
-    re-using either after an unload could serve stale weights. Names therefore stay burnt
-    after unload, and ids only ever grow, starting at 1 (vLLM rejects ids below 1).
+    vLLM caches a loaded LoRA by its int id (its worker caches and prefix-cache keys use the
+    id), so an id is never reused: loading a name again after an unload gets a fresh id, and
+    vLLM reads the files again. A name stands for one set of weights (versions are immutable),
+    so a name may come back after an unload (a rollback to an evicted version) only from the
+    same path; under another path it would be another adapter wearing a used name.
     """
 
     def __init__(self) -> None:
         self._next_id = 1
-        self._used: set[str] = set()
+        self._paths: dict[str, str] = {}  # every name ever handed to vLLM → its resolved path
         self._loaded: dict[str, int] = {}
 
-    def check(self, name: str) -> None:
-        """Refuse a name that is loaded now or was ever handed to vLLM."""
+    def check(self, name: str, path: str) -> None:
+        """Refuse a name that is loaded now, or was loaded before from elsewhere."""
         if name in self._loaded:
             raise AdapterLoadError(f"adapter {name!r} is already loaded (versions are immutable)")
-        if name in self._used:
+        before = self._paths.get(name)
+        if before is not None and before != path:
             raise AdapterLoadError(
-                f"adapter name {name!r} was used before; vLLM caches by name, pick a new one"
+                f"adapter name {name!r} was loaded before from {before}; a different adapter "
+                f"at {path} needs a new name"
             )
 
-    def allocate(self, name: str) -> int:
-        """Burn ``name`` and mark it loaded under a fresh id."""
-        self.check(name)
-        self._used.add(name)
+    def allocate(self, name: str, path: str) -> int:
+        """Mark ``name`` loaded from ``path`` under a fresh id."""
+        self.check(name, path)
+        self._paths[name] = path
         lora_id = self._next_id
         self._next_id += 1
         self._loaded[name] = lora_id
         return lora_id
 
     def release(self, name: str) -> int:
-        """Forget a loaded adapter and return its id; the name stays unusable."""
+        """Forget a loaded adapter and return its id (never handed out again)."""
         try:
             return self._loaded.pop(name)
         except KeyError:
@@ -208,19 +212,20 @@ class VllmEngine:
     def load_adapter(self, name: str, path: str) -> None:
         with self._lock:
             llm = self._live()
-            self._ids.check(name)  # before touching the disk: a reused name is refused outright
+            resolved = str(Path(path).resolve())
+            self._ids.check(name, resolved)  # before touching the disk
             try:
                 check_adapter_files(Path(path))
             except AdapterFileError as exc:
                 raise AdapterLoadError(f"adapter {name!r} refused: {exc}") from exc
-            # The name is burnt from here on, even if loading fails: vLLM may have cached
+            # The id is burnt from here on, even if loading fails: vLLM may have cached
             # something under it before failing.
-            lora_id = self._ids.allocate(name)
+            lora_id = self._ids.allocate(name, resolved)
             # vLLM loads a LoRA lazily on first use; adding it now surfaces a broken adapter
             # (bad rank, wrong modules, unreadable weights) here instead of mid-traffic.
             try:
                 request = self._lora_request(
-                    lora_name=name, lora_int_id=lora_id, lora_path=str(Path(path).resolve())
+                    lora_name=name, lora_int_id=lora_id, lora_path=resolved
                 )
                 ok = llm.llm_engine.add_lora(request)
             except Exception as exc:

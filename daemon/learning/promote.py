@@ -1,10 +1,13 @@
 """Promotion and rollback: tell every serve replica which adapter to use, and record it.
 
-The order is publish, then record. ``adapter-events`` is what the replicas act on, so an
-announcement that did not reach the broker (``Producer.flush`` raises) must leave the
-registry unchanged; the reverse failure (published, then the registry write fails) is
-reported loudly and fixed by re-running the same command, which publishes the same state
-again (replicas treat a repeat of the active version as a no-op).
+The registry and ``adapter-events`` are kept in step by the outbox (``adapters/outbox.py``):
+intent recorded, then published, then applied to the registry and marked done, all under
+the promotion lock, so the trainer and an operator never interleave. Before each new
+announcement, and at the start of each training cycle, :func:`reconcile` finishes whatever
+a crash left half-done and re-announces the registry's state when the topic lost it (a
+broker that restarted with memory-only storage). A publish that raised is reported as
+``AnnounceUnknown``: the event may have reached the broker, so the intent stays pending and
+the next reconcile settles it, never leaving the registry and the replicas disagreeing.
 
 Files are verified (inside the registry, safetensors only, sha256 as registered) before
 anything is announced: a replica would refuse a corrupt adapter anyway and keep the old one,
@@ -16,9 +19,11 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from adapters import outbox
 from adapters.files import verify_adapter
-from adapters.registry import BASE, Registry
+from adapters.registry import BASE, Registry, RegistryError
 from daemon.learning.metrics import ADAPTER_EVENTS
+from streams.adapter_events import read_last_event
 from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import AdapterEvent
@@ -34,6 +39,11 @@ class PublishSettings(Protocol):
     def kafka(self) -> KafkaSettings: ...
     @property
     def topics(self) -> TopicsConfig: ...
+
+
+class AnnounceUnknown(RuntimeError):
+    """Publishing raised: the event may or may not be on ``adapter-events``. The intent stays
+    pending; the next promote, rollback, training cycle or ``adapters reconcile`` settles it."""
 
 
 def _actor(actor: str) -> str:
@@ -64,6 +74,80 @@ def _event(registry: Registry, action: str, version: str, reason: str | None) ->
     )
 
 
+def reconcile(settings: PublishSettings, registry: Registry) -> list[str]:
+    """Make the registry and ``adapter-events`` agree; returns what was done (for the log)."""
+    with outbox.promotion_lock(registry):
+        return _reconcile(settings, registry)
+
+
+def _reconcile(settings: PublishSettings, registry: Registry) -> list[str]:
+    done: list[str] = []
+    topic = settings.topics.adapter_events
+    last = read_last_event(settings.kafka, topic)
+    for intent in outbox.pending(registry):
+        event = AdapterEvent.model_validate_json(intent.event)
+        if last != event:
+            _publish_or_unknown(settings, event, intent.action)
+            done.append(f"{intent.action} {intent.version}: published the pending announcement")
+            last = event
+        else:
+            done.append(f"{intent.action} {intent.version}: was published; recorded it")
+        previous = outbox.complete(registry, intent)
+        ADAPTER_EVENTS.labels(intent.action, _actor(intent.actor or "")).inc()
+        log.warning("reconcile: %s (was %s)", done[-1], previous)
+    active = registry.active_version()
+    if (last.version if last else BASE) != active:
+        action = "rollback" if active == BASE else "promote"
+        said = last.version if last else "nothing"
+        event = _event(registry, action, active, f"reconcile: adapter-events said {said}")
+        _publish_or_unknown(settings, event, action)
+        done.append(f"re-announced {active}: adapter-events said {said}")
+        log.warning("reconcile: %s", done[-1])
+    return done
+
+
+def _publish_or_unknown(settings: PublishSettings, event: AdapterEvent, action: str) -> None:
+    try:
+        publish(settings, event)
+    except Exception as exc:
+        raise AnnounceUnknown(
+            f"{action} {event.version}: the publish raised, so whether adapter-events has it "
+            f"is unknown ({exc}); the registry is unchanged and the intent is kept: run "
+            "`selfdistill adapters reconcile` (or promote/rollback again) once the broker "
+            "is reachable"
+        ) from exc
+
+
+def _announce(
+    settings: PublishSettings,
+    registry: Registry,
+    action: str,
+    target: str | None,
+    actor: str,
+    reason: str | None,
+) -> AdapterEvent:
+    with outbox.promotion_lock(registry):
+        for line in _reconcile(settings, registry):
+            log.warning("before %s: %s", action, line)
+        if action == "promote":
+            assert target is not None
+            if registry.active_version() == target:
+                raise RegistryError(f"{target} is already active")
+            version = target
+        else:
+            version = registry.plan_rollback(target)
+        event = _event(registry, action, version, reason)
+        intent = outbox.record(registry, action, version, event.model_dump_json(), actor, reason)
+        _publish_or_unknown(settings, event, action)
+        previous = outbox.complete(registry, intent)
+    ADAPTER_EVENTS.labels(action, _actor(actor)).inc()
+    if action == "promote":
+        log.info("promoted %s (was %s) by %s: %s", version, previous, actor, reason or "-")
+    else:
+        log.warning("rolled back %s → %s by %s: %s", previous, version, actor, reason or "-")
+    return event
+
+
 def promote(
     settings: PublishSettings,
     registry: Registry,
@@ -73,16 +157,7 @@ def promote(
     reason: str | None = None,
 ) -> AdapterEvent:
     """Announce ``version`` as the active adapter and record the promotion."""
-    if registry.active_version() == version:
-        from adapters.registry import RegistryError
-
-        raise RegistryError(f"{version} is already active")
-    event = _event(registry, "promote", version, reason)
-    publish(settings, event)
-    previous = registry.promote(version, actor=actor, reason=reason)
-    ADAPTER_EVENTS.labels("promote", _actor(actor)).inc()
-    log.info("promoted %s (was %s) by %s: %s", version, previous, actor, reason or "-")
-    return event
+    return _announce(settings, registry, "promote", version, actor, reason)
 
 
 def rollback(
@@ -94,10 +169,4 @@ def rollback(
     reason: str | None = None,
 ) -> AdapterEvent:
     """Go back to the previous promoted adapter, or ``target`` (a version or 'base')."""
-    version = registry.plan_rollback(target)
-    event = _event(registry, "rollback", version, reason)
-    publish(settings, event)
-    previous = registry.rollback(version, actor=actor, reason=reason)
-    ADAPTER_EVENTS.labels("rollback", _actor(actor)).inc()
-    log.warning("rolled back %s → %s by %s: %s", previous, version, actor, reason or "-")
-    return event
+    return _announce(settings, registry, "rollback", target, actor, reason)

@@ -166,6 +166,7 @@ def run_cycle(
             recovered = registry.recover()
             for line in recovered:
                 log.warning("recovery: %s", line)
+            recovered += _finish_announcements(settings, registry)
             with Store.open(settings.store, settings.data_dir) as store:
                 report = _cycle(settings, registry, store, engine, force, progress, should_stop)
             report.recovered = recovered
@@ -185,6 +186,21 @@ def run_cycle(
         TRAINING_TOKENS_PER_SECOND.set(report.training.get("tokens_per_s") or 0.0)
     log.info("train cycle: %s (%s)", report.outcome, report.reason)
     return report
+
+
+def _finish_announcements(settings: TrainSettings, registry: Registry) -> list[str]:
+    """A promotion a crash left half-done is finished before anything new is gated (the
+    gate compares against the active adapter, which must be what the replicas serve)."""
+    from adapters import outbox
+    from daemon.learning.promote import reconcile
+
+    if not outbox.pending(registry):
+        return []
+    try:
+        return reconcile(settings, registry)
+    except Exception as exc:  # the broker is down: the next cycle tries again
+        log.error("could not finish a pending adapter announcement: %s", exc)
+        return []
 
 
 def _cycle(

@@ -42,11 +42,15 @@ def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) ->
                 f"serve.http.admin_token is required when serve.http.host ({cfg.host}) is not "
                 "a loopback address: the adapter endpoints would be open to the network"
             )
+    if worker:  # a state topic with the wrong layout is a start-up error, before the model
+        from streams.topics import prepare_topics
+
+        prepare_topics(settings.kafka, settings.topics)
     engine = make_engine(settings.model, settings.engine)
     serve_worker = ServeWorker(settings, engine) if worker else None
 
     def ready() -> bool:
-        return serve_worker.loop.is_ready() if serve_worker is not None else True
+        return serve_worker.is_ready() if serve_worker is not None else True
 
     with observability(settings.metrics, "serve", ready):
         _run_serve(settings, engine, serve_worker, http, token)
@@ -113,6 +117,21 @@ def exit_if_abandoned(loop: ConsumerLoop[Any], name: str) -> None:
     os._exit(0)
 
 
+def _reconcile_at_start(settings: Settings) -> None:
+    """The trainer owns promotion: on start it makes the registry and adapter-events agree
+    (a crash mid-promotion, a broker that lost its log). A failure is logged, not fatal:
+    each cycle with a pending intent, and each promotion, reconcile again."""
+    from daemon.learning.promote import reconcile
+    from daemon.learning.settings import open_registry
+
+    try:
+        with open_registry(settings) as registry:
+            for line in reconcile(settings, registry):
+                log.warning("reconcile at start: %s", line)
+    except Exception as exc:
+        log.error("could not reconcile the registry with adapter-events at start: %s", exc)
+
+
 def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
     """Run cycles on the configured interval or cron until SIGTERM/SIGINT."""
     from apscheduler.schedulers.blocking import BlockingScheduler
@@ -129,6 +148,10 @@ def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
             log.exception("train cycle failed; retrying at the next tick")
 
     add_training_job(scheduler, settings, job)
+    # Beside the scheduler, not before it: a broker that is down must not hold up /readyz.
+    threading.Thread(
+        target=_reconcile_at_start, args=(settings,), name="reconcile", daemon=True
+    ).start()
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping the scheduler (a training run is interrupted)", signum)

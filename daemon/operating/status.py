@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from adapters import outbox
 from adapters.gate import HELDOUT, LABELED
 from adapters.registry import BASE, DB_FILE, AdapterRecord
 from daemon.operating.observe import Worker
@@ -80,6 +81,7 @@ def collect_status(
         "dead_letters": run(
             "dead_letters", _dead_letters, settings, kafka_connect_timeout_s, dlq_timeout_s
         ),
+        "replicas": run("replicas", _replicas, settings, kafka_connect_timeout_s, dlq_timeout_s),
         **{
             f"worker:{w}": run(f"worker:{w}", _probe_worker, settings, w, http_timeout_s)
             for w in WORKERS
@@ -102,6 +104,7 @@ def collect_status(
 
     budget = {
         "dead_letters": kafka_connect_timeout_s + dlq_timeout_s + 5.0,
+        "replicas": kafka_connect_timeout_s + dlq_timeout_s + 5.0,
         **{f"worker:{w}": 3 * http_timeout_s + 1.0 for w in WORKERS},
     }
     for name, t in threads.items():
@@ -134,8 +137,25 @@ def collect_status(
         "verifier": verifier,
         "store": store,
         "dead_letters": dead,
+        "replicas": slots["replicas"],
         "workers": workers,
         "collected_in_s": round(time.monotonic() - started, 2),
+    }
+
+
+def _replicas(settings: Settings, connect_timeout_s: float, timeout_s: float) -> dict[str, Any]:
+    """What each replica says it serves (``adapter-status``), newest record per replica."""
+    from streams.adapter_status import fleet_summary, read_statuses
+
+    kafka = settings.kafka.model_copy(
+        update={"connect_timeout_s": min(connect_timeout_s, settings.kafka.connect_timeout_s)}
+    )
+    replicas = read_statuses(kafka, settings.topics.adapter_status, timeout_s)
+    return {
+        "replicas": [
+            {**r.status.model_dump(), "age_s": round(r.age_s, 1), "live": r.live} for r in replicas
+        ],
+        "by_version": fleet_summary(replicas),
     }
 
 
@@ -184,6 +204,10 @@ def _registry_sections(
                 else None
             ),
             "counts": dict(Counter(r.status for r in records)),
+            "pending": [
+                {"action": i.action, "version": i.version, "at": i.at, "actor": i.actor}
+                for i in outbox.pending(reg)
+            ],
         }
         by_version = {r.version: r for r in records}
         runs = []

@@ -33,6 +33,9 @@ def render_status(data: dict[str, Any], console: Console) -> None:
         highlight=False,
     )
     _render_adapter(data.get("adapter") or {}, console)
+    _render_replicas(
+        data.get("replicas") or {}, (data.get("adapter") or {}).get("serving"), console
+    )
     _render_runs(data.get("runs") or [], console)
     _render_verifier(data.get("verifier") or {}, console)
     _render_store(data.get("store") or {}, console)
@@ -62,6 +65,12 @@ def _render_adapter(a: dict[str, Any], console: Console) -> None:
         return
     counts = ", ".join(f"{n} {s}" for s, n in sorted(a.get("counts", {}).items()))
     console.print(f"  registry {a['registry']}: {counts or 'empty'}", highlight=False)
+    for p in a.get("pending") or []:
+        console.print(
+            f"  [red]unfinished {p['action']} of {p['version']}[/] (since {show_when(p['at'])}): "
+            "run `selfdistill adapters reconcile`",
+            highlight=False,
+        )
     cols = [(role, rec) for role, rec in (("serving", a["active"]), ("newest", a["newest"])) if rec]
     if not cols:
         return
@@ -109,6 +118,34 @@ def _render_adapter(a: dict[str, Any], console: Console) -> None:
         return rec["promoted_by"] + ("" if not why or same else f": {why}")
 
     row("made active by", made_active)
+    console.print(table)
+
+
+def _render_replicas(r: dict[str, Any], should: str | None, console: Console) -> None:
+    """What the replicas say they serve, against what the registry says should serve."""
+    if "error" in r:
+        console.print(f"  replicas: [red]unknown[/] ({r['error']})", highlight=False)
+        return
+    replicas = r.get("replicas") or []
+    live = [x for x in replicas if x["live"]]
+    on_it = [x for x in live if x["serving"] == should]
+    colour = "green" if live and len(on_it) == len(live) else "red" if live else "yellow"
+    console.print(
+        f"  replicas: [{colour}]{len(on_it)} of {len(live)} live serve {should}[/]"
+        + ("" if live else " (no live replica reports on adapter-status)"),
+        highlight=False,
+    )
+    if not replicas:
+        return
+    table = _table("replica", "serving", "last swap", "age", "state")
+    for x in replicas:
+        swap = "-"
+        if x.get("requested"):
+            swap = f"{x['requested']}: " + ("ok" if x["ok"] else f"refused: {x.get('error')}")
+        state = "live" if x["live"] else x["state"] if x["state"] == "stopped" else "silent"
+        table.add_row(
+            x["replica"], x["serving"], _clip(swap, 60), _duration(x["age_s"]) + " ago", state
+        )
     console.print(table)
 
 

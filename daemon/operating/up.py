@@ -141,7 +141,7 @@ class Up:
         """/metrics on the serve port; /healthz and /readyz on each worker's port."""
         m = self.settings.metrics
         with (
-            observability(m, "serve", self.serve.loop.is_ready),
+            observability(m, "serve", self.serve.is_ready),
             observability(m, "verify", self.verify.loop.is_ready, metrics=False),
             observability(m, "train", lambda: self._scheduler is not None, metrics=False),
         ):

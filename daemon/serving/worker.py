@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from daemon.engines import EngineSettings
-from daemon.engines.base import ChatRequest, Engine, EngineRejected, EngineUnavailable
-from daemon.engines.hotswap import AdapterRouter
+from daemon.engines.base import (
+    AdapterMissing,
+    ChatRequest,
+    Engine,
+    EngineRejected,
+    EngineUnavailable,
+)
+from daemon.engines.hotswap import AdapterRouter, SwapResult
 from daemon.serving.metrics import (
     CANDIDATES_GENERATED,
     GENERATED_TOKENS,
@@ -29,9 +35,11 @@ from daemon.serving.metrics import (
     SERVE_LATENCY,
 )
 from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput, question_of
-from streams.adapter_events import follow_adapter_events
+from streams.adapter_events import AdapterEventFollower, follow_adapter_events
+from streams.adapter_status import StatusReporter
 from streams.consumer import BatchResult, Output, Record
 from streams.schemas import (
+    AdapterEvent,
     CandidatesMessage,
     PromptMessage,
     ResponseMessage,
@@ -102,8 +110,26 @@ class ServeConfig(BaseModel):
         default_factory=HttpConfig, description="The OpenAI-compatible endpoint."
     )
 
+    replica_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="This replica's name on adapter-status (what operators see); stable "
+        "across restarts, unique in the fleet. Default: the transactional id.",
+    )
+    status_heartbeat_s: float = Field(
+        15.0,
+        ge=1,
+        le=3600,
+        description="How often a replica repeats its adapter-status record; one silent for "
+        "3 beats is not live (rollback --wait does not wait for it).",
+    )
+
     def transactional_id_or_default(self) -> str:
         return self.transactional_id or f"selfdistill-serve-{socket.gethostname()}"
+
+    def replica_id_or_default(self) -> str:
+        return self.replica_id or self.transactional_id_or_default()
 
     @property
     def n(self) -> int:
@@ -159,7 +185,7 @@ class ServeHandler:
                 for rec in batch
             ]
             started = time.monotonic()
-            results = self.engine.generate(requests)
+            results = self._generate(requests, adapter)
             answers = self._choose(batch, results)
             latency = time.monotonic() - started
         SERVE_LATENCY.observe(latency)
@@ -210,6 +236,17 @@ class ServeHandler:
             CANDIDATES_GENERATED.inc(len(res.completions))
         PROMPTS_SERVED.inc(len(batch))
         return BatchResult(outputs=outputs)
+
+    def _generate(self, requests: list[ChatRequest], adapter: str | None) -> list[Any]:
+        """Generate; when a shared server has forgotten the adapter (it restarted), load it
+        again and try once more. If it cannot be restored, ``AdapterMissing`` (an
+        unavailable engine) makes the loop wait and retry the batch: nothing is lost."""
+        try:
+            return self.engine.generate(requests)
+        except AdapterMissing as exc:
+            if adapter is None or exc.adapter != adapter or not self.router.restore(adapter):
+                raise
+            return self.engine.generate(requests)
 
     def _choose(self, batch: list[Record[PromptMessage]], results: list[Any]) -> list[int]:
         """Index of the answer among each prompt's samples.
@@ -273,20 +310,44 @@ class ServeWorker:
             record_faults=(EngineRejected,),
         )
 
+        self.status = StatusReporter(
+            settings.kafka,
+            settings.topics.adapter_status,
+            cfg.replica_id_or_default(),
+            heartbeat_s=cfg.status_heartbeat_s,
+        )
+        self.follower: AdapterEventFollower | None = None
+
+    def is_ready(self) -> bool:
+        """Ready: the loop consumes and the adapter-event follower still follows."""
+        follower = self.follower
+        return self.loop.is_ready() and follower is not None and follower.healthy()
+
+    def _report(self, _event: AdapterEvent, result: SwapResult) -> None:
+        self.status.report(result.version, result.requested, result.ok, result.error)
+
     def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:
         """Restore the active adapter from history, follow promotions, serve until stopped."""
-        from streams.topics import ensure_topics
+        from streams.topics import prepare_topics
 
-        if self.settings.topics.create:
-            ensure_topics(self.settings.kafka, self.settings.topics)
+        prepare_topics(self.settings.kafka, self.settings.topics)
         topics = self.settings.topics
-        with follow_adapter_events(
-            self.settings.kafka,
-            topics.adapter_events,
-            self.router,
-            topics.dlq(topics.adapter_events),
-        ):
-            self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
+        try:
+            with follow_adapter_events(
+                self.settings.kafka,
+                topics.adapter_events,
+                self.router,
+                topics.dlq(topics.adapter_events),
+                on_apply=self._report,
+            ) as follower:
+                self.follower = follower
+                if follower.restored is None:  # an empty history: say "base" all the same
+                    self.status.report(None, None, True)
+                self.status.start()
+                self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
+        finally:
+            self.follower = None
+            self.status.close()
 
     def stop(self) -> None:
         self.loop.request_stop()

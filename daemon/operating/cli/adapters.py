@@ -21,28 +21,45 @@ def _registry():  # type: ignore[no-untyped-def]
 
 @adapters_app.command("list")
 def adapters_list() -> None:
-    """Every adapter version: status, data, loss, gate numbers. `*` marks what serves."""
+    """Every adapter version: status, data, loss, gate numbers, and the live replicas that
+    serve it (from adapter-status). `*` marks what the registry says serves."""
     from rich.table import Table
 
     from adapters.gate import HELDOUT, LABELED
 
+    s = settings()
     with _registry() as reg:
         records, pinned, active = reg.list(), reg.pinned(), reg.active_version()
-    title = f"serving: {active}" + (f" (pinned: {pinned})" if pinned else "")
-    columns = ("version", "status", "parent", "samples", "loss", LABELED, HELDOUT, "created")
+    fleet, fleet_note = _fleet(s)
+    title = f"serving: {active}" + (f" (pinned: {pinned})" if pinned else "") + fleet_note
+    columns = ("version", "status", "replicas", "parent", "samples", "loss", LABELED, HELDOUT)
     rows = []
-    for r in records:
-        metrics = r.eval.get("candidate", {}).get("metrics", {})
-        rows.append(
+    for version, status, parent, samples, loss, metrics in [
+        ("base", "promoted" if active == "base" else "-", "-", "-", "-", {}),
+        *(
             (
-                ("* " if r.status == "promoted" else "  ") + r.version,
+                r.version,
                 r.status,
                 r.parent or "-",
                 str(r.sample_count),
                 "-" if r.train_loss is None else f"{r.train_loss:.4f}",
+                r.eval.get("candidate", {}).get("metrics", {}),
+            )
+            for r in records
+        ),
+    ]:
+        if version == "base" and active != "base" and "base" not in fleet:
+            continue  # the base row only when something serves it
+        rows.append(
+            (
+                ("* " if status == "promoted" else "  ") + version,
+                status,
+                _replicas_cell(fleet.get(version)),
+                parent,
+                samples,
+                loss,
                 fmt_num(metrics.get(LABELED)),
                 fmt_num(metrics.get(HELDOUT)),
-                _when(r.created_at),
             )
         )
     if not sys.stdout.isatty():  # piped: one tab-separated line per adapter, for scripts
@@ -58,10 +75,27 @@ def adapters_list() -> None:
     Console().print(table)
 
 
-def _when(ts: float) -> str:
-    import datetime
+def _fleet(s) -> tuple[dict[str, dict[str, list[str]]], str]:  # type: ignore[no-untyped-def]
+    """Per version, the live replicas serving and refusing it; a note when unknown."""
+    from streams.adapter_status import fleet_summary, read_statuses
 
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        replicas = read_statuses(s.kafka, s.topics.adapter_status, timeout_s=10)
+    except Exception as exc:
+        return {}, f" (replicas unknown: {type(exc).__name__})"
+    live = sum(r.live for r in replicas)
+    return fleet_summary(replicas), f"; {live} live replica(s)"
+
+
+def _replicas_cell(entry: dict[str, list[str]] | None) -> str:
+    if not entry:
+        return "-"
+    parts = []
+    if entry["serving"]:
+        parts.append(f"{len(entry['serving'])} serving")
+    if entry["refused"]:
+        parts.append(f"refused by {', '.join(entry['refused'])}")
+    return "; ".join(parts) or "-"
 
 
 @adapters_app.command("show")
@@ -81,26 +115,61 @@ def adapters_show(version: Annotated[str, typer.Argument(help="An adapter versio
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-def _announce(action: str, fn: object) -> None:
+def _announce(action: str, fn: object, wait_s: float) -> None:
+    """Run a promotion or rollback, say how it went, and (``wait_s`` > 0) wait until every
+    live replica reports serving it on adapter-status; exit 1 if any did not."""
+    import time
+
     from adapters.files import AdapterFileError
     from adapters.registry import RegistryError
-    from streams.producer import ProduceError
+    from daemon.learning.promote import AnnounceUnknown
+    from streams.adapter_status import wait_for_fleet
 
+    started = time.time()
     try:
         event = fn()  # type: ignore[operator]
     except (RegistryError, AdapterFileError) as exc:
         err.print(f"[red]{action} refused:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    except ProduceError as exc:
+    except AnnounceUnknown as exc:
+        err.print(f"[red]{action} outcome unknown:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # the broker unreachable before anything was recorded
         err.print(f"[red]{action} not announced (registry unchanged):[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
     typer.echo(f"{event.action} {event.version}: published to adapter-events")
+    if wait_s <= 0:
+        return
+    s = settings()
+    ok, pending = wait_for_fleet(
+        s.kafka, s.topics.adapter_status, event.version, wait_s, since=started
+    )
+    for r in ok:
+        typer.echo(f"  {r.name}: serving {event.version}")
+    for r in pending:
+        why = f"refused: {r.status.error}" if r.refused == event.version else "no confirmation"
+        typer.echo(f"  {r.name}: still serving {r.status.serving} ({why})")
+    if pending:
+        err.print(
+            f"[red]{len(pending)} of {len(ok) + len(pending)} live replica(s) did not confirm "
+            f"{event.version} within {wait_s:g}s[/]",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"all {len(ok)} live replica(s) serve {event.version}")
+
+
+WAIT_HELP = (
+    "Seconds to wait until every live replica reports serving it on adapter-status "
+    "(0: do not wait). Exits 1 naming the replicas that did not confirm."
+)
 
 
 @adapters_app.command("promote")
 def adapters_promote(
     version: Annotated[str, typer.Argument(help="The adapter version to serve.")],
     reason: Annotated[str | None, typer.Option(help="Recorded with the promotion.")] = None,
+    wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 60.0,
 ) -> None:
     """Serve VERSION on every replica now (the gate is not consulted)."""
     from daemon.learning.promote import promote
@@ -108,7 +177,9 @@ def adapters_promote(
     s = settings()
     with _registry() as reg:
         _announce(
-            "promote", lambda: promote(s, reg, version, actor="cli", reason=reason or "operator")
+            "promote",
+            lambda: promote(s, reg, version, actor="cli", reason=reason or "operator"),
+            wait,
         )
 
 
@@ -119,6 +190,7 @@ def adapters_rollback(
         typer.Argument(help="Where to go: a version or 'base' (default: the previous one)."),
     ] = None,
     reason: Annotated[str | None, typer.Option(help="Recorded with the rollback.")] = None,
+    wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 60.0,
 ) -> None:
     """Go back to the previously promoted adapter (or VERSION, or the base) on every replica."""
     from daemon.learning.promote import rollback
@@ -128,7 +200,27 @@ def adapters_rollback(
         _announce(
             "rollback",
             lambda: rollback(s, reg, version, actor="cli", reason=reason or "operator"),
+            wait,
         )
+
+
+@adapters_app.command("reconcile")
+def adapters_reconcile() -> None:
+    """Finish a promotion or rollback that a crash or a broker outage left half-done, and
+    re-announce what the registry says serves if adapter-events lost it."""
+    from daemon.learning.promote import AnnounceUnknown, reconcile
+
+    s = settings()
+    with _registry() as reg:
+        try:
+            done = reconcile(s, reg)
+        except AnnounceUnknown as exc:
+            err.print(f"[red]reconcile outcome unknown:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        active = reg.active_version()
+    for line in done:
+        typer.echo(line)
+    typer.echo(f"registry and adapter-events agree: {active}")
 
 
 @adapters_app.command("pin")
