@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from daemon.engines.base import AdapterMissing
 from daemon.engines.transformers_engine import TransformersEngine
 from daemon.operating.config import Settings
 from daemon.verifying.store import Store
@@ -15,7 +16,7 @@ from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
 from streams.topics import TopicsConfig
-from tests.conftest import cli, committed_total, wait_for
+from tests.conftest import cli, committed_total, read_topic, wait_for
 
 VOTES = 2
 CALLS_PER_ACCEPTED = 1 + 3 * VOTES  # the inferred question + v votes in each of 3 stages
@@ -150,7 +151,13 @@ def test_the_active_adapter_judges_when_configured(
     used: list[str | None] = []
     real_generate = engine.generate
 
+    forgot: list[str] = []
+
     def spy(requests):  # records which adapter each judge call ran on
+        if used and not forgot:  # after the canary: the engine forgets the adapter once,
+            forgot.append(version)  # as a shared server does when it restarts (HTTP 404)
+            engine.unload_adapter(version)
+            raise AdapterMissing(version, f"the server does not know adapter {version!r}")
         used.extend(r.adapter for r in requests)
         return real_generate(requests)
 
@@ -162,5 +169,8 @@ def test_the_active_adapter_judges_when_configured(
     worker.stop()
     t.join(30)
     assert worker.router is not None and worker.router.active == version
-    # Every generation ran on the promoted adapter: its canary, then every judge call.
+    # Every generation ran on the promoted adapter: its canary, then every judge call; the
+    # one that found it forgotten had the router load it again and judged on it.
     assert len(used) > 1 and set(used) == {version}
+    assert forgot == [version] and version in engine.adapters()
+    assert read_topic(kafka, topics.dlq(topics.candidates)) == []
