@@ -107,10 +107,9 @@ def complete(registry: Registry, intent: Intent) -> str:
     an earlier attempt that died before marking it) is only marked done.
     """
     with registry.transaction() as db:
-        active = registry.active_in(db)
-        previous = active
-        if active != intent.version:
-            previous = registry.activate_in(
+        previous = registry.active_in(db)
+        if previous != intent.version:
+            registry.activate_in(
                 db, intent.version, intent.action, intent.actor or "other", intent.reason
             )
         db.execute(

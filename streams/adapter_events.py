@@ -93,7 +93,6 @@ class AdapterEventFollower:
         self.dlq_topic = dlq_topic
         self.on_apply = on_apply
         self.bad = 0
-        self.errors = 0  # failures inside the loop that it survived
         self.last_error: str | None = None
         self.restored: Any = None  # what catch_up() applied at start-up (None: no history)
         self._alive_at = time.monotonic()  # when the loop last came round
@@ -176,7 +175,6 @@ class AdapterEventFollower:
                 self.last_error = None
             except Exception as exc:  # an engine or broker blip: report it, keep following
                 failures += 1
-                self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 FOLLOWER_ERRORS.inc()
                 log.exception("%s: error while following (it goes on)", self.topic)

@@ -50,7 +50,6 @@ class StatusReporter:
         self.replica = replica
         self.role = role
         self.heartbeat_s = heartbeat_s
-        self.started_at = time.time()
         self._status = AdapterStatus(
             replica=replica, role=role, serving=BASE_VERSION, heartbeat_s=heartbeat_s
         )
@@ -58,10 +57,6 @@ class StatusReporter:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    @property
-    def status(self) -> AdapterStatus:
-        return self._status
 
     def report(
         self, serving: str | None, requested: str | None, ok: bool, error: str | None = None

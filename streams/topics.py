@@ -111,7 +111,7 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
                 log.info("created topic %s (%d partitions)", nt.name, nt.num_partitions)
             except TopicAlreadyExistsError:  # another worker won the race
                 result[nt.name] = "exists"
-        _check_state_topics(admin, topics)
+        _check_state_topics(admin, topics, existing | set(result))
         return result
     finally:
         admin.close()
@@ -125,40 +125,42 @@ def prepare_topics(kafka: KafkaSettings, topics: TopicsConfig) -> None:
         return
     admin = connect(lambda: KafkaAdminClient(**kafka.client_kwargs("admin")), kafka, "admin client")
     try:
-        _check_state_topics(admin, topics)
+        _check_state_topics(admin, topics, set(admin.list_topics()))
     finally:
         admin.close()
 
 
-def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig) -> None:
+def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig, existing: set[str]) -> None:
     """Raise ``TopicLayoutError`` for a state topic with other than one partition; warn when
-    the broker reports a cleanup policy or retention that would delete the current state.
+    the broker reports a retention that would delete the current state.
 
-    (The embedded broker reports no topic configs; a real cluster does.)
+    (The embedded broker answers no DescribeConfigs; a real cluster does.)
     """
-    names = [t for t in topics.state_topics() if t in set(admin.list_topics())]
+    names = [t for t in topics.state_topics() if t in existing]
     for desc in admin.describe_topics(names) if names else []:
         n = len(desc.get("partitions") or [])
         if n != 1:
+            field = "adapter_events" if desc["name"] == topics.adapter_events else "adapter_status"
             raise TopicLayoutError(
                 f"topic {desc['name']} has {n} partitions; it must have exactly 1 (every "
                 "replica reads one ordered history). Delete and re-create it with 1 partition, "
-                f"or set topics.{_field_of(topics, desc['name'])} to a new topic name"
+                f"or set topics.{field} to a new topic name"
             )
-    try:
-        wanted = dict.fromkeys(COMPACTED)
+    try:  # {resource type: {topic: {key: {"value": ..., ...}}}}
         described = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t, configs=dict(wanted)) for t in names],
+            [
+                ConfigResource(ConfigResourceType.TOPIC, t, configs=dict.fromkeys(COMPACTED))
+                for t in names
+            ],
             config_filter="all",
         )
     except Exception as exc:  # an old or partial broker: the layout check above still holds
         log.debug("describe_configs failed: %r", exc)
         return
-    for topic, configs in _topic_configs(described).items():
-        policy, retention = configs.get("cleanup.policy"), configs.get("retention.ms")
-        if (policy is not None and "compact" not in policy) or (
-            retention is not None and "compact" not in (policy or "") and retention != "-1"
-        ):
+    for topic, configs in (described.get("topic") or {}).items():
+        policy = (configs.get("cleanup.policy") or {}).get("value") or "delete"
+        retention = (configs.get("retention.ms") or {}).get("value")
+        if configs and "delete" in policy and retention != "-1":  # deleted by age
             log.warning(
                 "topic %s has cleanup.policy=%s retention.ms=%s: the broker will delete the "
                 "current adapter state, and a replica started after that serves the base "
@@ -167,22 +169,3 @@ def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig) -> None:
                 policy,
                 retention,
             )
-
-
-def _field_of(topics: TopicsConfig, name: str) -> str:
-    return "adapter_events" if name == topics.adapter_events else "adapter_status"
-
-
-def _topic_configs(described: object) -> dict[str, dict[str, str]]:
-    """``{topic: {name: value}}`` from kafka-python's describe_configs answer, whichever of
-    its shapes this version returns (a dict by resource type, or response objects)."""
-    out: dict[str, dict[str, str]] = {}
-    if isinstance(described, dict):
-        for topic, configs in (described.get("topic") or {}).items():
-            if isinstance(configs, dict):
-                out[topic] = {
-                    str(k): str(v.get("value") if isinstance(v, dict) else v)
-                    for k, v in configs.items()
-                    if (v.get("value") if isinstance(v, dict) else v) is not None
-                }
-    return out

@@ -33,17 +33,20 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from adapters.files import AdapterFileError, verify_adapter
 from adapters.registry import BASE
-from daemon.engines.base import ChatRequest, Engine, EngineError
+from daemon.engines.base import AdapterMissing, ChatRequest, Engine, EngineError
 from daemon.engines.metrics import ACTIVE_ADAPTER, ADAPTER_SWAPS, ADAPTERS_LOADED, SWAP_SECONDS
 from streams.schemas import AdapterEvent
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -127,24 +130,19 @@ class AdapterRouter:
     def restore(self, name: str) -> bool:
         """Load ``name`` again after the engine forgot it (a shared server restarted).
 
-        Called by a worker whose request failed with ``AdapterMissing``. The files are
-        checked against the digest of the event that first loaded it; no canary (the same
-        files passed one). Returns True when the engine has it again.
+        The files are checked against the digest of the event that first loaded it; no
+        canary (the same files passed one). Returns True when the engine has it again.
         """
         with self._swap_lock:
             event = self._sources.get(name)
             try:
                 if name in self.engine.adapters():
                     return True
-                if event is None or event.sha256 is None:
+                if event is None:
                     log.error("cannot restore %s: this replica never loaded it", name)
                     return False
                 path = verify_adapter(self.registry_dir, event.path or name, event.sha256)
-                try:
-                    self.engine.load_adapter(name, str(path))
-                except EngineError:
-                    if name not in self.engine.adapters():  # another replica was first
-                        raise
+                self.engine.load_adapter(name, str(path))  # "already loaded" is the engine's
             except (AdapterFileError, EngineError) as exc:
                 log.error("could not restore adapter %s on the engine: %s", name, exc)
                 return False
@@ -152,6 +150,18 @@ class AdapterRouter:
             log.warning("the engine had forgotten adapter %s (restarted?); loaded it again", name)
             self._count_loaded()
             return True
+
+    def call(self, adapter: str | None, work: Callable[[], T]) -> T:
+        """Run ``work`` (generation on ``adapter``); if the engine has forgotten the adapter
+        (``AdapterMissing``: a shared server restarted), restore it and run it once more.
+        Not restorable, the ``AdapterMissing`` (an unavailable engine) goes up: the worker
+        loop waits and retries the batch, so nothing is lost."""
+        try:
+            return work()
+        except AdapterMissing as exc:
+            if adapter is None or exc.adapter != adapter or not self.restore(adapter):
+                raise
+            return work()
 
     def _swap(self, event: AdapterEvent, target: str | None, started: float) -> SwapResult:
         # Load and canary back to back while holding the engine: no serve batch may slip in
@@ -163,15 +173,15 @@ class AdapterRouter:
                     if event.sha256 is None:  # a hand-made event: nothing to check files against
                         raise AdapterFileError(f"the event for {target} carries no sha256")
                     path = verify_adapter(self.registry_dir, event.path or target, event.sha256)
-                    if self._load(target, str(path)):
-                        with self._lock:
-                            self._loaded.append(target)
-                        try:
-                            self._run_canary(target)
-                        except Exception:
-                            if not self.shared:  # another replica may route to it already
-                                self._unload(target)
-                            raise
+                    self.engine.load_adapter(target, str(path))  # a shared one may have it
+                    with self._lock:
+                        self._loaded.append(target)
+                    try:
+                        self._run_canary(target)
+                    except Exception:
+                        if not self.shared:  # another replica may route to it already
+                            self._unload(target)
+                        raise
                     self._count_loaded()
                 if target is not None and event.sha256 is not None:
                     self._sources[target] = event
@@ -201,18 +211,6 @@ class AdapterRouter:
             seconds,
         )
         return SwapResult(True, target, event.version, seconds)
-
-    def _load(self, name: str, path: str) -> bool:
-        """Load ``name``; True when this router loaded it, False when a replica sharing the
-        server did so first (then it is theirs too, and no canary or unload of ours)."""
-        try:
-            self.engine.load_adapter(name, path)
-            return True
-        except EngineError:
-            if self.shared and name in self.engine.adapters():
-                log.info("adapter %s is already loaded on the shared server", name)
-                return False
-            raise
 
     def _count_loaded(self) -> None:
         try:

@@ -68,7 +68,7 @@ def _run_serve(
     cfg = settings.serve.http
     if not http:
         assert serve_worker is not None
-        serve_worker.run()
+        serve_worker.run(topics_ready=True)
         return
     from daemon.serving.openai_server import build_server
 
@@ -84,7 +84,7 @@ def _run_serve(
     log.info("OpenAI-compatible API on http://%s:%d/v1", cfg.host, cfg.port)
     try:
         if serve_worker is not None:
-            serve_worker.run()
+            serve_worker.run(topics_ready=True)
         else:
             wait_for_stop_signal()
             log.info("stop signal received; shutting the API down")

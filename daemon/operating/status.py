@@ -40,6 +40,7 @@ from daemon.operating.status_view import RUNS_SHOWN, render_status, show_num, sh
 if TYPE_CHECKING:
     from adapters.registry import Registry
     from daemon.operating.config import Settings
+    from streams.connection import KafkaSettings
 
 
 WORKERS: tuple[Worker, ...] = ("serve", "verify", "train")
@@ -143,14 +144,20 @@ def collect_status(
     }
 
 
+def _glance(settings: Settings, connect_timeout_s: float) -> KafkaSettings:
+    """The cluster settings for a status read: a glance gives up sooner than a worker."""
+    return settings.kafka.model_copy(
+        update={"connect_timeout_s": min(connect_timeout_s, settings.kafka.connect_timeout_s)}
+    )
+
+
 def _replicas(settings: Settings, connect_timeout_s: float, timeout_s: float) -> dict[str, Any]:
     """What each replica says it serves (``adapter-status``), newest record per replica."""
     from streams.adapter_status import fleet_summary, read_statuses
 
-    kafka = settings.kafka.model_copy(
-        update={"connect_timeout_s": min(connect_timeout_s, settings.kafka.connect_timeout_s)}
+    replicas = read_statuses(
+        _glance(settings, connect_timeout_s), settings.topics.adapter_status, timeout_s
     )
-    replicas = read_statuses(kafka, settings.topics.adapter_status, timeout_s)
     return {
         "replicas": [
             {**r.status.model_dump(), "age_s": round(r.age_s, 1), "live": r.live} for r in replicas
@@ -411,9 +418,7 @@ def _dead_letters(
         "total": None,
         "topics": {},
     }
-    kafka = settings.kafka.model_copy(
-        update={"connect_timeout_s": min(connect_timeout_s, settings.kafka.connect_timeout_s)}
-    )
+    kafka = _glance(settings, connect_timeout_s)
     kw = kafka.reader_kwargs("status")
     kw["allow_auto_create_topics"] = False
     quiet = logging.getLogger("kafka")

@@ -19,13 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from daemon.engines import EngineSettings
-from daemon.engines.base import (
-    AdapterMissing,
-    ChatRequest,
-    Engine,
-    EngineRejected,
-    EngineUnavailable,
-)
+from daemon.engines.base import ChatRequest, Engine, EngineRejected, EngineUnavailable
 from daemon.engines.hotswap import AdapterRouter, SwapResult
 from daemon.serving.metrics import (
     CANDIDATES_GENERATED,
@@ -185,7 +179,7 @@ class ServeHandler:
                 for rec in batch
             ]
             started = time.monotonic()
-            results = self._generate(requests, adapter)
+            results = self.router.call(adapter, lambda: self.engine.generate(requests))
             answers = self._choose(batch, results)
             latency = time.monotonic() - started
         SERVE_LATENCY.observe(latency)
@@ -236,17 +230,6 @@ class ServeHandler:
             CANDIDATES_GENERATED.inc(len(res.completions))
         PROMPTS_SERVED.inc(len(batch))
         return BatchResult(outputs=outputs)
-
-    def _generate(self, requests: list[ChatRequest], adapter: str | None) -> list[Any]:
-        """Generate; when a shared server has forgotten the adapter (it restarted), load it
-        again and try once more. If it cannot be restored, ``AdapterMissing`` (an
-        unavailable engine) makes the loop wait and retry the batch: nothing is lost."""
-        try:
-            return self.engine.generate(requests)
-        except AdapterMissing as exc:
-            if adapter is None or exc.adapter != adapter or not self.router.restore(adapter):
-                raise
-            return self.engine.generate(requests)
 
     def _choose(self, batch: list[Record[PromptMessage]], results: list[Any]) -> list[int]:
         """Index of the answer among each prompt's samples.
@@ -326,11 +309,21 @@ class ServeWorker:
     def _report(self, _event: AdapterEvent, result: SwapResult) -> None:
         self.status.report(result.version, result.requested, result.ok, result.error)
 
-    def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:
-        """Restore the active adapter from history, follow promotions, serve until stopped."""
+    def run(
+        self,
+        *,
+        max_idle_s: float | None = None,
+        handle_signals: bool = True,
+        topics_ready: bool = False,
+    ) -> None:
+        """Restore the active adapter from history, follow promotions, serve until stopped.
+
+        ``topics_ready``: the caller already created and checked the topics (``selfdistill
+        serve`` does, before it loads the model), so they are not asked for again."""
         from streams.topics import prepare_topics
 
-        prepare_topics(self.settings.kafka, self.settings.topics)
+        if not topics_ready:
+            prepare_topics(self.settings.kafka, self.settings.topics)
         topics = self.settings.topics
         try:
             with follow_adapter_events(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from pydantic import Field
 
 from daemon.engines import EngineSettings
-from daemon.engines.base import AdapterMissing, Engine, EngineRejected, EngineUnavailable
+from daemon.engines.base import Engine, EngineRejected, EngineUnavailable
 from daemon.verifying.cascade import (
     Cascade,
     CascadeConfig,
@@ -102,12 +102,7 @@ class VerifyHandler:
         started = time.monotonic()
         if self.router is not None:
             with self.router.use() as adapter:
-                try:
-                    outcomes = self._judge(batch, adapter)
-                except AdapterMissing as exc:  # a shared server restarted: load it, go again
-                    if adapter is None or not self.router.restore(exc.adapter):
-                        raise
-                    outcomes = self._judge(batch, adapter)
+                outcomes = self.router.call(adapter, lambda: self._judge(batch, adapter))
         else:
             outcomes = self._judge(batch, None)
         accepted = 0

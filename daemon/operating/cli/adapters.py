@@ -34,30 +34,26 @@ def adapters_list() -> None:
     title = f"serving: {active}" + (f" (pinned: {pinned})" if pinned else "") + fleet_note
     columns = ("version", "status", "replicas", "parent", "samples", "loss", LABELED, HELDOUT)
     rows = []
-    for version, status, parent, samples, loss, metrics in [
-        ("base", "promoted" if active == "base" else "-", "-", "-", "-", {}),
-        *(
+    if active == "base" or "base" in fleet:  # the base row only when something serves it
+        serving = active == "base"
+        rows.append(
             (
-                r.version,
+                ("* " if serving else "  ") + "base",
+                "promoted" if serving else "-",
+                _replicas_cell(fleet.get("base")),
+                *["-"] * 5,
+            )
+        )
+    for r in records:
+        metrics = r.eval.get("candidate", {}).get("metrics", {})
+        rows.append(
+            (
+                ("* " if r.status == "promoted" else "  ") + r.version,
                 r.status,
+                _replicas_cell(fleet.get(r.version)),
                 r.parent or "-",
                 str(r.sample_count),
                 "-" if r.train_loss is None else f"{r.train_loss:.4f}",
-                r.eval.get("candidate", {}).get("metrics", {}),
-            )
-            for r in records
-        ),
-    ]:
-        if version == "base" and active != "base" and "base" not in fleet:
-            continue  # the base row only when something serves it
-        rows.append(
-            (
-                ("* " if status == "promoted" else "  ") + version,
-                status,
-                _replicas_cell(fleet.get(version)),
-                parent,
-                samples,
-                loss,
                 fmt_num(metrics.get(LABELED)),
                 fmt_num(metrics.get(HELDOUT)),
             )
