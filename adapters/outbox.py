@@ -53,7 +53,7 @@ class PromotionBusy(RegistryError):
 @contextlib.contextmanager
 def promotion_lock(registry: Registry, timeout_s: float = 120.0) -> Iterator[None]:
     """Serialise promotions and rollbacks across processes (trainer, CLI, another host)."""
-    fh = (registry.root / LOCK_FILE).open("a+")
+    fh = registry.db_path.with_name(LOCK_FILE).open("a+")  # beside the database it guards
     try:
         deadline = time.monotonic() + timeout_s
         while True:

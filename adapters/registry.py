@@ -71,6 +71,13 @@ class AdaptersConfig(BaseModel):
         "Default: <data_dir>/adapters.",
     )
 
+    db_path: Path | None = Field(
+        None,
+        description="The registry's SQLite file. Default: <registry_dir>/registry.db. Set it "
+        "to the trainer's local disk where registry_dir is shared storage (SQLite's WAL is "
+        "not safe on a network file system); serve and verify never open it.",
+    )
+
     def path(self, data_dir: Path) -> Path:
         return self.registry_dir if self.registry_dir is not None else data_dir / "adapters"
 
@@ -146,12 +153,18 @@ class Registry:
     """The registry directory and its database. Cheap to open; safe across processes (WAL)."""
 
     def __init__(
-        self, root: Path, *, busy_timeout_s: float = 30.0, read_only: bool = False
+        self,
+        root: Path,
+        *,
+        db_path: Path | None = None,
+        busy_timeout_s: float = 30.0,
+        read_only: bool = False,
     ) -> None:
         """``read_only`` (for ``selfdistill status``) opens with SQLite's ``mode=ro``: it
-        takes no write lock and creates nothing; the database must exist."""
+        takes no write lock and creates nothing; the database must exist. ``db_path``: the
+        database elsewhere than ``root/registry.db`` (local disk, when ``root`` is shared)."""
         self.root = Path(root)
-        self.db_path = self.root / DB_FILE
+        self.db_path = Path(db_path) if db_path is not None else self.root / DB_FILE
         self._lock = threading.RLock()
         if read_only:
             if not self.db_path.is_file():
@@ -161,6 +174,7 @@ class Registry:
             self.db = Database(conn, execute_plugins=False)
             return
         self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.db_path, timeout=busy_timeout_s, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a promotion must survive a power cut
@@ -429,7 +443,7 @@ class Registry:
         second scheduler (another host sharing the directory, a manual ``--once``) skips
         instead of overlapping.
         """
-        fh = (self.root / LOCK_FILE).open("a+")
+        fh = self.db_path.with_name(LOCK_FILE).open("a+")  # local, beside the database
         try:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -23,19 +23,23 @@ One run, one model (the embedded SmolLM2-135M-Instruct, on the CPU), the same ca
    ``ChatRequest`` lists through ``TransformersEngine.generate``, round by round, no Kafka.
    **selfdistill** is a ``VerifyWorker`` over the same engine, consuming the same
    ``CandidatesMessage`` s (pre-produced to a 1-partition topic of an embedded broker, so one
-   poll holds the whole batch, in order) and storing into a temporary SQLite file; timed from
-   the group being ready (``loop.ready``) to the commit of the batch holding the last
-   message. Judge tokens: what the engine generated (the same count on both paths), checked
-   against the sum of ``votes.completion_tokens`` in the store (equal for reasoning votes; the
-   store books a fast-judge vote as one token each) and the ``selfdistill_judge_tokens_total``
-   counter (prompt + completion tokens, as booked in the store). With a fixed seed the worker issues the very same requests, so both paths
-   generate the same tokens; the report says whether they did. With ``--repeats`` the order
-   of the two paths alternates and the median of the per-repeat ratios is reported. The
-   worker's own split (wall time vs time inside ``engine.generate``) is reported too: it
-   measures the layer's overhead free of the model's speed drifting between runs on a CPU
-   shared with other work. ``--batched-replay`` (on by default) also replays the rounds with
-   the per-request seeds dropped, so each round is one batched ``generate`` call: what
-   ``verify.seed`` costs, since a seed is part of the engine's sampling key.
+   poll holds the whole batch, in order) and publishing each prompt's verdict to a verdicts
+   topic in a Kafka transaction with the consumed offsets; timed from the group being ready
+   (``loop.ready``) to the commit of the batch holding the last message. A ``StoreWriter``
+   then materialises the verdicts into a temporary SQLite file (untimed: the store writer is
+   its own process in the daemon, and its own bench, ``bench.verify_scale``). Judge tokens:
+   what the engine generated (the same count on both paths), checked against the sum of
+   ``votes.completion_tokens`` in the store (equal for reasoning votes; the store books a
+   fast-judge vote as one token each) and the ``selfdistill_judge_tokens_total`` counter
+   (prompt + completion tokens, as booked in the store). With a fixed seed the worker issues
+   the very same requests, so both paths generate the same tokens; the report says whether
+   they did. With ``--repeats`` the order of the two paths alternates and the median of the
+   per-repeat ratios is reported. The worker's own split (wall time vs time inside
+   ``engine.generate``) is reported too: it measures the layer's overhead free of the model's
+   speed drifting between runs on a CPU shared with other work. ``--batched-replay`` (on by
+   default) also replays the rounds with the per-request seeds dropped, so each round is one
+   batched ``generate`` call: what ``verify.seed`` costs, since a seed is part of the
+   engine's sampling key.
 
 Both paths use ``--threads`` torch threads (1 by default: on the shared 2-core box two
 OpenMP threads were no faster for this model, and stalled badly whenever another process
@@ -450,6 +454,51 @@ def histogram_sum(name: str) -> float:
     return REGISTRY.get_sample_value(f"{name}_sum", {}) or 0.0
 
 
+def store_verdicts(settings: Any, n: int, timeout: float) -> tuple[int, float]:
+    """What the worker published, into the store: a ``StoreWriter`` on the run's verdicts
+    topic until it has applied ``n`` verdicts. Returns (verdicts applied, seconds from its
+    ``loop.ready`` to the commit of the batch holding the last one)."""
+    from daemon.verifying.store_writer import StoreWriter
+
+    writer = StoreWriter(settings)
+    loop = writer.loop
+    ready = _StampedEvent()
+    loop.ready = ready
+    done = threading.Event()
+    done_at: list[float] = []
+    inner_process = loop._process
+
+    def process(polled: Any) -> None:
+        inner_process(polled)  # decode, apply_verdicts (one SQLite transaction), commit
+        if not done_at and writer.handler.totals.applied >= n:
+            done_at.append(time.perf_counter())
+            done.set()
+
+    loop._process = process  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            writer.run(handle_signals=False, topics_ready=True)
+        except BaseException as exc:
+            errors.append(exc)
+            ready.set()
+            done.set()
+
+    thread = threading.Thread(target=run, name="bench-store-writer", daemon=True)
+    thread.start()
+    try:
+        finished = done.wait(timeout)
+    finally:
+        writer.stop()
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    if not finished or not done_at or ready.at is None:
+        raise TimeoutError(f"the store writer applied {writer.handler.totals.applied} of {n}")
+    return writer.handler.totals.applied, done_at[0] - ready.at
+
+
 def run_worker(
     engine: Any,
     kafka_settings: KafkaSettings,
@@ -462,7 +511,9 @@ def run_worker(
     from daemon.operating.config import Settings
     from daemon.verifying.worker import VerifyWorker
 
-    topics = TopicsConfig(candidates=f"bench-candidates-{tag}", partitions=1)
+    topics = TopicsConfig(
+        candidates=f"bench-candidates-{tag}", verdicts=f"bench-verdicts-{tag}", partitions=1
+    )
     ensure_topics(kafka_settings, topics)
     producer = Producer(kafka_settings, name=f"bench-{tag}")
     try:
@@ -476,7 +527,12 @@ def run_worker(
             data_dir=tmp,
             kafka={**kafka_settings.model_dump(), "batch_size": len(msgs)},
             topics=topics.model_dump(),
-            verify={**knobs.cascade().model_dump(), "group_id": f"bench-verify-{tag}"},
+            verify={
+                **knobs.cascade().model_dump(),
+                "group_id": f"bench-verify-{tag}",
+                "transactional_id": f"bench-verify-{tag}-{os.getpid()}",
+            },
+            store={"group_id": f"bench-store-{tag}"},
         )
         worker = VerifyWorker(settings, engine)
         loop = worker.loop
@@ -487,23 +543,12 @@ def run_worker(
         inner_process = loop._process
 
         def process(polled: Any) -> None:
-            inner_process(polled)  # decode, handler (judge + store), commit
+            inner_process(polled)  # decode, handler (judge), verdicts + offsets committed
             if not done_at and loop.stats.processed >= len(msgs):
                 done_at.append(time.perf_counter())
                 done.set()
 
         loop._process = process  # type: ignore[method-assign]
-        store_seconds = [0.0]
-        inner_record = worker.store.record
-
-        def record(*a: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner_record(*a, **kw)
-            finally:
-                store_seconds[0] += time.perf_counter() - t0
-
-        worker.store.record = record  # type: ignore[method-assign]
         tokens0 = judge_tokens_counter()
         handler0 = histogram_sum("selfdistill_verify_batch_seconds")
         errors: list[BaseException] = []
@@ -537,6 +582,7 @@ def run_worker(
             )
         if loop.stats.commit_failures or loop.stats.dead_lettered or loop.stats.handler_failures:
             raise RuntimeError(f"the worker's batch did not go cleanly: {loop.stats}")
+        applied, store_seconds = store_verdicts(settings, len(msgs), timeout)
         db = settings.store.path_in(Path(tmp))
         conn = sqlite3.connect(db)
         try:
@@ -556,7 +602,8 @@ def run_worker(
         "batches": loop.stats.batches,
         "engine_generate_s": round(recorder.seconds, 3),
         "handler_s": round(histogram_sum("selfdistill_verify_batch_seconds") - handler0, 3),
-        "store_record_s": round(store_seconds[0], 3),
+        "store_writer_s": round(store_seconds, 3),
+        "verdicts_applied": applied,
         "engine_prompt_tokens": recorder.prompt_tokens,
         "votes_rows": v_calls,
         "votes_completion_tokens": int(v_tokens),
@@ -720,8 +767,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             for name, xs in samples.items()
         },
         # Share of the worker's wall time spent inside engine.generate: what Kafka, the
-        # cascade's bookkeeping and SQLite cost, free of the model's speed drifting between
-        # the two paths on a shared CPU.
+        # cascade's bookkeeping and the verdicts transaction cost, free of the model's speed
+        # drifting between the two paths on a shared CPU.
         "engine_share": [round(x.extra["engine_generate_s"] / x.seconds, 4) for x in layer_s],
     }
     if args.batched_replay:
@@ -821,7 +868,8 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
         "",
         f"2. judge throughput: the project cascade's {c['project_requests']} requests in "
         f"{c['project_rounds']} rounds; raw = TransformersEngine.generate replay, no Kafka; "
-        "selfdistill = embedded broker → VerifyWorker → SQLite, loop.ready → last commit",
+        "selfdistill = embedded broker → VerifyWorker → verdicts (Kafka transaction), "
+        "loop.ready → last commit; a StoreWriter then puts the verdicts in SQLite (untimed)",
         "",
         "| path | judge tokens | seconds | judge tokens/s | ratio (worker/raw) |",
         "|---|---:|---:|---:|---:|",
@@ -842,14 +890,15 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
         rest = x["seconds"] - x["engine_generate_s"]
         lines.append(
             f"worker wall {x['seconds']:.2f} s = engine.generate {x['engine_generate_s']:.2f} s "
-            f"+ the rest {rest:.2f} s (store.record {x['store_record_s']:.3f} s; handler "
-            f"{x['handler_s']:.2f} s; {x['batches']} batch(es), {x['rounds']} rounds); "
-            f"the raw replay of the same requests took {r['seconds']:.2f} s"
+            f"+ the rest {rest:.2f} s (handler {x['handler_s']:.2f} s; {x['batches']} "
+            f"batch(es), {x['rounds']} rounds); "
+            f"the raw replay of the same requests took {r['seconds']:.2f} s; the store writer "
+            f"then applied {x['verdicts_applied']} verdicts in {x['store_writer_s']:.3f} s"
         )
     share = statistics.median(tp["engine_share"])
     lines.append(
-        f"layer overhead (Kafka + cascade bookkeeping + SQLite) = worker wall − its "
-        f"engine.generate time: {100 * (1 - share):.2f}% of the wall, i.e. a ratio of "
+        f"layer overhead (Kafka + cascade bookkeeping + verdicts transaction) = worker wall − "
+        f"its engine.generate time: {100 * (1 - share):.2f}% of the wall, i.e. a ratio of "
         f"{share:.3f} if the model ran at the same speed on both paths; the rest of any gap is "
         "the model's own speed varying between runs on this shared CPU"
     )
@@ -922,7 +971,7 @@ def report_rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[
             notes=same,
         ),
         result_row(
-            "verify worker: judge tokens/s (Kafka + cascade + SQLite)",
+            "verify worker: judge tokens/s (Kafka + cascade + verdicts transaction)",
             "tokens/s",
             "TransformersEngine.generate replay of the same requests (no Kafka)",
             t["raw"],

@@ -46,11 +46,11 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 
@@ -74,6 +74,7 @@ from streams.metrics import (
     UNDECODABLE_BATCHES,
 )
 from streams.producer import Producer, ProducerFenced, is_fenced
+from streams.rebalance import Rebalance
 from streams.records import BatchResult, Handler, LoopStats, Output, Record
 from streams.schemas import DecodeError, decode
 from streams.undecodable import clear_failed_fetch, find_undecodable, is_decode_failure
@@ -89,47 +90,16 @@ class _Abandoned(Exception):
     """The batch is given up uncommitted: a stop ran out of time, or it lost a partition."""
 
 
-class _Rebalance(AsyncConsumerRebalanceListener):
-    """Runs on kafka-python's IO loop: must await, never block (that would stop heartbeats)."""
-
-    def __init__(self, loop: ConsumerLoop[Any]) -> None:
-        self.loop = loop
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.loop._mark_revoked(revoked)  # before anything else: an in-flight batch is void
-        pending = self.loop._take_processed(revoked)
-        if pending and self.loop.consumer is not None:
-            try:
-                await self.loop.consumer.commit_async(pending)
-                self.loop.stats.commits += 1
-                log.info("committed %s before giving up partitions", _fmt(pending))
-            except Exception as exc:
-                log.warning("commit before rebalance failed (%r); records will be redelivered", exc)
-        if revoked:
-            log.info("partitions revoked: %s", sorted(f"{t.topic}[{t.partition}]" for t in revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("partitions assigned: %s", sorted(f"{t.topic}[{t.partition}]" for t in assigned))
-
-    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        # Evicted: the commit would be refused. The new owner redoes the batch; handlers
-        # are idempotent (or transactional), so that costs time, not correctness.
-        self.loop._mark_revoked(lost)
-        self.loop._take_processed(lost)
-        log.warning("partitions lost (evicted from group): %s", sorted(map(str, lost)))
-
-
-def _fmt(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:
-    return ", ".join(
-        f"{tp.topic}[{tp.partition}]@{om.offset}" for tp, om in sorted(offsets.items())
-    )
-
-
 class ConsumerLoop(Generic[M]):
     """Consume ``topic`` as part of ``group_id`` and hand validated batches to ``handler``.
 
     ``transactional_id`` switches to read-process-write transactions: the handler's outputs,
     dead letters and the input offsets commit atomically (readers use ``read_committed``).
+
+    ``positions``: where the handler's effect ends, ``{partition: next offset}``, kept by
+    the handler itself (the store writer keeps it in SQLite with the rows). Given, an
+    assigned or rewound partition starts there (at its beginning when absent), never at
+    the group's committed offset, which is then informational only.
 
     ``unavailable``: exception types that mean a dependency is down (never the record's
     fault: wait, do not dead-letter). ``record_faults``: exception types that are the
@@ -156,8 +126,10 @@ class ConsumerLoop(Generic[M]):
         retry_backoff_max_s: float = 30.0,
         unavailable: tuple[type[BaseException], ...] = (),
         record_faults: tuple[type[BaseException], ...] = (),
+        positions: Callable[[], dict[int, int]] | None = None,
     ) -> None:
         self.kafka = kafka
+        self.positions = positions
         self.topic = topic
         self.group_id = group_id
         self.schema = schema
@@ -207,6 +179,23 @@ class ConsumerLoop(Generic[M]):
         """Readiness: in the group, not stopping, and not waiting for an unavailable engine."""
         return self.ready.is_set() and self.waiting_on is None and not self._stop.is_set()
 
+    def seek_owned(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
+        """Move ``partitions`` to the handler's own positions; returns those it moved."""
+        if self.positions is None or self.consumer is None:
+            return set()
+        try:
+            saved = self.positions()
+        except Exception as exc:  # the handler's retry path re-checks every offset anyway
+            log.error("%s: reading its own positions failed (%r); not seeking", self.name, exc)
+            return set()
+        for tp in partitions:
+            if tp.partition in saved:
+                self.consumer.seek(tp, saved[tp.partition])
+            else:
+                self.consumer.seek_to_beginning(tp)
+        log.info("%s: resuming %s at its own positions %s", self.name, self.topic, saved)
+        return set(partitions)
+
     def _batch_deadline(self) -> float | None:
         """When an in-flight batch is abandoned: the stop's deadline less time to close."""
         if self._stop_at is None:
@@ -220,7 +209,7 @@ class ConsumerLoop(Generic[M]):
         kw = self.kafka.consumer_kwargs(self.group_id, self.name)
         self.consumer = connect(lambda: KafkaConsumer(**kw), self.kafka, f"{self.name} consumer")
         self.producer = self._new_producer()
-        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self.consumer.subscribe([self.topic], listener=Rebalance(self))
         # Everything alive now (imported modules, a loaded model, clients) lives as long as
         # the worker: move it out of the collector's way so full collections stop rescanning
         # it. Measured on consume: 0.84 -> ~0.9 of raw kafka-python (bench/streams.py).
@@ -456,8 +445,10 @@ class ConsumerLoop(Generic[M]):
         BATCHES_ABANDONED.labels(self.topic, reason).inc()
         owned = self.consumer.assignment()
         rewound: dict[TopicPartition, int] = {}
+        for tp in self.seek_owned({tp for tp in first if tp in owned and self._revoked(before)}):
+            rewound[tp] = -1  # back to the handler's own position
         for tp, off in first.items():
-            if tp not in owned:
+            if tp not in owned or tp in rewound:
                 continue
             with contextlib.suppress(Exception):
                 if self._revoked({tp: before[tp]}):

@@ -170,6 +170,69 @@ class CandidatesMessage(_Message):
     created_at: float = Field(default_factory=time.time)
 
 
+class VerdictCall(BaseModel):
+    """One judge generation or tool check the cascade ran on a candidate, as published."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: str = Field(min_length=1, max_length=40)
+    kind: Literal["infer", "vote", "tool"]
+    verdict: bool | None = None
+    output: str
+    prompt_tokens: int = Field(0, ge=0)
+    completion_tokens: int = Field(0, ge=0)
+
+
+class VerdictStage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: str = Field(min_length=1, max_length=40)
+    passed: bool
+    calls: list[VerdictCall] = Field(default_factory=list)
+
+
+class VerdictCandidate(BaseModel):
+    """One candidate's way through the cascade: its stages, and where it stopped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(ge=0)
+    text: str
+    answer: str
+    accepted: bool = False
+    rejected_at: str | None = None
+    stages: list[VerdictStage] = Field(default_factory=list)
+
+    @property
+    def calls(self) -> list[VerdictCall]:
+        """Everything the cascade ran on this candidate, in order (as the cascade's own)."""
+        return [c for s in self.stages for c in s.calls]
+
+
+class VerdictMessage(_Message):
+    """``verdicts``: one prompt's whole outcome, what the store writer materialises.
+
+    It carries the candidates message it judged (so the store needs nothing else to write
+    the prompt, its candidates, every vote and the accepted sample), the policy it was judged
+    under, and when (``judged_at``: the store's timestamps come from here, so a store rebuilt
+    from this topic equals the live one row for row). Keyed by prompt id.
+    """
+
+    id: str
+    question: str
+    candidates: CandidatesMessage
+    outcomes: list[VerdictCandidate]
+    policy: Literal["first-valid", "all-valid"] = "first-valid"
+    judge_adapter: str | None = Field(None, description="who judged: None = the frozen base")
+    judged_at: float = Field(default_factory=time.time)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> VerdictMessage:
+        if self.candidates.id != self.id:
+            raise ValueError(f"verdict {self.id!r} carries candidates of {self.candidates.id!r}")
+        return self
+
+
 #: ``AdapterEvent.version`` of "no adapter": the base model (the wire format's name for it;
 #: ``adapters.registry.BASE`` is the same name, in a library streams does not import).
 BASE_VERSION = "base"

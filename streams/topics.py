@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 _NAME = r"^[A-Za-z0-9._-]{1,200}$"
 
 #: The state topics keep the newest record per key for ever (Kafka's defaults would delete
-#: a promotion after 7 days, and a replica started later would serve the base model).
+#: a promotion after 7 days, and a replica started later would serve the base model), and so
+#: does ``verdicts``, the log the store is materialised (and rebuilt) from.
 COMPACTED = {"cleanup.policy": "compact", "retention.ms": "-1"}
 
 
@@ -44,6 +45,12 @@ class TopicsConfig(BaseModel):
     )
     candidates: str = Field(
         "candidates", pattern=_NAME, description="All samples for one prompt, for the verifier."
+    )
+    verdicts: str = Field(
+        "verdicts",
+        pattern=_NAME,
+        description="Each prompt's judged outcome, for the store writer (compacted, kept: "
+        "the store is rebuilt from it).",
     )
     adapter_events: str = Field(
         "adapter-events", pattern=_NAME, description="Adapter promotions and rollbacks."
@@ -72,7 +79,12 @@ class TopicsConfig(BaseModel):
         return f"{topic}{self.dlq_suffix}"
 
     def data_topics(self) -> list[str]:
-        return [self.prompts, self.responses, self.candidates]
+        return [self.prompts, self.responses, self.candidates, self.verdicts]
+
+    def kept_topics(self) -> list[str]:
+        """Compacted with no time retention: the state topics, and ``verdicts`` (the store's
+        source: a store lost with its disk is rebuilt from it)."""
+        return [*self.state_topics(), self.verdicts]
 
     def state_topics(self) -> list[str]:
         """Single-partition, compacted: the newest record per key is the state."""
@@ -89,7 +101,7 @@ class TopicsConfig(BaseModel):
 
     def topic_configs(self, topic: str) -> dict[str, str]:
         """Topic-level configs the daemon creates ``topic`` with."""
-        return dict(COMPACTED) if topic in self.state_topics() else {}
+        return dict(COMPACTED) if topic in self.kept_topics() else {}
 
 
 def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
@@ -146,11 +158,12 @@ def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig, existing:
                 "replica reads one ordered history). Delete and re-create it with 1 partition, "
                 f"or set topics.{field} to a new topic name"
             )
+    kept = [t for t in topics.kept_topics() if t in existing]
     try:  # {resource type: {topic: {key: {"value": ..., ...}}}}
         described = admin.describe_configs(
             [
                 ConfigResource(ConfigResourceType.TOPIC, t, configs=dict.fromkeys(COMPACTED))
-                for t in names
+                for t in kept
             ],
             config_filter="all",
         )
@@ -161,11 +174,17 @@ def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig, existing:
         policy = (configs.get("cleanup.policy") or {}).get("value") or "delete"
         retention = (configs.get("retention.ms") or {}).get("value")
         if configs and "delete" in policy and retention != "-1":  # deleted by age
+            lost = (
+                "verdicts, and a store rebuilt from it misses them"
+                if topic == topics.verdicts
+                else "the current adapter state, and a replica started after that serves "
+                "the base model"
+            )
             log.warning(
-                "topic %s has cleanup.policy=%s retention.ms=%s: the broker will delete the "
-                "current adapter state, and a replica started after that serves the base "
-                "model; set cleanup.policy=compact and retention.ms=-1",
+                "topic %s has cleanup.policy=%s retention.ms=%s: the broker will delete %s; "
+                "set cleanup.policy=compact and retention.ms=-1",
                 topic,
                 policy,
                 retention,
+                lost,
             )

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -59,6 +60,7 @@ def topics(kafka: KafkaSettings) -> TopicsConfig:
         candidates=f"candidates-{tag}",
         adapter_events=f"adapter-events-{tag}",
         adapter_status=f"adapter-status-{tag}",
+        verdicts=f"verdicts-{tag}",
         partitions=3,
     )
     ensure_topics(kafka, cfg)
@@ -218,3 +220,20 @@ def yes_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     from tests.models import build_yes_model
 
     return build_yes_model(tiny_model_dir, tmp_path_factory.mktemp("models") / "yes-llama")
+
+
+def store_verdicts(settings: Any, idle_s: float = 2.0) -> Any:
+    """Run the store writer until ``verdicts`` has been idle for ``idle_s``: what verify
+    published is then in the store. Its group is the test's own (topics are per test)."""
+    from daemon.verifying.store_writer import StoreWriter
+
+    settings = settings.model_copy(
+        update={
+            "store": settings.store.model_copy(
+                update={"group_id": f"store-{settings.topics.verdicts}"}
+            )
+        }
+    )
+    writer = StoreWriter(settings)
+    writer.run(max_idle_s=idle_s, handle_signals=False)
+    return writer.handler.totals

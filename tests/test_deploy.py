@@ -36,7 +36,13 @@ SYSTEMD = DEPLOY / "systemd"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = "/usr/bin/prometheus"
 VENV_BIN = Path(sys.executable).parent
-WORKERS = ("serve", "verify", "train")
+# Every worker with a process, port and scrape job of its own. `store` (the store writer
+# alone) is optional: by default the writer runs inside train.
+WORKERS = ("serve", "verify", "train", "store")
+DEFAULT_WORKERS = ("serve", "verify", "train")
+# The Kubernetes workload of each default worker (the writer runs inside the train pod).
+K8S_KINDS = {"serve": "Deployment", "verify": "Deployment", "train": "StatefulSet"}
+STORE_ALERTS = ("SelfdistillStoreWriterDown", "SelfdistillStoreBehind", "SelfdistillStoreStalled")
 SEVERITIES = {"critical", "warning", "info"}
 
 
@@ -187,6 +193,8 @@ def test_alert_rules_pass_their_unit_tests() -> None:
             assert case["alertname"] in names, f"test of unknown alert {case['alertname']}"
             (firing if case["exp_alerts"] else quiet).add(case["alertname"])
     assert len(firing & quiet) >= 3, (firing, quiet)
+    for name in STORE_ALERTS:
+        assert name in firing & quiet, f"{name} is not tested both firing and quiet"
 
 
 def test_alert_rules_are_complete_and_use_exported_metrics() -> None:
@@ -203,6 +211,7 @@ def test_alert_rules_are_complete_and_use_exported_metrics() -> None:
         "SelfdistillTrainingFailed",
         "SelfdistillGateRejectsEverything",
         "SelfdistillConsumerLagGrowing",
+        *STORE_ALERTS,
     ):
         assert wanted in names
     for r in rules:
@@ -212,6 +221,35 @@ def test_alert_rules_are_complete_and_use_exported_metrics() -> None:
         assert used, f"{r['alert']}: no metric in {r['expr']!r}"
         assert used <= exported, f"{r['alert']}: not exported: {sorted(used - exported)}"
         check_selectors(r["expr"], r["alert"])
+
+
+def test_store_alerts_watch_the_processes_that_run_the_store_writer() -> None:
+    """Every process exports the writer's gauges (0 where no writer runs): the rules about
+    them must look only at train and store, and pick the best of the two."""
+    from streams.topics import TopicsConfig
+
+    rules = {r["alert"]: r for r in alert_rules()}
+    prom = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    jobs = {j["job_name"] for j in prom["scrape_configs"]}
+    assert {f"selfdistill-{w}" for w in WORKERS} <= jobs
+    gauges = ("selfdistill_store_writer_up", "selfdistill_store_last_write_timestamp_seconds")
+    for r in alert_rules():
+        for gauge in gauges:
+            for matchers in re.findall(rf"{gauge}\s*\{{([^}}]*)\}}", r["expr"]):
+                (job,) = re.findall(r'job\s*=~\s*"([^"]+)"', matchers)
+                for worker in WORKERS:
+                    writes = worker in ("train", "store")
+                    assert bool(re.fullmatch(job, f"selfdistill-{worker}")) == writes, (
+                        r["alert"],
+                        worker,
+                    )
+            if gauge in r["expr"]:
+                assert re.search(rf"max\s*\(\s*{gauge}\b", r["expr"]), r["alert"]
+    # The lag they read is the store writer's: the verdicts topic, under its default name.
+    verdicts = TopicsConfig().verdicts
+    assert f'topic="{verdicts}"' in rules["SelfdistillStoreBehind"]["expr"]
+    assert f'topic!="{verdicts}"' in rules["SelfdistillConsumerLagGrowing"]["expr"]
+    assert "selfdistill_verdicts_published_total" in rules["SelfdistillStoreStalled"]["expr"]
 
 
 def _get_json(url: str) -> dict[str, Any] | None:
@@ -289,6 +327,11 @@ def test_prometheus_scrapes_a_running_train_worker(tmp_path: Path) -> None:
         # The scraped names are the ones the dashboard and rules are checked against.
         families = {r["metric"]["__name__"] for r in query('{job="selfdistill-train"}')}
         assert {"selfdistill_build_info", "selfdistill_samples_accepted_total"} <= families
+        # The store writer's gauges, which the store alerts read from train by default.
+        assert {
+            "selfdistill_store_writer_up",
+            "selfdistill_store_last_write_timestamp_seconds",
+        } <= families
         # The server loaded every alert rule.
         rules = _get_json(f"{api}/rules")
         assert rules is not None
@@ -351,8 +394,18 @@ def test_dashboard_panels_query_exported_metrics() -> None:
         "selfdistill_eval_score",
         "selfdistill_active_adapter_info",
         "selfdistill_adapter_swaps_total",
+        "selfdistill_verdicts_published_total",
+        "selfdistill_store_verdicts_total",
+        "selfdistill_store_writer_up",
+        "selfdistill_store_last_write_timestamp_seconds",
     ):
         assert name in every, f"no panel shows {name}"
+    # verify's backlog (candidates) beside the store writer's (verdicts), in one panel.
+    assert any(
+        {'topic="candidates"', 'topic="verdicts"'}
+        <= {m for t in p["targets"] for m in re.findall(r'topic="\w+"', t["expr"])}
+        for p in panels
+    ), "no panel shows the candidates lag beside the verdicts lag"
     # The funnel: judged -> each stage's passes, in cascade order -> accepted.
     funnel = next(p for p in panels if "funnel" in p["title"].lower())
     order = [t["expr"] for t in funnel["targets"]]
@@ -408,6 +461,8 @@ def check_cli(args: list[str], where: str) -> None:
     cmd: Any = group
     name = "selfdistill"
     while hasattr(cmd, "commands"):
+        if (i == len(args) or args[i].startswith("-")) and cmd.invoke_without_command:
+            break  # `selfdistill store`: the group runs by itself
         assert i < len(args), f"{where}: {args} names no subcommand of {name}"
         sub = cmd.commands.get(args[i])
         assert sub is not None, f"{where}: {args[i]!r} is not a subcommand of {name}"
@@ -424,7 +479,17 @@ def check_cli(args: list[str], where: str) -> None:
 
 def test_cli_checker_rejects_what_the_cli_rejects() -> None:
     check_cli(["-c", "/etc/x.toml", "adapters", "rollback", "base"], "ok")
-    for bad in (["serv"], ["adapters", "rollbak"], ["train", "--onse"], ["adapters", "show"]):
+    check_cli(["store"], "ok")  # a group that runs by itself (the store writer)
+    check_cli(["store", "rebuild", "--out", "/tmp/s.db", "--timeout", "60"], "ok")
+    for bad in (
+        ["serv"],
+        ["adapters", "rollbak"],
+        ["train", "--onse"],
+        ["adapters", "show"],
+        ["adapters"],
+        ["store", "rebuil"],
+        ["store", "rebuild"],
+    ):
         with pytest.raises(AssertionError, match=r"subcommand|option|argument|names no"):
             check_cli(bad, "bad")
 
@@ -550,6 +615,15 @@ def test_compose_kafka_is_a_single_kraft_node() -> None:
             ), name
 
 
+def compose_mounts(svc: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """A service's short-syntax volumes: target -> (volume, read-only)."""
+    out = {}
+    for m in svc.get("volumes", []):
+        source, target, *mode = m.split(":")
+        out[target] = (source, mode == ["ro"])
+    return out
+
+
 def test_compose_vllm_serves_runtime_lora_from_the_shared_adapter_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -564,8 +638,9 @@ def test_compose_vllm_serves_runtime_lora_from_the_shared_adapter_dir(
     devices = vllm["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in d["capabilities"] for d in devices)
     served = args[args.index("--served-model-name") + 1]
-    vllm_mounts = {m.split(":")[0]: m.split(":")[1:] for m in vllm["volumes"]}
-    for name in ("serve", "verify", "train"):
+    vllm_mounts = compose_mounts(vllm)
+    state: dict[str, set[str]] = {}  # the volume of the SQLite files -> who mounts it
+    for name in (*DEFAULT_WORKERS, "store"):
         svc = services[name]
         env = {k: interpolate(str(v)) for k, v in svc["environment"].items()}
         s = load_with_env(env, tmp_path, monkeypatch)
@@ -575,19 +650,37 @@ def test_compose_vllm_serves_runtime_lora_from_the_shared_adapter_dir(
         assert s.metrics.host == "0.0.0.0"
         assert s.train.lora.r <= int(args[args.index("--max-lora-rank") + 1])
         assert s.serve.adapters_kept_loaded < int(args[args.index("--max-loras") + 1])
-        # vLLM loads adapters by path: it must see the registry where the workers write it.
-        registry = s.adapters.path(s.data_dir)
-        volume = next(
-            m.split(":")[0]
-            for m in svc["volumes"]
-            if registry.is_relative_to(m.split(":")[1]) and not m.endswith(":ro")
-        )
-        target, *mode = vllm_mounts[volume]
-        assert registry.is_relative_to(target) and mode == ["ro"], (name, vllm_mounts)
+        mounts = compose_mounts(svc)
+        registry = str(s.adapters.path(s.data_dir))
+        # vLLM loads adapters by path: it must see the adapter files where train writes
+        # them, from the same volume; serve and verify read them, read-only.
+        if name != "store":
+            volume, read_only = mounts[registry]
+            assert vllm_mounts[registry] == (volume, True), (name, vllm_mounts)
+            assert read_only == (name != "train"), name
+        # The SQLite files (the store, the registry's index) are on train's own volume, which
+        # only the optional store writer shares; serve and verify mount none of it.
+        registry_db = s.adapters.db_path or Path(registry) / "registry.db"
+        for f in (s.store.path_in(s.data_dir), registry_db):
+            holders = [target for target in mounts if f.is_relative_to(target)]
+            if name in ("serve", "verify"):
+                assert holders == [], f"{name} mounts {f}"
+                continue
+            volume, read_only = mounts[max(holders, key=len)]  # the innermost mount
+            assert volume != vllm_mounts[registry][0], f"{name}: {f} is on the shared volume"
+            assert not read_only
+            state.setdefault(volume, set()).add(name)
         if name == "train":  # fine-tunes the weights vLLM serves, from the same volume
             assert args[0] == s.model.path
-            (weights,) = [v for v, (t, *_) in vllm_mounts.items() if args[0].startswith(t)]
+            (weights,) = [v for t, (v, _) in vllm_mounts.items() if args[0].startswith(t)]
             assert any(m.startswith(f"{weights}:") for m in svc["volumes"])
+            assert s.store.writer_in_train  # by default the writer runs inside train
+    (local,) = state
+    assert state[local] == {"train", "store"}, state
+    users = {
+        n for n, svc in services.items() if local in {v for v, _ in compose_mounts(svc).values()}
+    }
+    assert users == {"train", "store", "data-init"}, users
 
 
 def test_compose_workers_run_real_commands_with_real_config(
@@ -608,10 +701,13 @@ def test_compose_workers_run_real_commands_with_real_config(
         "serve": ["serve"],
         "verify": ["verify"],
         "train": ["train"],
+        "store": ["store"],
     }
     prom = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    # Each job's targets: host:port, static or a DNS name (every container of the service).
     targets = {
-        j["job_name"]: [t for sc in j["static_configs"] for t in sc["targets"]]
+        j["job_name"]: [t for sc in j.get("static_configs", []) for t in sc["targets"]]
+        + [f"{n}:{sd['port']}" for sd in j.get("dns_sd_configs", []) for n in sd["names"]]
         for j in prom["scrape_configs"]
     }
     for name in WORKERS:
@@ -622,6 +718,26 @@ def test_compose_workers_run_real_commands_with_real_config(
         assert f"127.0.0.1:{port}/readyz" in " ".join(svc["healthcheck"]["test"])
         # Prometheus scrapes each worker where compose runs it.
         assert targets[f"selfdistill-{name}"] == [f"{svc.get('hostname', name)}:{port}"]
+    # verify scales: more than one replica, and nothing that ties a container to one name
+    # or port. Its hostname (the container id) makes each replica's transactional id its own.
+    verify = services["verify"]
+    assert verify.get("deploy", {}).get("replicas", 1) >= 2
+    assert not {"hostname", "container_name", "ports"} & set(verify), sorted(verify)
+    assert "SELFDISTILL_VERIFY__TRANSACTIONAL_ID" not in verify["environment"]
+    verify_job = next(j for j in prom["scrape_configs"] if j["job_name"] == "selfdistill-verify")
+    assert [sd["names"] for sd in verify_job["dns_sd_configs"]] == [["verify"]]
+    # The store writer runs inside train unless the optional `store` profile takes over, and
+    # Prometheus finds no store target (and raises no WorkerDown) while it does not run.
+    assert services["store"]["profiles"] == ["store"]
+    train_env = {k: interpolate(str(v)) for k, v in services["train"]["environment"].items()}
+    assert load_with_env(train_env, tmp_path, monkeypatch).store.writer_in_train
+    store_job = next(j for j in prom["scrape_configs"] if j["job_name"] == "selfdistill-store")
+    assert "static_configs" not in store_job and store_job["dns_sd_configs"]
+    for job in prom["scrape_configs"]:  # every job labels its targets with their worker
+        worker = job["job_name"].removeprefix("selfdistill-")
+        labels = [sc.get("labels", {}).get("worker") for sc in job.get("static_configs", [])]
+        relabel = [r.get("replacement") for r in job.get("relabel_configs", [])]
+        assert worker in labels + relabel, job["job_name"]
 
 
 def test_compose_model_download_uses_real_hf_options() -> None:
@@ -687,8 +803,13 @@ def test_systemd_units_run_the_workers_hardened() -> None:
         for w in WORKERS
     }
     assert timeouts["verify"] == max(timeouts.values())
+    # The target starts the default workers; the store writer alone is opt-in (train runs
+    # one by default, and a second writer on the store refuses to start).
     target = read_unit(SYSTEMD / "selfdistill.target")
-    assert set(target["Unit"]["Wants"].split()) == {f"selfdistill-{w}.service" for w in WORKERS}
+    wants = set(target["Unit"]["Wants"].split())
+    assert wants == {f"selfdistill-{w}.service" for w in DEFAULT_WORKERS}
+    text = (SYSTEMD / "selfdistill-store.service").read_text()
+    assert "SELFDISTILL_STORE__WRITER_IN_TRAIN=false" in text
 
 
 def test_systemd_env_example_sets_real_keys(
@@ -727,12 +848,22 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ kubernetes
 def k8s_objects() -> list[tuple[str, dict[str, Any]]]:
+    """Every manifest, including the optional ones in subdirectories (autoscaling/)."""
     out = []
-    for f in sorted(K8S.glob("*.yaml")):
+    for f in sorted(K8S.rglob("*.yaml")):
         for doc in yaml.safe_load_all(f.read_text()):
             if doc is not None:
-                out.append((f.name, doc))
+                out.append((str(f.relative_to(K8S)), doc))
     return out
+
+
+def k8s_workloads() -> dict[str, dict[str, Any]]:
+    """The long-running workloads by name: Deployments and StatefulSets."""
+    return {
+        d["metadata"]["name"]: d
+        for _, d in k8s_objects()
+        if d["kind"] in ("Deployment", "StatefulSet")
+    }
 
 
 def test_k8s_manifests_are_objects_in_the_namespace() -> None:
@@ -742,8 +873,14 @@ def test_k8s_manifests_are_objects_in_the_namespace() -> None:
         assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), where
         if d["kind"] != "Namespace":
             assert d["metadata"]["namespace"] == "selfdistill", (where, d["metadata"]["name"])
-    assert kinds.count("Deployment") == 3 and "Namespace" in kinds and "ConfigMap" in kinds
+    assert kinds.count("Deployment") == 2 and kinds.count("StatefulSet") == 1
+    assert "Namespace" in kinds and "ConfigMap" in kinds
     assert "PersistentVolumeClaim" in kinds and kinds.count("Service") >= 1
+    assert kinds.count("HorizontalPodAutoscaler") == 1
+    # `kubectl apply -f deploy/k8s/` applies the top directory only; the HPA is opt-in.
+    (hpa_file,) = [w for w, d in objs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert "/" in hpa_file
+    assert all("/" not in w for w, d in objs if d["kind"] != "HorizontalPodAutoscaler")
 
 
 def k8s_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -757,20 +894,20 @@ def test_k8s_workloads_run_real_commands_with_probes_and_storage(
     settings = k8s_config(tmp_path, monkeypatch)  # ConfigError if the ConfigMap is wrong
     assert settings.engine.kind == "openai" and settings.metrics.host == "0.0.0.0"
     objs = [d for _, d in k8s_objects()]
-    claims = {d["metadata"]["name"] for d in objs if d["kind"] == "PersistentVolumeClaim"}
+    claims = {d["metadata"]["name"]: d for d in objs if d["kind"] == "PersistentVolumeClaim"}
     configmaps = {d["metadata"]["name"] for d in objs if d["kind"] == "ConfigMap"}
-    deployments = {d["metadata"]["name"]: d for d in objs if d["kind"] == "Deployment"}
-    workloads = [d for d in objs if d["kind"] in ("Deployment", "Job")]
-    for d in workloads:
+    workloads = k8s_workloads()
+    for d in [*workloads.values(), *(d for d in objs if d["kind"] == "Job")]:
         pod = d["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
+        templates = {c["metadata"]["name"] for c in d["spec"].get("volumeClaimTemplates", [])}
         for v in volumes.values():
             if "persistentVolumeClaim" in v:
                 assert v["persistentVolumeClaim"]["claimName"] in claims
             if "configMap" in v:
                 assert v["configMap"]["name"] in configmaps
         for c in pod["containers"]:
-            assert {m["name"] for m in c.get("volumeMounts", [])} <= set(volumes)
+            assert {m["name"] for m in c.get("volumeMounts", [])} <= set(volumes) | templates
             assert c["resources"]["requests"], d["metadata"]["name"]
             env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
             check_env_names({k for k in env if k.startswith("SELFDISTILL_")}, c["name"])
@@ -779,12 +916,15 @@ def test_k8s_workloads_run_real_commands_with_probes_and_storage(
                 mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
                 assert mounts["/etc/selfdistill"]["name"] == "config"
                 assert env["SELFDISTILL_CONFIG"] == "/etc/selfdistill/selfdistill.toml"
-    for worker in WORKERS:
-        d = deployments[f"selfdistill-{worker}"]
+    data_dir = str(settings.data_dir)
+    registry = str(settings.adapters.path(settings.data_dir))
+    assert settings.adapters.db_path is not None
+    sqlite_files = [settings.store.path_in(settings.data_dir), settings.adapters.db_path]
+    assert set(workloads) == {f"selfdistill-{w}" for w in K8S_KINDS}
+    for worker, kind in K8S_KINDS.items():
+        d = workloads[f"selfdistill-{worker}"]
+        assert d["kind"] == kind, worker
         spec = d["spec"]
-        assert spec["replicas"] == (2 if worker == "serve" else 1)
-        if worker != "serve":
-            assert spec["strategy"]["type"] == "Recreate"
         pod = spec["template"]["spec"]
         (c,) = pod["containers"]
         assert c["args"] == [worker]
@@ -794,35 +934,102 @@ def test_k8s_workloads_run_real_commands_with_probes_and_storage(
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
         annotations = spec["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(port["containerPort"])
-        # The adapter registry is where the config says, on the shared claim.
+        assert pod["terminationGracePeriodSeconds"] >= 60
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-        registry = str(settings.adapters.path(settings.data_dir))
         volumes = {v["name"]: v for v in pod["volumes"]}
+        # The adapter files are where the config says, on the shared claim: written by train
+        # only, read-only everywhere else.
         claim = volumes[mounts[registry]["name"]]["persistentVolumeClaim"]["claimName"]
         assert claim == "selfdistill-adapters"
-        assert str(settings.data_dir) in mounts
-        assert pod["terminationGracePeriodSeconds"] >= 60
-    rwx = next(
-        d
-        for d in objs
-        if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "selfdistill-adapters"
-    )
+        assert mounts[registry].get("readOnly", False) == (worker != "train"), worker
+        if worker == "train":
+            # One pod with its own disk at data_dir for the SQLite files, which are not on
+            # the shared claim; the store writer runs in it.
+            assert spec["replicas"] == 1
+            assert spec["updateStrategy"]["type"] == "RollingUpdate"
+            (template,) = spec["volumeClaimTemplates"]
+            assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+            assert mounts[data_dir]["name"] == template["metadata"]["name"]
+            assert template["metadata"]["name"] not in volumes  # not shadowed by a volume
+            for f in sqlite_files:
+                assert f.is_relative_to(data_dir) and not f.is_relative_to(registry), f
+            assert settings.store.writer_in_train
+            assert "affinity" not in pod  # no longer tied to verify's node by a shared disk
+            headless = next(
+                o
+                for o in objs
+                if o["kind"] == "Service" and o["metadata"]["name"] == spec["serviceName"]
+            )
+            assert headless["spec"]["clusterIP"] == "None"
+            assert headless["spec"]["selector"].items() <= pod_labels(d).items()
+        else:
+            # serve and verify keep no state: no data volume, no claim but the adapter files,
+            # any number of replicas rolled one at a time.
+            assert data_dir not in mounts, f"{worker} mounts a data volume"
+            for m in mounts.values():
+                v = volumes[m["name"]]
+                if "persistentVolumeClaim" in v:
+                    assert v["persistentVolumeClaim"]["claimName"] == "selfdistill-adapters"
+                    assert m.get("readOnly") is True
+            assert "volumeClaimTemplates" not in spec
+            assert spec["replicas"] >= 2
+            assert spec["strategy"]["type"] == "RollingUpdate"
+            assert "SELFDISTILL_VERIFY__TRANSACTIONAL_ID" not in {e["name"] for e in c["env"]}
+    rwx = claims["selfdistill-adapters"]
     assert rwx["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The old node-bound data claim is gone: train's disk comes from its template.
+    assert set(claims) == {"selfdistill-adapters", "selfdistill-models"}
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_k8s_verify_autoscales_on_the_candidates_lag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = k8s_config(tmp_path, monkeypatch)
+    (hpa,) = [d for _, d in k8s_objects() if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    verify = k8s_workloads()["selfdistill-verify"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        verify["apiVersion"],
+        verify["kind"],
+        verify["metadata"]["name"],
+    )
+    # Replicas beyond the partitions of candidates get no partition.
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["maxReplicas"] <= settings.topics.partitions
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    external = metric["external"]
+    name = external["metric"]["name"]
+    assert name in exported_names()
+    selector = external["metric"]["selector"]["matchLabels"]
+    assert selector == {"topic": settings.topics.candidates}
+    check_selectors(f'{name}{{topic="{selector["topic"]}"}}', "verify HPA")
+    assert external["target"]["type"] == "AverageValue"
+    # The prometheus-adapter rule in the comment serves that metric.
+    text = (K8S / "autoscaling" / "verify-hpa.yaml").read_text()
+    assert f"seriesQuery: '{name}{{" in text and f"as: {name}" in text
 
 
 def test_k8s_metrics_services_select_the_workers() -> None:
     objs = [d for _, d in k8s_objects()]
-    deployments = [d for d in objs if d["kind"] == "Deployment"]
+    workloads = list(k8s_workloads().values())
     services = [d for d in objs if d["kind"] == "Service"]
     covered = set()
     for svc in services:
         sel = svc["spec"]["selector"]
-        match = [
-            d
-            for d in deployments
-            if sel.items() <= d["spec"]["template"]["metadata"]["labels"].items()
-        ]
+        match = [d for d in workloads if sel.items() <= pod_labels(d).items()]
         assert len(match) == 1, svc["metadata"]["name"]
+        if svc["spec"].get("clusterIP") == "None":
+            # A StatefulSet's governing Service, not a scrape target (no double scrape).
+            assert match[0]["spec"].get("serviceName") == svc["metadata"]["name"]
+            assert "prometheus.io/scrape" not in svc["metadata"].get("annotations", {})
+            continue
         (c,) = match[0]["spec"]["template"]["spec"]["containers"]
         named = {p["name"]: p["containerPort"] for p in c["ports"]}
         (port,) = svc["spec"]["ports"]
@@ -831,7 +1038,7 @@ def test_k8s_metrics_services_select_the_workers() -> None:
         assert ann["prometheus.io/scrape"] == "true"
         assert ann["prometheus.io/port"] == str(named[port["targetPort"]])
         covered.add(match[0]["metadata"]["name"])
-    assert covered == {f"selfdistill-{w}" for w in WORKERS}
+    assert covered == {f"selfdistill-{w}" for w in K8S_KINDS}
 
 
 def test_the_deploy_tree_is_complete() -> None:
@@ -845,6 +1052,7 @@ def test_the_deploy_tree_is_complete() -> None:
         "grafana/dashboards/selfdistill.json",
         "grafana/provisioning/datasources/prometheus.yml",
         "grafana/provisioning/dashboards/selfdistill.yml",
+        "k8s/autoscaling/verify-hpa.yaml",
         *(f"systemd/selfdistill-{w}.service" for w in WORKERS),
     ):
         assert (DEPLOY / rel).is_file(), rel

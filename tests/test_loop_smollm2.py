@@ -28,7 +28,7 @@ from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.topics import TopicsConfig
-from tests.conftest import wait_for
+from tests.conftest import store_verdicts, wait_for
 
 PROMPTS = 6
 
@@ -86,6 +86,7 @@ def test_prompts_to_verified_samples_to_a_gated_adapter_on_smollm2(
             w.stop()
         for t in threads:
             t.join(60)
+    store_verdicts(settings)  # verify published its verdicts; the store writer stores them
     served_s = time.monotonic() - started
 
     with Store.open(settings.store, settings.data_dir) as store:

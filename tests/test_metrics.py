@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import AdapterEvent, PromptMessage
 from streams.topics import TopicsConfig
-from tests.conftest import committed_total, wait_for
+from tests.conftest import committed_total, store_verdicts, wait_for
 from tests.test_learning_loop import _register_adapters
 from tests.test_serve import _start
 
@@ -170,6 +171,18 @@ def test_every_worker_metric_moves_with_its_event(
     verify.stop()
     t.join(30)
     judge.close()
+    published = scrape(port)
+    assert (
+        value(published, "selfdistill_verdicts_published_total")
+        - value(m1, "selfdistill_verdicts_published_total")
+        == 6
+    )
+    assert value(published, "selfdistill_samples_accepted_total") == value(
+        m1, "selfdistill_samples_accepted_total"
+    )  # judged, not stored yet: the store writer counts what it stores
+    # ---- the store writer: the verdicts into the store
+    before_write = time.time()
+    store_verdicts(settings)
     m2 = scrape(port)
     d = lambda name, **lb: value(m2, name, **lb) - value(m1, name, **lb)  # noqa: E731
     judged = d("selfdistill_candidates_judged_total")
@@ -186,6 +199,11 @@ def test_every_worker_metric_moves_with_its_event(
     assert d("selfdistill_verify_batch_seconds_count") >= 1
     assert value(m2, "selfdistill_store_samples", split="train") == accepted
     assert value(m2, "selfdistill_store_prompts") == 6
+    assert d("selfdistill_store_verdicts_total", outcome="applied") == 6
+    assert d("selfdistill_store_verdicts_total", outcome="already") == 0
+    assert value(m2, "selfdistill_store_last_write_timestamp_seconds") >= before_write
+    assert value(m2, "selfdistill_store_writer_up") == 0  # it stopped when idle
+    assert d("selfdistill_messages_consumed_total", topic=topics.verdicts) == 6
 
     # ---- train: a cycle that trains, scores and decides
     report = run_cycle(settings, engine=engine)

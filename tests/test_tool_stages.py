@@ -22,7 +22,7 @@ from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.schemas import CandidatesMessage, CheckSpec
 from streams.topics import TopicsConfig
-from tests.conftest import candidates_message, cli, committed_total, wait_for
+from tests.conftest import candidates_message, cli, committed_total, store_verdicts, wait_for
 from tests.judges import ScriptedJudge, prompt_text
 from tests.test_serve import _start
 from tests.test_verify import _produce
@@ -146,6 +146,7 @@ def test_the_verify_worker_checks_stores_and_exports_ranking_groups(
     wait_for(lambda: committed_total(kafka, "verify-tools", topics.candidates) == 4, 120)
     worker.stop()
     t.join(30)
+    store_verdicts(settings)
 
     with Store(settings.store.path_in(tmp_path), read_only=True) as store:
         accepted = {

@@ -1,4 +1,5 @@
-"""The verify worker through the real broker and a real SQLite file, with a real (tiny) judge."""
+"""The verify worker through the real broker, with a real (tiny) judge: it publishes each
+prompt's outcome to ``verdicts``; the store writer puts them into a real SQLite file."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from daemon.verifying.store import Store
 from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.producer import Producer
-from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
+from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams, VerdictMessage
 from streams.topics import TopicsConfig
-from tests.conftest import cli, committed_total, read_topic, wait_for
+from tests.conftest import cli, committed_total, read_topic, store_verdicts, wait_for
 
 VOTES = 2
 CALLS_PER_ACCEPTED = 1 + 3 * VOTES  # the inferred question + v votes in each of 3 stages
@@ -89,6 +90,18 @@ def test_candidates_flow_in_and_votes_and_samples_land_once(
     t.join(30)
 
     db = settings.store.path_in(tmp_path)
+    assert not db.exists()  # verify writes no SQLite: it publishes
+    verdicts = [
+        VerdictMessage.model_validate_json(r.value) for r in read_topic(kafka, topics.verdicts)
+    ]
+    # One committed verdict per candidates record, keyed and carrying its whole outcome.
+    assert sorted(v.id for v in verdicts) == sorted(m.id for m in [*msgs, *msgs[:2]])
+    first = next(v for v in verdicts if v.id == msgs[0].id)
+    assert first.candidates == msgs[0] and first.outcomes[0].accepted
+    assert [s.stage for s in first.outcomes[0].stages] == ["cycle", "factuality", "correctness"]
+
+    totals = store_verdicts(settings)
+    assert totals.applied == 8 and totals.accepted == 6  # the redelivered two add nothing
     counts = _counts(db)
     assert counts["prompts"] == 6 and counts["candidates"] == 18
     assert counts["accepted"] == 6  # first-valid: the first candidate of each prompt, once

@@ -29,7 +29,11 @@ class VerifierSettings(EngineSettings, Protocol):
 
 
 def open_registry(settings: EngineSettings, *, read_only: bool = False) -> Registry:
-    return Registry(settings.adapters.path(settings.data_dir), read_only=read_only)
+    return Registry(
+        settings.adapters.path(settings.data_dir),
+        db_path=settings.adapters.db_path,
+        read_only=read_only,
+    )
 
 
 def model_label(settings: EngineSettings) -> str:

@@ -215,6 +215,15 @@ def _cycle(
     cfg = settings.train
     last = registry.last_trained()
     since = last.snapshot_id if last is not None else None
+    if since is not None and store.snapshot(since) is None:
+        # A store rebuilt from verdicts has the samples, not the trainer's snapshots.
+        log.warning(
+            "snapshot %s (of %s) is not in the store (rebuilt from verdicts?): every "
+            "accepted train sample counts as new",
+            since,
+            last.version if last is not None else "?",
+        )
+        since = None
     new = store.new_accepted_since(since)
     if new == 0 or (new < cfg.min_new_samples and not force):
         return CycleReport(
@@ -243,7 +252,12 @@ def _cycle(
     try:
         count = store.create_snapshot(version, "train", note=f"training run {run_id}")
         rows = store.snapshot_samples(version)
-        if parent is not None and active is not None and active.snapshot_id:
+        if (
+            parent is not None
+            and active is not None
+            and active.snapshot_id
+            and store.snapshot(active.snapshot_id) is not None
+        ):
             # Continuing from the active adapter: it has seen its own snapshot already.
             seen = {r["id"] for r in store.snapshot_samples(active.snapshot_id)}
             rows = [r for r in rows if r["id"] not in seen]

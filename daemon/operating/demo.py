@@ -203,14 +203,18 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
 
         up: Up | None = None
 
-        def all_judged() -> bool:
-            return up is not None and up.verify.loop.stats.processed >= report.produced > 0
+        def all_judged() -> bool:  # judged, and in the store: there is something to train on
+            return up is not None and up.stored >= report.produced > 0
+
+        # A fresh broker: the store's positions in the last demo's verdicts log mean nothing.
+        with Store.open(settings.store, settings.data_dir) as store:
+            store.forget_positions(topics.verdicts)
 
         # One process, one model: serve, verify and the train scheduler share the engine.
         up = Up(run, engine, max_cycles=1, max_minutes=demo.timeout_s / 60, train_when=all_judged)
         with up, up.endpoints():
             console.print(
-                "4. workers up in this process: serve, verify, train (scheduler every "
+                "4. workers up in this process: serve, verify, the store writer, train (every "
                 f"{run.train.interval_s:g}s; trains once every prompt is judged)"
             )
             producer = Producer(kafka, name="demo-producer")
@@ -232,7 +236,7 @@ def run_demo(settings: Settings, console: Console) -> DemoReport:
                         u.stop("nothing was accepted, so there is nothing to train on")
 
                 state = up.wait(tick)
-            # Every prompt is judged: stop verify now, or the answers asked after the swap
+            # Every prompt is judged and stored: stop verify now, or the answers asked after the swap
             # would queue their candidates for minutes of judging before the demo can exit.
             up.verify.stop()
             report.verified = up.verify.loop.stats.processed

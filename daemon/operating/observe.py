@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 
-Worker = Literal["serve", "verify", "train"]
+Worker = Literal["serve", "verify", "train", "store"]
 
 
 class MetricsConfig(BaseModel):
@@ -42,11 +42,17 @@ class MetricsConfig(BaseModel):
     serve_port: int = Field(9101, ge=1, le=65535, description="Port of `selfdistill serve`.")
     verify_port: int = Field(9102, ge=1, le=65535, description="Port of `selfdistill verify`.")
     train_port: int = Field(9103, ge=1, le=65535, description="Port of `selfdistill train`.")
+    store_port: int = Field(
+        9104, ge=1, le=65535, description="Port of `selfdistill store` (the store writer alone)."
+    )
 
     def port(self, worker: Worker) -> int:
-        return {"serve": self.serve_port, "verify": self.verify_port, "train": self.train_port}[
-            worker
-        ]
+        return {
+            "serve": self.serve_port,
+            "verify": self.verify_port,
+            "train": self.train_port,
+            "store": self.store_port,
+        }[worker]
 
 
 def version() -> str:

@@ -103,6 +103,16 @@ def run_verify(settings: Settings) -> None:
     exit_if_abandoned(worker.loop, "verify")
 
 
+def run_store(settings: Settings) -> None:
+    """`selfdistill store`: the store writer alone (``store.writer_in_train`` off in train)."""
+    from daemon.verifying.store_writer import StoreWriter
+
+    writer = StoreWriter(settings)
+    with observability(settings.metrics, "store", writer.is_ready):
+        writer.run()
+    exit_if_abandoned(writer.loop, "store")
+
+
 def exit_if_abandoned(loop: ConsumerLoop[Any], name: str) -> None:
     """Exit now when the loop left a batch running at its stop deadline.
 
@@ -148,6 +158,11 @@ def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
             log.exception("train cycle failed; retrying at the next tick")
 
     add_training_job(scheduler, settings, job)
+    writer = None
+    if settings.store.writer_in_train:  # verdicts -> the store, beside the trainer that reads it
+        from daemon.verifying.store_writer import WriterThread
+
+        writer = WriterThread(settings).start()
     # Beside the scheduler, not before it: a broker that is down must not hold up /readyz.
     threading.Thread(
         target=_reconcile_at_start, args=(settings,), name="reconcile", daemon=True
@@ -162,4 +177,8 @@ def run_scheduler(settings: Settings, *, progress: bool = False) -> None:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
     with observability(settings.metrics, "train", lambda: scheduler.running):
-        scheduler.start()
+        try:
+            scheduler.start()
+        finally:
+            if writer is not None:  # within kafka.shutdown_timeout_s, as the workers stop
+                writer.stop(settings.kafka.shutdown_timeout_s)

@@ -66,6 +66,8 @@ def collect_status(
     """
     started = time.monotonic()
     slots: dict[str, Any] = {}
+    # The store writer has its own endpoint only when it runs alone (`selfdistill store`).
+    names: tuple[Worker, ...] = WORKERS + (() if settings.store.writer_in_train else ("store",))
 
     def run(name: str, fn: Any, *args: Any) -> threading.Thread:
         def target() -> None:
@@ -83,9 +85,12 @@ def collect_status(
             "dead_letters", _dead_letters, settings, kafka_connect_timeout_s, dlq_timeout_s
         ),
         "replicas": run("replicas", _replicas, settings, kafka_connect_timeout_s, dlq_timeout_s),
+        "store_writer": run(
+            "store_writer", _store_writer, settings, kafka_connect_timeout_s, dlq_timeout_s
+        ),
         **{
             f"worker:{w}": run(f"worker:{w}", _probe_worker, settings, w, http_timeout_s)
-            for w in WORKERS
+            for w in names
         },
     }
     try:
@@ -106,7 +111,8 @@ def collect_status(
     budget = {
         "dead_letters": kafka_connect_timeout_s + dlq_timeout_s + 5.0,
         "replicas": kafka_connect_timeout_s + dlq_timeout_s + 5.0,
-        **{f"worker:{w}": 3 * http_timeout_s + 1.0 for w in WORKERS},
+        "store_writer": kafka_connect_timeout_s + dlq_timeout_s + 5.0,
+        **{f"worker:{w}": 3 * http_timeout_s + 1.0 for w in names},
     }
     for name, t in threads.items():
         t.join(max(0.0, started + budget[name] - time.monotonic()))
@@ -114,7 +120,7 @@ def collect_status(
             slots[name] = {"error": f"no answer within {budget[name]:g}s"}
 
     workers = {}
-    for w in WORKERS:
+    for w in names:
         entry = slots[f"worker:{w}"]
         if "state" not in entry:  # the probe itself failed or timed out
             entry = {"state": "down", "up": False, "ready": None, **entry}
@@ -139,6 +145,7 @@ def collect_status(
         "store": store,
         "dead_letters": dead,
         "replicas": slots["replicas"],
+        "store_writer": slots["store_writer"],
         "workers": workers,
         "collected_in_s": round(time.monotonic() - started, 2),
     }
@@ -164,6 +171,32 @@ def _replicas(settings: Settings, connect_timeout_s: float, timeout_s: float) ->
         ],
         "by_version": fleet_summary(replicas),
     }
+
+
+def _store_writer(settings: Settings, connect_timeout_s: float, timeout_s: float) -> dict[str, Any]:
+    """How far the store is behind ``verdicts``: the committed verdicts past its saved
+    positions (what the writer has still to apply)."""
+    from daemon.verifying.store import Store
+    from streams.replay import records_after
+
+    topic = settings.topics.verdicts
+    path = settings.store.path_in(settings.data_dir)
+    out: dict[str, Any] = {
+        "topic": topic,
+        "runs_in": "train" if settings.store.writer_in_train else "store",
+    }
+    positions: dict[int, int] = {}
+    if path.is_file():
+        with Store.open(settings.store, settings.data_dir, read_only=True) as store:
+            positions = store.positions(topic)
+            out["last_write_at"] = store.last_write(topic)
+    lag, complete = records_after(
+        _glance(settings, connect_timeout_s), topic, positions, "status-verdicts", timeout_s
+    )
+    out["positions"] = positions
+    out["lag"] = lag
+    out["lag_complete"] = complete  # False: a floor, the backlog was longer than the glance
+    return out
 
 
 def _err(exc: BaseException) -> str:

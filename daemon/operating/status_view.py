@@ -39,6 +39,7 @@ def render_status(data: dict[str, Any], console: Console) -> None:
     _render_runs(data.get("runs") or [], console)
     _render_verifier(data.get("verifier") or {}, console)
     _render_store(data.get("store") or {}, console)
+    _render_store_writer(data.get("store_writer") or {}, console)
     _render_dead_letters(data.get("dead_letters") or {}, console)
     _render_workers(data.get("workers") or {}, console)
 
@@ -276,6 +277,28 @@ def _render_store(s: dict[str, Any], console: Console) -> None:
         f"  acceptance rate {_pct(acc['rate'])} of judged candidates; "
         f"{_pct(acc['prompt_rate'])} of prompts have an accepted sample "
         f"(not judged: {f['skipped']} skipped, {f['superseded']} superseded)",
+        highlight=False,
+    )
+
+
+def _render_store_writer(w: dict[str, Any], console: Console) -> None:
+    """One line: how far the store is behind verdicts, and when it last took a batch."""
+    if not w:
+        return
+    if "error" in w:
+        console.print(f"  store writer: [yellow]lag unknown[/] ({w['error']})", highlight=False)
+        return
+    lag = w.get("lag")
+    where = "inside train" if w.get("runs_in") == "train" else "selfdistill store"
+    if lag is None:
+        text = f"[yellow]{w.get('topic')} not read[/]"
+    elif lag == 0:
+        text = f"[green]up to date[/] with {w.get('topic')}"
+    else:
+        more = "" if w.get("lag_complete", True) else " or more"
+        text = f"[yellow]{lag}{more} verdicts behind[/] {w.get('topic')}"
+    console.print(
+        f"  store writer ({where}): {text}; last write {show_when(w.get('last_write_at'))}",
         highlight=False,
     )
 

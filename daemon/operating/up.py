@@ -1,6 +1,6 @@
 """``selfdistill up``: every worker in one process, sharing one model, until a bound.
 
-serve, verify and the train scheduler run as threads around ONE engine (on a CPU there is
+serve, verify, the store writer and the train scheduler run as threads around ONE engine (on a CPU there is
 no room for three copies of the model and their threads; on a GPU the same sharing keeps
 one copy in memory), optionally beside the embedded broker. Each part is the same code the
 separate worker commands run; ``up`` only composes them and decides when to stop:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from daemon.learning.train import CycleReport
     from daemon.operating.config import Settings
     from daemon.serving.worker import ServeWorker
+    from daemon.verifying.store_writer import StoreWriter
     from daemon.verifying.worker import VerifyWorker
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Up:
         train_when: Callable[[], bool] | None = None,
     ) -> None:
         from daemon.serving.worker import ServeWorker
+        from daemon.verifying.store_writer import StoreWriter
         from daemon.verifying.worker import VerifyWorker
 
         self.settings = settings
@@ -80,6 +82,10 @@ class Up:
         self.state = UpState()
         self.serve: ServeWorker = ServeWorker(settings, engine)
         self.verify: VerifyWorker = VerifyWorker(settings, engine)
+        # verdicts -> the store; off where `selfdistill store` runs elsewhere.
+        self.store_writer: StoreWriter | None = (
+            StoreWriter(settings) if settings.store.writer_in_train else None
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scheduler: Any = None
@@ -91,7 +97,7 @@ class Up:
 
         from daemon.learning.train import add_training_job
 
-        for name, worker in (("serve", self.serve), ("verify", self.verify)):
+        for name, worker in self._workers():
             t = threading.Thread(
                 target=worker.run, kwargs={"handle_signals": False}, name=name, daemon=True
             )
@@ -112,7 +118,7 @@ class Up:
         """
         self.stop("exit")
         deadline = time.monotonic() + self.settings.kafka.shutdown_timeout_s
-        for w in (self.serve, self.verify):
+        for _name, w in self._workers():
             w.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
@@ -120,6 +126,17 @@ class Up:
             t.join(max(0.1, deadline - time.monotonic()))
         while self.state.training.startswith("training") and time.monotonic() < deadline:
             time.sleep(0.1)
+
+    def _workers(self) -> list[tuple[str, Any]]:
+        workers: list[tuple[str, Any]] = [("serve", self.serve), ("verify", self.verify)]
+        if self.store_writer is not None:
+            workers.append(("store", self.store_writer))
+        return workers
+
+    @property
+    def stored(self) -> int:
+        """Verdicts the store writer applied so far (0 without one here)."""
+        return self.store_writer.handler.totals.applied if self.store_writer else 0
 
     @property
     def unfinished(self) -> list[str]:
@@ -208,7 +225,7 @@ class Up:
         s, v = self.serve.loop.stats, self.verify.loop.stats
         return (
             f"serve: {s.processed} answered | verify: {v.processed} judged, "
-            f"{self.verify.handler.accepted} accepted | train: {self.state.training} | "
+            f"{self.verify.handler.accepted} accepted | store: {self.stored} written | train: {self.state.training} | "
             f"{self.state.minutes:.1f} min"
         )
 

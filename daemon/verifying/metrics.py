@@ -23,7 +23,8 @@ JUDGE_TOKENS = Counter(
     "selfdistill_judge_tokens_total", "Prompt + completion tokens spent by the judge.", ["stage"]
 )
 SAMPLES_ACCEPTED = Counter(
-    "selfdistill_samples_accepted_total", "Samples newly stored as accepted by the cascade."
+    "selfdistill_samples_accepted_total",
+    "Samples the cascade accepted, newly stored by the store writer (a replay adds none).",
 )
 VERIFY_SECONDS = Histogram(
     "selfdistill_verify_batch_seconds",
@@ -37,14 +38,34 @@ VOTES = Counter(
 )
 STORE_SAMPLES = Gauge(
     "selfdistill_store_samples",
-    "Accepted samples in the store, by split (train, heldout); set by verify.",
+    "Accepted samples in the store, by split (train, heldout); set by the store writer.",
     ["split"],
 )
 STORE_PROMPTS = Gauge("selfdistill_store_prompts", "Prompts recorded in the store.")
+VERDICTS_PUBLISHED = Counter(
+    "selfdistill_verdicts_published_total",
+    "Prompt outcomes verify published on the verdicts topic (committed with their offsets).",
+)
+STORE_VERDICTS = Counter(
+    "selfdistill_store_verdicts_total",
+    "Verdicts the store writer read: applied (written in one SQLite transaction with their "
+    "offset) or already (at or below the offset the store had saved: replayed, skipped).",
+    ["outcome"],
+)
+STORE_LAST_WRITE = Gauge(
+    "selfdistill_store_last_write_timestamp_seconds",
+    "Unix time of the store writer's last committed SQLite transaction (0: none yet).",
+)
+STORE_WRITER_UP = Gauge(
+    "selfdistill_store_writer_up",
+    "1 while this process's store writer is consuming verdicts, 0 when it stopped or failed.",
+)
 
 
 # Every bounded label value exists from the start at 0: a counter series that first appears
 # at 1 is invisible to rate()/increase().
+for _outcome in ("applied", "already"):
+    STORE_VERDICTS.labels(_outcome)
 STAGE_RESULTS.labels("static", "pass")
 STAGE_RESULTS.labels("static", "fail")
 for _stage in ("cycle", "factuality", "correctness"):

@@ -1,16 +1,18 @@
 """The sample store: every judged prompt, candidate and vote, and the accepted samples.
 
-The verify worker commits its Kafka offset only after :meth:`Store.record` returns, so the
-store is where "exactly once" is made: Kafka may deliver a prompt twice (a crash between the
-SQLite commit and the offset commit), and the second delivery must change nothing. Every row
-therefore has a key derived from content, never from arrival order:
+One writer materialises it: the store writer (``store_writer.py``) applies ``verdicts``
+and saves each partition's next offset (``positions``) in the same SQLite transaction as
+the rows. A verdict may still be applied twice (the same verdict replayed by ``store
+rebuild`` over a live file, a prompt id re-produced and judged again), and the second
+application must change nothing. Every row therefore has a key derived from content, never
+from arrival order (``store_keys.py``):
 
 - a prompt: the producer's id or its content hash (``streams.schemas.content_id``);
 - a candidate: ``sha256(prompt_id + "\\0" + text)`` (32 hex), so the same text of the same
   prompt is the same candidate however often it arrives;
 - a vote: ``sha256(candidate_id, stage, kind, ordinal)``, its place in the candidate's cascade.
 
-Redelivery rules (all inside ONE ``BEGIN IMMEDIATE`` transaction per prompt):
+Redelivery rules (inside ONE ``BEGIN IMMEDIATE`` transaction, the writer's batch):
 
 1. **The first recorded verdict of a candidate wins.** A candidate id already in the store is
    left alone, votes included, even if the redelivered outcome judged it differently (judge
@@ -36,26 +38,26 @@ sample into training. The held-out slice is never trained on.
 Snapshots record the exact set of accepted ids a training run used, so a run is
 reproducible and "new samples since the last run" is a set difference.
 
-Threads: the verify worker calls the store from its consumer loop's handler thread, not the
+Threads: the store writer calls the store from its consumer loop's handler thread, not the
 thread that opened it. The store holds ONE connection opened with ``check_same_thread=False``
 and serialises every use of it (reads too: transactions on a shared connection interleave)
-with a re-entrant lock. One writer per process is all the worker needs, and one connection
-keeps one transaction state; other processes (``selfdistill status``, a second worker after a
-crash) open their own Store, and WAL + ``busy_timeout`` let them share the file.
+with a re-entrant lock. One writer per process is all the writer needs, and one connection
+keeps one transaction state; other processes (``selfdistill status``, the trainer) open their
+own Store, and WAL + ``busy_timeout`` let them share the file.
 
 Errors are never swallowed: a read-only database, a full disk or a lock timeout raise
-``sqlite3.OperationalError`` (after rolling the transaction back), so the worker does not
-commit the offset and the prompt is redelivered.
+``sqlite3.OperationalError`` (after rolling the transaction back), so the writer saves no
+offset and commits none: the verdicts are applied again once the store can be written.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +68,10 @@ from sqlite_utils import Database
 
 from daemon.verifying.cascade import STAGES, CandidateOutcome, PromptOutcome
 from daemon.verifying.checkers import TOOL_STAGES
-from streams.schemas import CandidatesMessage
+from daemon.verifying.store_keys import candidate_id, question_key, split_for, vote_id
+from daemon.verifying.store_schema import Rows, create_schema, read_positions
+from streams.schemas import CandidatesMessage, VerdictCandidate
 
-SCHEMA_VERSION = 1
 SPLITS = ("train", "heldout")
 Policy = Literal["first-valid", "all-valid"]
 
@@ -93,41 +96,28 @@ class StoreConfig(BaseModel):
         10.0,
         gt=0,
         description="How long a write waits for another process's lock before failing "
-        "(the prompt is then redelivered).",
+        "(the verdicts are then applied again).",
+    )
+    writer_in_train: bool = Field(
+        True,
+        description="Run the store writer (verdicts -> this store) inside `selfdistill "
+        "train` (and `up`, the demo). Turn off where `selfdistill store` runs on its own.",
+    )
+    batch_size: int = Field(
+        256,
+        ge=1,
+        le=10000,
+        description="Verdicts the store writer applies per SQLite transaction (and per poll): "
+        "one fsync and one offset commit per batch, not per prompt.",
+    )
+    group_id: str = Field(
+        "selfdistill-store",
+        description="Consumer group of the store writer (one member: it keeps its positions in "
+        "the store; the group's offsets are informational).",
     )
 
     def path_in(self, data_dir: Path) -> Path:
         return self.path if self.path is not None else data_dir / "store.db"
-
-
-# ------------------------------------------------------------------------------- keys
-def _hash(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-def candidate_id(prompt_id: str, text: str) -> str:
-    """Same prompt, same text: same candidate, however often it is delivered."""
-    return _hash(prompt_id, text)
-
-
-def vote_id(cand_id: str, stage: str, kind: str, ordinal: int) -> str:
-    """A judge call's place in its candidate's cascade, so redelivery hits the same row."""
-    return _hash(cand_id, stage, kind, str(ordinal))
-
-
-def question_key(messages: list[dict[str, str]]) -> str:
-    """A hash of what was asked: every non-assistant turn, case and whitespace normalised."""
-    asked = [
-        (m["role"], " ".join(m["content"].split()).casefold())
-        for m in messages
-        if m["role"] != "assistant"
-    ]
-    return hashlib.sha256(json.dumps(asked, ensure_ascii=False).encode()).hexdigest()
-
-
-def split_for(key: str, heldout_fraction: float) -> str:
-    """Deterministic split from a hex hash (:func:`question_key`): the same anywhere."""
-    return "heldout" if int(key[:8], 16) % 1000 < round(heldout_fraction * 1000) else "train"
 
 
 @dataclass(frozen=True)
@@ -148,7 +138,11 @@ class RecordResult:
         return not self.new_prompt and self.new_candidates == 0
 
 
-def _rank(c: CandidateOutcome) -> int:
+#: A judged candidate, from the cascade or from a verdict message (the same fields).
+Judged = CandidateOutcome | VerdictCandidate
+
+
+def _rank(c: Judged) -> int:
     """Which of two identical texts in one outcome speaks for the candidate id."""
     if c.accepted:
         return 2
@@ -239,6 +233,39 @@ class Store:
                 self._conn.rollback()
                 raise
 
+    def transaction(self) -> contextlib.AbstractContextManager[Database]:
+        """One write transaction for several records (:meth:`record_in`) and positions."""
+        return self._write()
+
+    def positions(self, topic: str) -> dict[int, int]:
+        """``{partition: next offset}`` the store writer has applied of ``topic``."""
+        with self._read() as db:
+            return read_positions(db, topic)
+
+    def last_write(self, topic: str) -> float | None:
+        """When the store writer last committed a batch of ``topic`` (unix time)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT max(updated_at) FROM positions WHERE topic = ?", (topic,)
+            ).fetchone()
+            return row[0] if row and row[0] is not None else None
+
+    def forget_positions(self, topic: str) -> int:
+        """Drop the saved positions of ``topic``: its log was replaced (a fresh embedded
+        broker), so the next writer replays it from the beginning. Returns how many."""
+        with self._write() as db:
+            return db.execute("DELETE FROM positions WHERE topic = ?", (topic,)).rowcount
+
+    @staticmethod
+    def save_position(db: Database, topic: str, partition: int, next_offset: int) -> None:
+        """Inside the transaction that wrote the rows up to ``next_offset``."""
+        db.execute(
+            "INSERT INTO positions (topic, partition, next_offset, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET "
+            "next_offset = excluded.next_offset, updated_at = excluded.updated_at",
+            (topic, partition, next_offset, time.time()),
+        )
+
     @contextmanager
     def _read(self) -> Iterator[Database]:
         """A read transaction: several queries see one consistent snapshot."""
@@ -251,248 +278,177 @@ class Store:
 
     def _create_schema(self) -> None:
         with self._write() as db:
-            if db.execute("PRAGMA user_version").fetchone()[0] > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} was written by a newer selfdistill")
-            strict = db.supports_strict
-            db["prompts"].create(
-                {
-                    "id": str,
-                    "messages": str,
-                    "domain": str,
-                    "metadata": str,
-                    "adapter": str,
-                    "first_seen_at": float,
-                },
-                pk="id",
-                not_null=["messages", "first_seen_at"],
-                if_not_exists=True,
-                strict=strict,
-            )
-            db["candidates"].create(
-                {
-                    "id": str,
-                    "prompt_id": str,
-                    "idx": int,
-                    "text": str,
-                    "answer": str,
-                    "completion_tokens": int,
-                    "finish_reason": str,
-                    "adapter": str,
-                    "accepted": int,
-                    "rejected_at": str,
-                    "stages": str,
-                    "judge_tokens": int,
-                    "created_at": float,
-                },
-                pk="id",
-                foreign_keys=[("prompt_id", "prompts", "id")],
-                not_null=["prompt_id", "idx", "text", "answer", "accepted", "stages"],
-                if_not_exists=True,
-                strict=strict,
-            )
-            db["votes"].create(
-                {
-                    "id": str,
-                    "candidate_id": str,
-                    "prompt_id": str,
-                    "stage": str,
-                    "kind": str,
-                    "ordinal": int,
-                    "verdict": int,
-                    "output": str,
-                    "prompt_tokens": int,
-                    "completion_tokens": int,
-                },
-                pk="id",
-                foreign_keys=[("candidate_id", "candidates", "id"), ("prompt_id", "prompts", "id")],
-                not_null=["candidate_id", "prompt_id", "stage", "kind", "ordinal", "output"],
-                if_not_exists=True,
-                strict=strict,
-            )
-            db["accepted"].create(
-                {
-                    "id": str,
-                    "prompt_id": str,
-                    "messages": str,
-                    "domain": str,
-                    "adapter": str,
-                    "votes": int,
-                    "judge_tokens": int,
-                    "accepted_at": float,
-                    "split": str,
-                },
-                pk="id",
-                foreign_keys=[("id", "candidates", "id"), ("prompt_id", "prompts", "id")],
-                not_null=["prompt_id", "messages", "votes", "judge_tokens", "accepted_at", "split"],
-                if_not_exists=True,
-                strict=strict,
-            )
-            db["snapshots"].create(
-                {"id": str, "created_at": float, "split": str, "sample_count": int, "note": str},
-                pk="id",
-                not_null=["created_at", "split", "sample_count", "note"],
-                if_not_exists=True,
-                strict=strict,
-            )
-            db["snapshot_samples"].create(
-                {"snapshot_id": str, "accepted_id": str},
-                pk=("snapshot_id", "accepted_id"),
-                foreign_keys=[
-                    ("snapshot_id", "snapshots", "id"),
-                    ("accepted_id", "accepted", "id"),
-                ],
-                if_not_exists=True,
-                strict=strict,
-            )
-            for table, cols in (
-                ("candidates", ["prompt_id"]),
-                ("votes", ["candidate_id"]),
-                ("votes", ["prompt_id"]),
-                ("accepted", ["prompt_id"]),
-                ("accepted", ["split"]),
-                ("snapshot_samples", ["accepted_id"]),
-            ):
-                db[table].create_index(cols, if_not_exists=True)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            create_schema(db, self.path)
 
     # ------------------------------------------------------------------------ writes
     def record(
-        self, outcome: PromptOutcome, message: CandidatesMessage, *, policy: Policy = "first-valid"
+        self,
+        outcome: PromptOutcome,
+        message: CandidatesMessage,
+        *,
+        policy: Policy = "first-valid",
+        at: float | None = None,
     ) -> RecordResult:
         """Store one prompt's judged candidates, idempotently, in one transaction.
 
         See the module docstring for the redelivery rules. ``policy`` is the cascade's
-        policy: under first-valid a prompt never gets a second accepted sample.
-        Raises sqlite errors (read-only, disk full, lock timeout) after rolling back.
+        policy: under first-valid a prompt never gets a second accepted sample. ``at`` is
+        the time the rows carry (the verdict's judging time; default now), so replaying the
+        same verdicts gives the same rows. Raises sqlite errors (read-only, disk full, lock
+        timeout) after rolling back.
         """
+        with self._write() as db:
+            return self.record_in(db, outcome, message, policy=policy, at=at)
+
+    def record_in(
+        self,
+        db: Database,
+        outcome: PromptOutcome,
+        message: CandidatesMessage,
+        *,
+        policy: Policy = "first-valid",
+        at: float | None = None,
+    ) -> RecordResult:
+        """:meth:`record` inside a transaction the caller holds (``transaction()``)."""
         if outcome.prompt_id != message.id:
             raise ValueError(
                 f"outcome for {outcome.prompt_id!r} recorded with message {message.id!r}"
             )
-        now = time.time()
+        return self.record_many(db, [(outcome.candidates, message, policy, at)])[0]
+
+    def record_many(
+        self,
+        db: Database,
+        items: Sequence[tuple[Sequence[Judged], CandidatesMessage, Policy, float | None]],
+    ) -> list[RecordResult]:
+        """Record several prompts' outcomes inside the caller's transaction, in order, as
+        :meth:`record` would one after the other, with one query per table to learn what
+        is stored and one ``executemany`` per table to write: the store writer applies a
+        whole batch of verdicts this way, with their positions, in one commit.
+
+        Each item: a prompt's judged candidates (the cascade's ``CandidateOutcome`` or a
+        verdict's ``VerdictCandidate``: the same fields), its candidates message, the
+        policy, and the time its rows carry."""
+        rows = Rows.load(db, {message.id for _, message, _, _ in items})
+        results = [
+            self._plan(rows, judged, message, policy, at) for judged, message, policy, at in items
+        ]
+        rows.write(db)
+        return results
+
+    def _plan(
+        self,
+        rows: Rows,
+        judged: Sequence[Judged],
+        message: CandidatesMessage,
+        policy: Policy,
+        at: float | None,
+    ) -> RecordResult:
+        """The rows one prompt adds, by the redelivery rules, given what ``rows`` knows."""
+        now = time.time() if at is None else at
         pid = message.id
         chat = [m.model_dump() for m in message.messages]
         split = split_for(question_key(chat), self.heldout_fraction)
-        chosen: dict[str, CandidateOutcome] = {}
-        for c in sorted(outcome.candidates, key=lambda c: c.index):
+        chosen: dict[str, Judged] = {}
+        for c in sorted(judged, key=lambda c: c.index):
             cid = candidate_id(pid, c.text)
             if cid not in chosen or _rank(c) > _rank(chosen[cid]):
                 chosen[cid] = c
         by_text = {s.text: s for s in reversed(message.samples)}
 
-        with self._write() as db:
-            new_prompt = (
-                db.execute(
-                    "INSERT OR IGNORE INTO prompts (id, messages, domain, metadata, adapter, "
-                    "first_seen_at) VALUES (?, ?, ?, ?, ?, ?)",
+        new_prompt = pid not in rows.prompt_ids
+        if new_prompt:
+            rows.prompt_ids.add(pid)
+            rows.prompts.append(
+                (
+                    pid,
+                    json.dumps(chat, ensure_ascii=False),
+                    message.domain,
+                    json.dumps(message.metadata, ensure_ascii=False, sort_keys=True),
+                    message.adapter,
+                    now,
+                )
+            )
+        known = rows.known.setdefault(pid, set())
+        new_cands = new_votes = 0
+        accepted: list[str] = []
+        superseded: list[str] = []
+        for cid, c in chosen.items():
+            if cid in known:
+                continue
+            known.add(cid)
+            new_cands += 1
+            keep = c.accepted and not (policy == "first-valid" and pid in rows.with_accepted)
+            if c.accepted and not keep:
+                superseded.append(cid)
+            sample = (
+                message.samples[c.index]
+                if 0 <= c.index < len(message.samples) and message.samples[c.index].text == c.text
+                else by_text.get(c.text)
+            )
+            calls = c.calls
+            judge_tokens = sum(j.completion_tokens for j in calls)
+            rows.candidates.append(
+                (
+                    cid,
+                    pid,
+                    c.index,
+                    c.text,
+                    c.answer,
+                    sample.completion_tokens if sample else None,
+                    sample.finish_reason if sample else None,
+                    message.adapter,
+                    int(keep),
+                    "superseded" if c.accepted and not keep else c.rejected_at,
+                    json.dumps([{"stage": s.stage, "passed": s.passed} for s in c.stages]),
+                    judge_tokens,
+                    message.created_at,
+                )
+            )
+            ordinals: dict[tuple[str, str], int] = {}
+            for j in calls:
+                n = ordinals.get((j.stage, j.kind), 0)
+                ordinals[(j.stage, j.kind)] = n + 1
+                new_votes += 1
+                rows.votes.append(
                     (
+                        vote_id(cid, j.stage, j.kind, n),
+                        cid,
                         pid,
-                        json.dumps(chat, ensure_ascii=False),
-                        message.domain,
-                        json.dumps(message.metadata, ensure_ascii=False, sort_keys=True),
-                        message.adapter,
-                        now,
-                    ),
-                ).rowcount
-                == 1
-            )
-            known = {
-                r[0] for r in db.execute("SELECT id FROM candidates WHERE prompt_id = ?", (pid,))
-            }
-            has_accepted = (
-                db.execute("SELECT 1 FROM accepted WHERE prompt_id = ? LIMIT 1", (pid,)).fetchone()
-                is not None
-            )
-            cand_rows: list[dict[str, Any]] = []
-            vote_rows: list[dict[str, Any]] = []
-            acc_rows: list[dict[str, Any]] = []
-            accepted: list[str] = []
-            superseded: list[str] = []
-            for cid, c in chosen.items():
-                if cid in known:
-                    continue
-                keep = c.accepted and not (policy == "first-valid" and has_accepted)
-                if c.accepted and not keep:
-                    superseded.append(cid)
-                sample = (
-                    message.samples[c.index]
-                    if 0 <= c.index < len(message.samples)
-                    and message.samples[c.index].text == c.text
-                    else by_text.get(c.text)
+                        j.stage,
+                        j.kind,
+                        n,
+                        None if j.verdict is None else int(j.verdict),
+                        j.output,
+                        j.prompt_tokens,
+                        j.completion_tokens,
+                    )
                 )
-                calls = c.calls
-                judge_tokens = sum(j.completion_tokens for j in calls)
-                cand_rows.append(
-                    {
-                        "id": cid,
-                        "prompt_id": pid,
-                        "idx": c.index,
-                        "text": c.text,
-                        "answer": c.answer,
-                        "completion_tokens": sample.completion_tokens if sample else None,
-                        "finish_reason": sample.finish_reason if sample else None,
-                        "adapter": message.adapter,
-                        "accepted": int(keep),
-                        "rejected_at": "superseded" if c.accepted and not keep else c.rejected_at,
-                        "stages": json.dumps(
-                            [{"stage": s.stage, "passed": s.passed} for s in c.stages]
+            if keep:
+                rows.with_accepted.add(pid)
+                accepted.append(cid)
+                rows.accepted.append(
+                    (
+                        cid,
+                        pid,
+                        json.dumps(
+                            [*chat, {"role": "assistant", "content": c.answer}],
+                            ensure_ascii=False,
                         ),
-                        "judge_tokens": judge_tokens,
-                        "created_at": message.created_at,
-                    }
+                        message.domain,
+                        message.adapter,
+                        sum(1 for j in calls if j.kind == "vote" and j.verdict is True),
+                        judge_tokens,
+                        now,
+                        split,
+                    )
                 )
-                ordinals: dict[tuple[str, str], int] = {}
-                for j in calls:
-                    n = ordinals.get((j.stage, j.kind), 0)
-                    ordinals[(j.stage, j.kind)] = n + 1
-                    vote_rows.append(
-                        {
-                            "id": vote_id(cid, j.stage, j.kind, n),
-                            "candidate_id": cid,
-                            "prompt_id": pid,
-                            "stage": j.stage,
-                            "kind": j.kind,
-                            "ordinal": n,
-                            "verdict": None if j.verdict is None else int(j.verdict),
-                            "output": j.output,
-                            "prompt_tokens": j.prompt_tokens,
-                            "completion_tokens": j.completion_tokens,
-                        }
-                    )
-                if keep:
-                    has_accepted = True
-                    accepted.append(cid)
-                    acc_rows.append(
-                        {
-                            "id": cid,
-                            "prompt_id": pid,
-                            "messages": json.dumps(
-                                [*chat, {"role": "assistant", "content": c.answer}],
-                                ensure_ascii=False,
-                            ),
-                            "domain": message.domain,
-                            "adapter": message.adapter,
-                            "votes": sum(
-                                1 for j in calls if j.kind == "vote" and j.verdict is True
-                            ),
-                            "judge_tokens": judge_tokens,
-                            "accepted_at": now,
-                            "split": split,
-                        }
-                    )
-            # OR IGNORE although these ids are new: a no-op guard, never an overwrite.
-            if cand_rows:
-                db["candidates"].insert_all(cand_rows, ignore=True)
-            if vote_rows:
-                db["votes"].insert_all(vote_rows, ignore=True)
-            if acc_rows:
-                db["accepted"].insert_all(acc_rows, ignore=True)
         return RecordResult(
             prompt_id=pid,
             new_prompt=new_prompt,
-            new_candidates=len(cand_rows),
-            known_candidates=len(chosen) - len(cand_rows),
-            new_votes=len(vote_rows),
+            new_candidates=new_cands,
+            known_candidates=len(chosen) - new_cands,
+            new_votes=new_votes,
             accepted=tuple(accepted),
             superseded=tuple(superseded),
         )
@@ -524,6 +480,26 @@ class Store:
             ).rowcount
             db.execute("UPDATE snapshots SET sample_count = ? WHERE id = ?", (count, snapshot_id))
             return count
+
+    def copy_snapshots(self, source: Path) -> int:
+        """Copy another store's snapshots (a rebuild's old file), each with the members
+        this store has; returns how many snapshots were copied."""
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"no store at {source} to copy snapshots from")
+        with self._lock:  # ATTACH is refused inside a transaction
+            self._conn.execute("ATTACH DATABASE ? AS old", (str(source),))
+            try:
+                with self._write() as db:
+                    n = db.execute(
+                        "INSERT OR IGNORE INTO snapshots SELECT * FROM old.snapshots"
+                    ).rowcount
+                    db.execute(
+                        "INSERT OR IGNORE INTO snapshot_samples SELECT s.* FROM "
+                        "old.snapshot_samples s JOIN accepted a ON a.id = s.accepted_id"
+                    )
+            finally:
+                self._conn.execute("DETACH DATABASE old")
+            return n
 
     # ------------------------------------------------------------------------- reads
     def counts(self) -> dict[str, int]:

@@ -1,18 +1,19 @@
-"""The verify worker: judges each prompt's candidates with the cascade and stores what passes.
+"""The verify worker: judges each prompt's candidates with the cascade and publishes the outcome.
 
 It consumes ``candidates``, runs the cascade over a whole batch of prompts at once (one
-engine batch per round), writes each prompt's outcome to the store in one SQLite
-transaction, and only then lets the worker loop commit the offset. A crash before the commit
-redelivers the batch; the store's keys make the second write a no-op, so nothing is lost and
-no sample is stored twice. A store that cannot be written (full disk, read-only file) fails
-the batch: the loop retries it with backoff and never commits past it.
+engine batch per round), and publishes each prompt's outcome as one ``verdicts`` message,
+in a Kafka transaction with the consumed offsets (the serve worker's loop): a crash before
+the commit leaves no visible verdict and redelivers the batch, so every candidates record
+yields exactly one committed verdict. Verify opens no SQLite file, so any number of verify
+workers run in one group on any machines; the store writer (``store_writer.py``) is the
+one that writes the store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -32,20 +33,18 @@ from daemon.verifying.metrics import (
     CANDIDATES_JUDGED,
     JUDGE_CALLS,
     JUDGE_TOKENS,
-    SAMPLES_ACCEPTED,
     STAGE_RESULTS,
-    STORE_PROMPTS,
-    STORE_SAMPLES,
+    VERDICTS_PUBLISHED,
     VERIFY_SECONDS,
     VOTES,
 )
 from daemon.verifying.quality import VerifierEvalConfig
-from streams.consumer import Record
+from daemon.verifying.verdict_message import to_verdict
+from streams.consumer import BatchResult, Output, Record
 from streams.schemas import CandidatesMessage
 
 if TYPE_CHECKING:
     from daemon.engines.hotswap import AdapterRouter
-    from daemon.verifying.store import Store, StoreConfig
     from streams.connection import KafkaSettings
     from streams.topics import TopicsConfig
 
@@ -60,6 +59,11 @@ class VerifyConfig(CascadeConfig):
     """
 
     group_id: str = Field("selfdistill-verify", description="Consumer group of the verify workers.")
+    transactional_id: str | None = Field(
+        None,
+        description="Kafka transactional id, unique and stable per verify process; default "
+        "selfdistill-verify-<hostname> (give each of several processes on one host its own).",
+    )
     judge: Literal["base", "active"] = Field(
         "base",
         description="Which model judges: the frozen base (default: its verdicts do not drift "
@@ -71,6 +75,9 @@ class VerifyConfig(CascadeConfig):
         "labeled set.",
     )
 
+    def transactional_id_or_default(self) -> str:
+        return self.transactional_id or f"selfdistill-verify-{socket.gethostname()}"
+
 
 class VerifySettings(EngineSettings, Protocol):
     """What the verify worker reads of the daemon's settings (``Settings`` is one)."""
@@ -80,52 +87,40 @@ class VerifySettings(EngineSettings, Protocol):
     @property
     def topics(self) -> TopicsConfig: ...
     @property
-    def store(self) -> StoreConfig: ...
-    @property
     def verify(self) -> VerifyConfig: ...
 
 
 @dataclass
 class VerifyHandler:
-    """Judges a batch of candidate groups and records each prompt's outcome."""
+    """Judges a batch of candidate groups; each prompt's outcome becomes one verdict."""
 
     engine: Engine
-    store: Store
     config: VerifyConfig
+    topic: str  # verdicts
     router: AdapterRouter | None = None  # set when the active adapter judges
 
     def __post_init__(self) -> None:
-        self.accepted = 0  # samples newly accepted (written by the handler thread only)
-        self._sized_at = 0.0
+        self.accepted = 0  # samples the cascade accepted (the store writer dedupes them)
 
-    def __call__(self, batch: list[Record[CandidatesMessage]]) -> None:
+    def __call__(self, batch: list[Record[CandidatesMessage]]) -> BatchResult:
         started = time.monotonic()
         if self.router is not None:
             with self.router.use() as adapter:
                 outcomes = self.router.call(adapter, lambda: self._judge(batch, adapter))
         else:
-            outcomes = self._judge(batch, None)
-        accepted = 0
+            adapter, outcomes = None, self._judge(batch, None)
+        now = time.time()
+        outputs = []
         for outcome, rec in zip(outcomes, batch, strict=True):
-            # One transaction per prompt; raises (and so blocks the commit) if it cannot write.
-            result = self.store.record(outcome, rec.value, policy=self.config.policy)
-            accepted += len(result.accepted)
+            verdict = to_verdict(
+                outcome, rec.value, policy=self.config.policy, judge_adapter=adapter, judged_at=now
+            )
+            outputs.append(Output(self.topic, verdict, key=rec.value.id))
+            self.accepted += len(outcome.accepted)
             _observe(outcome)
         VERIFY_SECONDS.observe(time.monotonic() - started)
-        SAMPLES_ACCEPTED.inc(accepted)
-        self.accepted += accepted
-        self.report_store_size()
-
-    def report_store_size(self, every_s: float = 10.0) -> None:
-        """Store size for the dashboard's growth panel; counted at most every ``every_s``."""
-        now = time.monotonic()
-        if now - self._sized_at < every_s:
-            return
-        self._sized_at = now
-        counts = self.store.counts()
-        STORE_PROMPTS.set(counts["prompts"])
-        for split in ("train", "heldout"):
-            STORE_SAMPLES.labels(split).set(counts[f"accepted_{split}"])
+        VERDICTS_PUBLISHED.inc(len(outputs))
+        return BatchResult(outputs=outputs)
 
     def _judge(
         self, batch: list[Record[CandidatesMessage]], adapter: str | None
@@ -163,23 +158,21 @@ def _observe(outcome: PromptOutcome) -> None:
 
 
 class VerifyWorker:
-    """The verify process's parts: engine, store, optional adapter follower, worker loop."""
+    """The verify process's parts: engine, optional adapter follower, transactional loop."""
 
     def __init__(self, settings: VerifySettings, engine: Engine | None = None) -> None:
         from daemon.engines import make_engine
-        from daemon.verifying.store import Store
         from streams.consumer import ConsumerLoop
 
         cfg = settings.verify
         self.settings = settings
         self.engine = engine or make_engine(settings.model, settings.engine)
-        self.store = Store.open(settings.store, settings.data_dir)
         self.router: AdapterRouter | None = None
         if cfg.judge == "active":
             from daemon.engines.hotswap import AdapterRouter
 
             self.router = AdapterRouter(self.engine, settings.adapters.path(settings.data_dir))
-        self.handler = VerifyHandler(self.engine, self.store, cfg, self.router)
+        self.handler = VerifyHandler(self.engine, cfg, settings.topics.verdicts, self.router)
         self.loop = ConsumerLoop(
             settings.kafka,
             topic=settings.topics.candidates,
@@ -187,19 +180,26 @@ class VerifyWorker:
             schema=CandidatesMessage,
             handler=self.handler,
             dlq_topic=settings.topics.dlq(settings.topics.candidates),
+            transactional_id=cfg.transactional_id_or_default(),
             name="verify",
-            # The engine down, or the store's disk full or read-only, is never a record's
-            # fault: wait for it. A request the engine refuses (HTTP 400) is the record's.
-            unavailable=(EngineUnavailable, sqlite3.OperationalError),
+            # The engine down is never a record's fault: wait for it. A request the engine
+            # refuses (HTTP 400) is the record's.
+            unavailable=(EngineUnavailable,),
             record_faults=(EngineRejected,),
         )
 
-    def run(self, *, max_idle_s: float | None = None, handle_signals: bool = True) -> None:
+    def run(
+        self,
+        *,
+        max_idle_s: float | None = None,
+        handle_signals: bool = True,
+        topics_ready: bool = False,
+    ) -> None:
         from streams.adapter_events import follow_adapter_events
-        from streams.topics import ensure_topics
+        from streams.topics import prepare_topics
 
-        if self.settings.topics.create:
-            ensure_topics(self.settings.kafka, self.settings.topics)
+        if not topics_ready:
+            prepare_topics(self.settings.kafka, self.settings.topics)
         topics = self.settings.topics
         following = (
             follow_adapter_events(
@@ -211,14 +211,8 @@ class VerifyWorker:
             if self.router is not None
             else contextlib.nullcontext()
         )
-        try:
-            self.handler.report_store_size(every_s=0)  # the gauges start with the worker
-            with following:
-                self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
-        finally:
-            with contextlib.suppress(Exception):
-                self.handler.report_store_size(every_s=0)
-            self.store.close()
+        with following:
+            self.loop.run(max_idle_s=max_idle_s, handle_signals=handle_signals)
 
     def stop(self) -> None:
         self.loop.request_stop()

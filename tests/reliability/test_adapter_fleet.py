@@ -169,8 +169,10 @@ def test_two_replicas_on_one_shared_server_stay_in_step_through_its_restart(
         _stop(server)
         _produce(kafka, topics.prompts, ids[6:])
         time.sleep(2)
+        # The new server starts with no adapter; a replica retrying its batch may load v1
+        # again within milliseconds of it answering, so "forgotten" is read from the
+        # replicas' logs below, not raced for here.
         server = _start_server(server_cfg, port, logs / "server.log")
-        assert _served(port) == []
         wait_for(lambda: len(_responses(kafka, topics.responses)) >= 12, 180, every=0.5)
         responses = _responses(kafka, topics.responses)
         assert Counter(m.id for m in responses) == Counter(ids)  # each answered once

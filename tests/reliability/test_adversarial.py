@@ -22,7 +22,7 @@ from daemon.verifying.verdicts import parse_verdict
 from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.topics import TopicsConfig
-from tests.conftest import candidates_message, committed_total, wait_for
+from tests.conftest import candidates_message, committed_total, store_verdicts, wait_for
 from tests.judges import ScriptedJudge, is_infer, prompt_text, stage_of
 from tests.test_serve import _start
 from tests.test_verify import _produce
@@ -113,6 +113,7 @@ def test_injected_candidates_are_never_accepted_by_the_verify_worker(
     finally:
         worker.stop()
         t.join(30)
+    store_verdicts(settings)
 
     with Store(settings.store.path_in(tmp_path), read_only=True) as store:
         accepted = {

@@ -1,7 +1,7 @@
 """SIGKILL at random points, again and again, of the real worker processes.
 
 A seeded random schedule (``SEED``; printed, so a failure can be replayed) kills the real
-``selfdistill serve`` and ``selfdistill verify`` processes while they work through a stream
+``selfdistill serve``, ``selfdistill verify`` and ``selfdistill store`` processes while they work through a stream
 of prompts, and ``selfdistill train --once`` while it trains; each is restarted after every
 kill. What must hold afterwards is what README "What the workers guarantee" promises: every
 produced prompt has exactly one response (``read_committed``), the store holds each prompt
@@ -18,6 +18,8 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
 
 from adapters.files import adapter_digest, check_adapter_files
 from adapters.registry import STAGING_PREFIX, Registry
@@ -37,6 +39,27 @@ CHUNK = 6  # prompts produced before each round of kills
 VOTES = 1
 
 
+class _Verdicts:
+    """How many prompts have a committed verdict: verify's progress, read as the store writer
+    reads it (``read_committed``; offsets count transaction markers too, so they cannot)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self.consumer = KafkaConsumer(
+            **kafka.client_kwargs("test-verdicts"),
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.ids: set[bytes] = set()
+
+    def __call__(self) -> int:
+        for recs in self.consumer.poll(timeout_ms=50).values():
+            self.ids.update(r.key for r in recs)
+        return len(self.ids)
+
+
 def _kill(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
@@ -50,12 +73,14 @@ def test_serve_and_verify_killed_at_random_points_lose_and_duplicate_nothing(
     yes_model_dir: Path,
     tmp_path: Path,
 ) -> None:
-    """The pipeline prompts → serve → candidates → verify → store, each worker killed 3 times.
+    """The pipeline prompts → serve → candidates → verify → verdicts → store writer → store,
+    each worker killed 3 times.
 
     A kill comes when the worker has finished a random number of the current round's prompts
     (so mid-run, not during start-up) and lands wherever it is then: in the next batch, between
-    verify's store writes and its commit, or idle: serve's transactions must leave no second
-    response, verify's redelivered batches must change nothing in the store.
+    the store writer's SQLite commit and its offset commit, or idle: serve's and verify's
+    transactions must leave no second response or verdict, the writer's replays must change
+    nothing in the store.
     """
     rng = random.Random(SEED)
     serve_group, verify_group = f"serve-{topics.prompts}", f"verify-{topics.candidates}"
@@ -77,18 +102,35 @@ def test_serve_and_verify_killed_at_random_points_lose_and_duplicate_nothing(
             "infer_max_tokens": 6,
             "seed": 0,
             "group_id": verify_group,
+            "transactional_id": f"tx-{topics.candidates}",
         },
+        store={"group_id": f"store-{topics.verdicts}"},
         metrics={"enabled": False},
     )
     config = tmp_path / "selfdistill.toml"
     config.write_text(render_toml(settings, comments=False))
     db = settings.store.path_in(tmp_path)
-    env = {"serve": {}, "verify": {"SELFDISTILL_MODEL__PATH": str(yes_model_dir)}}
-    progress = {  # what each worker has finished: committed prompts, stored prompts
+    env = {"serve": {}, "verify": {"SELFDISTILL_MODEL__PATH": str(yes_model_dir)}, "store": {}}
+    progress = {  # what each worker has finished: committed prompts, judged ones, stored ones
         "serve": lambda: committed_total(kafka, serve_group, topics.prompts),
-        "verify": lambda: store_counts(db).get("prompts", 0),
+        "verify": _Verdicts(kafka, topics.verdicts),
+        "store": lambda: store_counts(db).get("prompts", 0),
     }
-    procs = {w: start_cli("-c", str(config), w, env=env[w]) for w in ("serve", "verify")}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    started_n = Counter[str]()
+
+    def start(w: str) -> subprocess.Popen[str]:
+        started_n[w] += 1
+        log = logs / f"{w}-{started_n[w]}.log"
+        proc = start_cli("-c", str(config), w, env=env[w], stderr=log)
+        proc.log = log  # type: ignore[attr-defined]
+        return proc
+
+    def up(proc: subprocess.Popen[str]) -> bool:
+        return "partitions assigned" in proc.log.read_text()  # type: ignore[attr-defined]
+
+    procs = {w: start(w) for w in env}
     ids: list[str] = []
     kills: list[str] = []
     started = time.monotonic()
@@ -106,16 +148,23 @@ def test_serve_and_verify_killed_at_random_points_lose_and_duplicate_nothing(
                 for w in [w for w in targets if progress[w]() >= targets[w]]:
                     _kill(procs[w])
                     kills.append(f"{w}@{progress[w]()}/{len(ids)}")
-                    procs[w] = start_cli("-c", str(config), w, env=env[w])
+                    procs[w] = start(w)
                     del targets[w]
                 time.sleep(0.02)
             assert not targets, f"no progress to {targets}"
         wait_for(lambda: progress["serve"]() == len(ids), 180)
         wait_for(lambda: progress["verify"]() == len(ids), 180)
+        wait_for(lambda: progress["store"]() == len(ids), 180)
+        # A replacement started after the work was done is still starting: a SIGTERM then
+        # would end it before it installs its handler.
+        wait_for(lambda: all(up(p) for p in procs.values()), 120)
     finally:
+        progress["verify"].consumer.close()  # type: ignore[attr-defined]
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
-        errs = {w: p.communicate(timeout=60)[1] for w, p in procs.items()}
+        for p in procs.values():
+            p.communicate(timeout=60)
+        errs = {w: p.log.read_text() for w, p in procs.items()}  # type: ignore[attr-defined]
     for w, p in procs.items():
         assert p.returncode == 0, errs[w][-2000:]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from daemon.operating.config import Settings, render_toml
 from streams.connection import KafkaSettings
-from streams.schemas import CandidatesMessage, ResponseMessage
+from streams.schemas import CandidatesMessage, ResponseMessage, VerdictMessage
 from streams.topics import TopicsConfig
 from tests.conftest import committed_total, read_topic, start_cli, wait_for
 from tests.test_serve import _produce
@@ -72,6 +72,7 @@ def test_rolling_restarts_of_three_serve_and_three_verify_members_duplicate_noth
             "seed": 0,
             "group_id": verify_group,
         },
+        store={"group_id": f"store-{topics.verdicts}"},
         metrics={"enabled": False},
     )
     config = tmp_path / "selfdistill.toml"
@@ -87,7 +88,10 @@ def test_rolling_restarts_of_three_serve_and_three_verify_members_duplicate_noth
         log = logs / f"{kind}-{started_n[kind]}.log"
         # Like a StatefulSet's ordinal: one transactional id per replica slot, reused by the
         # replacement (which fences whatever the old one left open).
-        ids = {"SELFDISTILL_SERVE__TRANSACTIONAL_ID": f"tx-{topics.prompts}-{slot}"}
+        ids = {
+            "SELFDISTILL_SERVE__TRANSACTIONAL_ID": f"tx-{topics.prompts}-{slot}",
+            "SELFDISTILL_VERIFY__TRANSACTIONAL_ID": f"tx-{topics.candidates}-{slot}",
+        }
         proc = start_cli("-c", str(config), kind, env={**env[kind], **ids}, stderr=log)
         proc.log = log  # type: ignore[attr-defined]
         return proc
@@ -97,8 +101,10 @@ def test_rolling_restarts_of_three_serve_and_three_verify_members_duplicate_noth
         joins and leaves can stall the embedded broker's group coordinator for minutes."""
         return "partitions assigned" in proc.log.read_text()  # type: ignore[attr-defined]
 
-    members = {k: [start(k, slot) for slot in range(MEMBERS)] for k in ("serve", "verify")}
     stopped: list[tuple[subprocess.Popen[str], int]] = []
+    members = {k: [start(k, slot) for slot in range(MEMBERS)] for k in ("serve", "verify")}
+    writer = start_cli("-c", str(config), "store", stderr=logs / "store.log")  # one, not churned
+    writer.log = logs / "store.log"  # type: ignore[attr-defined]
     changes: list[str] = []
     ids = [f"r{i:03d}" for i in range(PROMPTS)]
     chunks = [ids[i::CHANGES] for i in range(CHANGES)]
@@ -127,10 +133,9 @@ def test_rolling_restarts_of_three_serve_and_three_verify_members_duplicate_noth
         wait_for(lambda: store_counts(db).get("prompts", 0) == PROMPTS, 240)
         time.sleep(1.0)  # a late duplicate would have had time to land
     finally:
-        for procs in members.values():
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-                stopped.append((proc, signal.SIGTERM))
+        for proc in [*(p for procs in members.values() for p in procs), writer]:
+            proc.send_signal(signal.SIGTERM)
+            stopped.append((proc, signal.SIGTERM))
         for proc, _ in stopped:
             try:
                 proc.communicate(timeout=60)
@@ -152,6 +157,10 @@ def test_rolling_restarts_of_three_serve_and_three_verify_members_duplicate_noth
     missing = sorted(set(ids) - set(responses))
     assert twice == [] and missing == []
     assert candidates == Counter(ids)
+    verdicts = Counter(
+        VerdictMessage.model_validate_json(r.value).id for r in read_topic(kafka, topics.verdicts)
+    )
+    assert verdicts == Counter(ids)  # verify's transactions: one verdict per prompt
 
     with sqlite3.connect(db) as con:
         prompts = con.execute("SELECT COUNT(*) FROM prompts").fetchone()[0]

@@ -1,12 +1,12 @@
-"""A full disk, then a read-only store, under the running verify worker.
+"""A full disk, then a read-only store, under the running store writer.
 
 Both faults are SQLite's own, on the real store file: a connection capped with
 ``PRAGMA max_page_count`` at the file's current size fails the next write that needs a page
 with SQLITE_FULL ("database or disk is full"), exactly as a full disk does; a connection
 opened ``mode=ro`` fails every write with SQLITE_READONLY, whoever runs the tests (chmod does
-not stop root). The worker's store is swapped for such a connection while candidates keep
-arriving, then swapped back: while the fault lasts the worker must not commit a single
-offset and must say so (ERROR log, ``selfdistill_handler_failures_total``); once the store
+not stop root). The writer's store is swapped for such a connection while verify keeps
+publishing verdicts, then swapped back: while the fault lasts the writer must not commit a
+single offset (to Kafka or to the store's positions) and must say so (ERROR log, ``selfdistill_handler_failures_total``); once the store
 is writable again every prompt must be stored exactly once.
 """
 
@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from daemon.engines.transformers_engine import TransformersEngine
 from daemon.verifying.store import Store
+from daemon.verifying.store_writer import StoreWriter
 from daemon.verifying.worker import VerifyWorker
 from streams.connection import KafkaSettings
 from streams.schemas import CandidatesMessage
@@ -60,51 +61,58 @@ def test_a_full_disk_or_read_only_store_stops_the_commits_and_loses_nothing(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="streams.consumer")
     settings = verify_settings(kafka, topics, tmp_path, yes_model_dir)
-    group, db = settings.verify.group_id, settings.store.path_in(tmp_path)
+    settings = settings.model_copy(
+        update={"store": settings.store.model_copy(update={"group_id": f"store-{topics.verdicts}"})}
+    )
+    group, db = settings.store.group_id, settings.store.path_in(tmp_path)
     msgs = _messages(3 * BATCH)
     worker = VerifyWorker(settings, TransformersEngine(yes_model_dir))
-    healthy = worker.handler.store
+    writer = StoreWriter(settings)
+    healthy = writer.handler.store
 
     def failures() -> float:
         return (
             REGISTRY.get_sample_value(
-                "selfdistill_handler_failures_total", {"topic": topics.candidates}
+                "selfdistill_handler_failures_total", {"topic": topics.verdicts}
             )
             or 0.0
         )
 
-    t = _start(worker)
+    threads = [_start(worker), _start(writer)]
     numbers = []
     try:
         _produce(kafka, topics.candidates, msgs[:BATCH])
-        wait_for(lambda: committed_total(kafka, group, topics.candidates) == BATCH, 120)
+        wait_for(lambda: committed_total(kafka, group, topics.verdicts) >= BATCH, 120)
+        wait_for(lambda: store_counts(db).get("prompts") == BATCH, 60)
         faults: list[tuple[str, Callable[[Path], Store], list[CandidatesMessage], str]] = [
             ("full disk", _full, _bulky(msgs[BATCH : 2 * BATCH]), "database or disk is full"),
             ("read-only", _read_only, msgs[2 * BATCH :], "readonly database"),
         ]
         for name, faulty, batch, error in faults:
-            done = committed_total(kafka, group, topics.candidates)
-            stored = store_counts(db)
+            done = committed_total(kafka, group, topics.verdicts)
+            stored, positions = store_counts(db), healthy.positions(topics.verdicts)
             failed, mark = failures(), len(caplog.records)
-            worker.handler.store = broken = faulty(db)
+            writer.handler.store = broken = faulty(db)
             _produce(kafka, topics.candidates, batch)
             wait_for(lambda f=failed: failures() >= f + 2, 120)  # retried, and failing again
             # Nothing committed, nothing half-written, and the operator is told why.
-            assert committed_total(kafka, group, topics.candidates) == done
+            assert committed_total(kafka, group, topics.verdicts) == done
             assert store_counts(db) == stored
+            assert healthy.positions(topics.verdicts) == positions
             logged = [r.getMessage() for r in caplog.records[mark:]]
             assert any(error in m and "offsets not committed" in m for m in logged), logged
             numbers.append(
                 f"{name}: {failures() - failed:.0f} failed attempts, committed stayed at {done}"
             )
-            worker.handler.store = healthy  # room again / writable again
-            wait_for(
-                lambda d=done: committed_total(kafka, group, topics.candidates) == d + BATCH, 120
-            )
+            writer.handler.store = healthy  # room again / writable again
+            wait_for(lambda s=stored["prompts"]: store_counts(db).get("prompts") == s + BATCH, 120)
+            wait_for(lambda d=done: committed_total(kafka, group, topics.verdicts) > d, 60)
             broken.close()
     finally:
         worker.stop()
-        t.join(30)
+        writer.stop()
+        for t in threads:
+            t.join(30)
 
     counts = store_counts(db)
     with Store(db, read_only=True) as store:

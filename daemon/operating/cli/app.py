@@ -32,6 +32,11 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(task_app, name="task")
 eval_app = typer.Typer(help="Measure the model against labeled data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+store_app = typer.Typer(
+    help="The store writer (verdicts -> the SQLite store), and rebuilding the store.",
+    invoke_without_command=True,
+)
+app.add_typer(store_app, name="store")
 
 err = Console(stderr=True)
 

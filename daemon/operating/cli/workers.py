@@ -1,15 +1,17 @@
-"""`selfdistill serve`, `verify`, `train`, `up`, `demo`: the workers, one per process or all in one."""
+"""`selfdistill serve`, `verify`, `store`, `train`, `up`, `demo`: the workers, one per process or
+all in one."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from daemon.operating.cli.app import app, err, print_cycle, settings, state
+from daemon.operating.cli.app import app, err, print_cycle, settings, state, store_app
 from daemon.operating.logs import setup_logging
 
 
@@ -54,15 +56,78 @@ def serve(
 @app.command()
 def verify() -> None:
     """Judge candidates from Kafka with the model's own unanimous cascade (cycle-consistency,
-    factuality, correctness) and store what passes in SQLite.
+    factuality, correctness) and publish each prompt's outcome to `verdicts`.
 
-    Each prompt's outcome is one SQLite transaction, written before the offset is committed;
-    redelivery after a crash changes nothing. A store that cannot be written (full disk,
-    read-only) stops the commits and is retried with backoff: nothing is lost.
+    Outcomes and the consumed offsets commit in one Kafka transaction: a crash leaves no
+    visible verdict and the batch is judged again. Verify opens no SQLite file, so run as
+    many as the judging needs, on any machines, in one group (each its own
+    verify.transactional_id). The store writer puts the verdicts into the store.
     """
     from daemon.operating.processes import run_verify
 
     run_verify(settings())
+
+
+# ------------------------------------------------------------------------ store
+@store_app.callback()
+def store(ctx: typer.Context) -> None:
+    """Write `verdicts` into the SQLite store, until SIGTERM (the store writer alone).
+
+    By default the writer runs inside `selfdistill train`; run this instead where train
+    does not (store.writer_in_train = false there). One writer per store file: each batch
+    and its offsets commit in one SQLite transaction, and it resumes where the store says.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from daemon.operating.processes import run_store
+    from daemon.verifying.store_writer import WriterBusy
+
+    try:
+        run_store(settings())
+    except WriterBusy as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@store_app.command("rebuild")
+def store_rebuild(
+    out: Annotated[
+        Path, typer.Option("--out", help="The fresh store file to write (must not exist).")
+    ],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to reach the end of verdicts.")
+    ] = 600.0,
+    snapshots_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--snapshots-from",
+            help="The old store, if still readable: copy the trainer's snapshots from it "
+            "(they are not in verdicts).",
+        ),
+    ] = None,
+) -> None:
+    """Replay `verdicts` from its beginning into a fresh store file (the store's disk was
+    lost, or a check). The result equals the live store row for row and carries its
+    positions: stop the writer, move the file into place (store.path), start it again.
+    """
+    from daemon.verifying.store_writer import rebuild
+
+    s = settings()
+    try:
+        result = rebuild(s, out, timeout_s=timeout, snapshots_from=snapshots_from)
+    except (FileExistsError, FileNotFoundError, TimeoutError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    c = result.counts
+    Console().print(
+        f"rebuilt {result.path} from {result.verdicts} verdicts"
+        f"{f' ({result.undecodable} undecodable, skipped)' if result.undecodable else ''}: "
+        f"{c['prompts']} prompts, {c['candidates']} candidates, {c['votes']} votes, "
+        f"{c['accepted']} accepted ({c['accepted_train']} train, "
+        f"{c['accepted_heldout']} held out)"
+        f"{f'; {result.snapshots} snapshots copied' if snapshots_from else ''}",
+        highlight=False,
+    )
 
 
 # ------------------------------------------------------------------------ train

@@ -1,0 +1,59 @@
+"""What a worker loop does when the group moves its partitions (kafka-python's IO loop).
+
+Revoked: the in-flight batch is void, and offsets processed but not yet committed are
+committed first (non-transactional loops). Assigned: a loop that keeps its own positions
+(the store writer, in SQLite) seeks to them, so where it resumes never depends on the
+group's committed offsets. Lost: like revoked, without the commit (it would be refused).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kafka import TopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+if TYPE_CHECKING:
+    from streams.consumer import ConsumerLoop
+
+log = logging.getLogger(__name__)
+
+
+class Rebalance(AsyncConsumerRebalanceListener):
+    """Runs on kafka-python's IO loop: must await, never block (that would stop heartbeats)."""
+
+    def __init__(self, loop: ConsumerLoop[Any]) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.loop._mark_revoked(revoked)  # before anything else: an in-flight batch is void
+        pending = self.loop._take_processed(revoked)
+        if pending and self.loop.consumer is not None:
+            try:
+                await self.loop.consumer.commit_async(pending)
+                self.loop.stats.commits += 1
+                log.info("committed %s before giving up partitions", _fmt(pending))
+            except Exception as exc:
+                log.warning("commit before rebalance failed (%r); records will be redelivered", exc)
+        if revoked:
+            log.info("partitions revoked: %s", sorted(f"{t.topic}[{t.partition}]" for t in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(f"{t.topic}[{t.partition}]" for t in assigned))
+        if assigned:
+            self.loop.seek_owned(assigned)
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        # Evicted: the commit would be refused. The new owner redoes the batch; handlers
+        # are idempotent (or transactional), so that costs time, not correctness.
+        self.loop._mark_revoked(lost)
+        self.loop._take_processed(lost)
+        log.warning("partitions lost (evicted from group): %s", sorted(map(str, lost)))
+
+
+def _fmt(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:
+    return ", ".join(
+        f"{tp.topic}[{tp.partition}]@{om.offset}" for tp, om in sorted(offsets.items())
+    )
