@@ -173,13 +173,21 @@ def up(
         int | None, typer.Option(help="Stop after this many training cycles decided.")
     ] = None,
 ) -> None:
-    """Run serve, verify and the train scheduler together in one process on one model
-    (a single machine; in production run the three commands separately)."""
+    """Run serve, verify, the store writer and the train scheduler together in one process
+    on one model (a single machine; in production run the commands separately)."""
     from daemon.operating.up import run_up
+    from daemon.verifying.store_writer import WriterBusy
 
-    state = run_up(
-        settings(), until_promotion=until_promotion, max_cycles=max_cycles, max_minutes=max_minutes
-    )
+    try:
+        state = run_up(
+            settings(),
+            until_promotion=until_promotion,
+            max_cycles=max_cycles,
+            max_minutes=max_minutes,
+        )
+    except WriterBusy as exc:  # a `train` or `store` already writes this store
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     err.print(
         f"stopped ({state.stopped_by}); {len(state.cycles)} training cycle(s), "
         f"promoted: {state.promoted or 'none'}",
