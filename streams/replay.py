@@ -21,9 +21,17 @@ from streams.connection import KafkaSettings, connect
 
 
 def replay(
-    kafka: KafkaSettings, topic: str, who: str, timeout_s: float, poll_ms: int = 500
+    kafka: KafkaSettings,
+    topic: str,
+    who: str,
+    timeout_s: float,
+    poll_ms: int = 500,
+    positions: dict[int, int] | None = None,
+    missing_ok: bool = False,
 ) -> Iterator[list[Any]]:
-    """Batches of records of every partition of ``topic``, oldest first per partition."""
+    """Batches of records of every partition of ``topic``, oldest first per partition,
+    from ``positions`` (a partition absent from them: from its beginning). ``missing_ok``:
+    a topic with no partitions is empty, not waited for."""
     kw = kafka.reader_kwargs(who)
     consumer = connect(lambda: KafkaConsumer(**kw), kafka, f"{who} reader")
     try:
@@ -32,12 +40,18 @@ def replay(
         while not partitions:
             partitions = consumer.partitions_for_topic(topic)
             if not partitions:
+                if missing_ok:
+                    return
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"topic {topic} has no partitions (does it exist?)")
                 time.sleep(0.2)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            if positions and tp.partition in positions:
+                consumer.seek(tp, positions[tp.partition])
+            else:
+                consumer.seek_to_beginning(tp)
         while True:
             polled = consumer.poll(timeout_ms=poll_ms, max_records=kafka.batch_size * 16)
             for tp in sorted(polled, key=lambda t: t.partition):
@@ -69,27 +83,12 @@ def records_after(
     Counted, not subtracted from the high watermark: transaction markers take offsets too,
     so a difference of offsets is never zero on a topic written in transactions. A backlog
     too long to read within ``timeout_s`` gives a floor (``False``)."""
-    kw = kafka.reader_kwargs(who)
-    consumer = connect(lambda: KafkaConsumer(**kw), kafka, f"{who} reader")
+    count = 0
     try:
-        deadline = time.monotonic() + timeout_s
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return 0, True
-        consumer.assign(tps)
-        for tp in tps:
-            if tp.partition in positions:
-                consumer.seek(tp, positions[tp.partition])
-            else:
-                consumer.seek_to_beginning(tp)
-        count = 0
-        while time.monotonic() < deadline:
-            polled = consumer.poll(timeout_ms=200, max_records=kafka.batch_size * 16)
-            count += sum(len(recs) for recs in polled.values())
-            if not polled and all(at_end(consumer, tp) for tp in tps):
-                return count, True
+        for batch in replay(
+            kafka, topic, who, timeout_s, 200, positions=positions, missing_ok=True
+        ):
+            count += len(batch)
+    except TimeoutError:
         return count, False
-    finally:
-        with contextlib.suppress(Exception):
-            consumer.close(autocommit=False)
+    return count, True

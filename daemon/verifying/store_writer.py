@@ -350,13 +350,14 @@ def rebuild(
     if out.exists():
         raise FileExistsError(f"{out} exists: rebuild writes a fresh file (choose another --out)")
     topic = settings.topics.verdicts
+    max_bytes = verdict_reader(settings.kafka, settings.store.batch_size).max_message_bytes
     result = Rebuilt(out)
     with Store(out, heldout_fraction=settings.store.heldout_fraction) as store:
         for raws in replay(settings.kafka, topic, "store-rebuild", timeout_s):
             batch = []
             for r in raws:
                 try:
-                    value = decode(VerdictMessage, r.value, 2 * settings.kafka.max_message_bytes)
+                    value = decode(VerdictMessage, r.value, max_bytes)
                 except DecodeError:
                     result.undecodable += 1
                     continue
