@@ -279,6 +279,7 @@ def train_lora(
     should_stop: Callable[[], bool] | None = None,
     threads: int | None = None,
     device: str = "auto",
+    on_step: Callable[[int, int, float, float], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``conversations`` (answer tokens only) and save it to ``out_dir``.
 
@@ -286,7 +287,9 @@ def train_lora(
     ``init_adapter``, that adapter's weights and LoRA shape are trained further instead
     (``config.init == "active"``, the caller picks the adapter). ``should_stop`` is polled
     between forward passes; when it returns True, :class:`TrainingInterrupted` is raised and
-    nothing is written. Raises ValueError when no conversation is usable. ``device``:
+    nothing is written. ``on_step(step, total_steps, loss, tokens_per_s)`` is called after
+    every optimizer step (the daemon's progress reporting; this library knows no daemon).
+    Raises ValueError when no conversation is usable. ``device``:
     "auto" trains on CUDA when there is one, else on the CPU.
     """
     import torch
@@ -386,8 +389,11 @@ def train_lora(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 steps += 1
+                tps = tokens / max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
-                    bar.advance(step_loss / group_answer, tokens / (time.perf_counter() - t0))
+                    bar.advance(step_loss / group_answer, tps)
+                if on_step is not None:
+                    on_step(steps, total_steps, step_loss / group_answer, tps)
             log.info(
                 "epoch %d: loss %.4f over %d batches, %d/%d steps, %.0f tokens/s",
                 epoch,

@@ -157,10 +157,10 @@ def test_demo_serves_every_prompt_once_and_dead_letters_the_rest(
         data_dir=tmp_path / "var",
         broker={"port": free_port()},
         model={"path": str(tiny_model_dir)},
-        demo={"extra_candidates": 2, "max_tokens": 4},
+        demo={"extra_candidates": 2, "max_tokens": 4, "task_prompts": 6, "eval_items": 12},
     )
     report = run_demo(settings, Console(file=open(os.devnull, "w")))  # noqa: SIM115
-    assert report.produced == len(bundled_prompts())
+    assert report.produced == len(bundled_prompts()) + 6
     assert report.answered_once  # none lost, none twice
     assert sorted(c.id for c in report.candidates) == sorted(r.id for r in report.responses)
     assert all(len(c.samples) == 3 for c in report.candidates)

@@ -29,10 +29,11 @@ ALLOWED: dict[str, set[str]] = {
         "daemon",
     }
     | LIBRARIES,
-    "daemon.learning": {"daemon.serving", "daemon.verifying", "daemon.engines"} | LIBRARIES,
-    "daemon.serving": {"daemon.verifying", "daemon.engines"} | LIBRARIES,
-    "daemon.verifying": {"daemon.engines"} | LIBRARIES,
-    "daemon.engines": LIBRARIES,
+    "daemon.learning": {"daemon.serving", "daemon.verifying", "daemon.engines", "daemon"}
+    | LIBRARIES,
+    "daemon.serving": {"daemon.verifying", "daemon.engines", "daemon"} | LIBRARIES,
+    "daemon.verifying": {"daemon.engines", "daemon"} | LIBRARIES,
+    "daemon.engines": {"daemon"} | LIBRARIES,
     "daemon": set(),
     "streams": set(),
     "adapters": set(),

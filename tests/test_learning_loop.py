@@ -207,7 +207,7 @@ def test_gate_promotes_an_adapter_trained_on_right_answers_and_rejects_one_on_wr
     assert second.outcome == "rejected", second
     assert second.against == v1
     assert second.candidate["labeled_pass@1"] < second.active["labeled_pass@1"]
-    assert "does not beat" in second.reason
+    assert "lower bound does not clear" in second.reason
     rec2 = registry.require(v2)
     assert rec2.status == "rejected" and rec2.parent == v1
     assert rec2.decision["checks"][0]["candidate"] == second.candidate["labeled_pass@1"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.gate import HELDOUT, LABELED, GateConfig, decide
+from adapters.gate import HELDOUT, LABELED, GateConfig, decide, min_wins, paired_interval
 from adapters.registry import (
     BASE,
     Registry,
@@ -211,27 +211,91 @@ def test_registry_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ the gate
-def test_gate_promotes_only_a_clear_win_without_regressions() -> None:
-    cfg = GateConfig(margin=0.05, tolerance=0.1)
-    win = decide({LABELED: 0.6, HELDOUT: 0.5}, {LABELED: 0.5, HELDOUT: 0.55}, cfg)
-    assert win.promote and win.checks[0].metric == LABELED
-    assert win.checks[0].delta == pytest.approx(0.1)
-    small = decide({LABELED: 0.53, HELDOUT: 0.5}, {LABELED: 0.5, HELDOUT: 0.5}, cfg)
-    assert not small.promote and "does not beat" in small.reason
-    tie = decide({LABELED: 0.5}, {LABELED: 0.5}, GateConfig(margin=0.0))
-    assert not tie.promote  # a tie keeps what serves, even with margin 0
-    regress = decide({LABELED: 0.9, HELDOUT: 0.2}, {LABELED: 0.5, HELDOUT: 0.5}, cfg)
-    assert not regress.promote and HELDOUT in regress.reason
-    # a metric without data is skipped, unless it is the primary
-    skip = decide({LABELED: 0.9, HELDOUT: None}, {LABELED: 0.5, HELDOUT: 0.4}, cfg)
+def scores(passed: str) -> dict[str, float]:
+    """Per-item scores from a string of 1s and 0s: item i passed when passed[i] == '1'."""
+    return {f"item-{i:03d}": float(c == "1") for i, c in enumerate(passed)}
+
+
+def test_the_gate_holds_back_a_win_of_one_item_in_eight() -> None:
+    # The demo's case: 0.500 against 0.375 on 8 items is one item, which is noise.
+    d = decide({LABELED: scores("11110000")}, {LABELED: scores("11100000")}, GateConfig())
+    assert not d.promote and "lower bound does not clear 0.02" in d.reason
+    c = d.checks[0]
+    assert (c.items, c.wins, c.losses, c.candidate, c.active) == (8, 1, 0, 0.5, 0.375)
+    assert c.delta == pytest.approx(0.125) and c.low is not None and c.high is not None
+    assert c.low <= 0 < c.delta < c.high and c.level == 0.95
+    assert d.resolution["items"] == 8 and d.resolution["min_wins"] == 3
+    assert d.as_dict()["checks"][0]["low"] == c.low  # recorded with the decision
+
+
+def test_the_gate_promotes_a_gain_its_paired_interval_shows() -> None:
+    # 200 items: 0.225 -> 0.415 (the measured cycle), 45 won, 7 lost.
+    base = "1" * 45 + "0" * 155
+    cand = "1" * 38 + "0" * 7 + "1" * 45 + "0" * 110
+    d = decide({LABELED: scores(cand)}, {LABELED: scores(base)}, GateConfig())
+    c = d.checks[0]
+    assert d.promote, d.reason
+    assert (c.items, c.wins, c.losses) == (200, 45, 7)
+    assert c.candidate == pytest.approx(0.415) and c.active == pytest.approx(0.225)
+    assert 0.02 < c.low < c.delta < c.high
+    assert "[+" in d.reason and "200 items" in d.reason
+    # Same scores, any order: the same interval (a stored decision replays exactly).
+    again = decide({LABELED: scores(cand[::-1])}, {LABELED: scores(base[::-1])}, GateConfig())
+    assert (again.checks[0].low, again.checks[0].high) == (c.low, c.high)
+    # The same gain on too few items is not evidence.
+    few = decide({LABELED: scores("1111000000")}, {LABELED: scores("1100000000")}, GateConfig())
+    assert not few.promote and few.checks[0].delta == pytest.approx(0.2)
+
+
+def test_a_tie_or_a_loss_never_promotes() -> None:
+    tie = decide(
+        {LABELED: scores("1100" * 10)}, {LABELED: scores("1100" * 10)}, GateConfig(margin=0)
+    )
+    assert not tie.promote and tie.checks[0].low == tie.checks[0].high == 0
+    loss = decide({LABELED: scores("0" * 40)}, {LABELED: scores("1" * 40)}, GateConfig(margin=0))
+    assert not loss.promote and loss.checks[0].delta == -1
+
+
+def test_only_a_real_regression_beyond_tolerance_blocks() -> None:
+    cfg = GateConfig(tolerance=0.05)
+    win = scores("1" * 30 + "0" * 10), scores("0" * 40)
+    # 12 of 40 lost on the held-out metric: a drop of 0.3 whose interval excludes 0.
+    real = decide(
+        {LABELED: win[0], HELDOUT: scores("0" * 12 + "1" * 28)},
+        {LABELED: win[1], HELDOUT: scores("1" * 40)},
+        cfg,
+    )
+    assert not real.promote and HELDOUT in real.reason and "regresses" in real.reason
+    assert real.checks[1].passed is False and real.checks[1].high < 0
+    # 1 of 4 lost: a 0.25 drop on 4 items is noise (the interval includes 0).
+    noise = decide(
+        {LABELED: win[0], HELDOUT: scores("0111")}, {LABELED: win[1], HELDOUT: scores("1111")}, cfg
+    )
+    assert noise.promote and noise.checks[1].passed is True and noise.checks[1].delta == -0.25
+    # A metric without data is skipped, unless it is the primary.
+    skip = decide({LABELED: win[0], HELDOUT: None}, {LABELED: win[1], HELDOUT: scores("1")}, cfg)
     assert skip.promote and skip.checks[1].passed is None
-    blind = decide({LABELED: None}, {LABELED: 0.1}, cfg)
+    blind = decide({LABELED: None}, {LABELED: win[1]}, cfg)
     assert not blind.promote and "could not be measured" in blind.reason
     other = decide(
-        {LABELED: 0.1, HELDOUT: 0.9}, {LABELED: 0.5, HELDOUT: 0.5}, GateConfig(primary=HELDOUT)
-    )
+        {LABELED: win[1], HELDOUT: win[0]}, {LABELED: win[0], HELDOUT: win[1]},
+        GateConfig(primary=HELDOUT),
+    )  # fmt: skip
     assert not other.promote and LABELED in other.reason  # labeled now may not regress
     assert other.as_dict()["checks"][0]["metric"] == HELDOUT
+
+
+def test_a_gate_that_cannot_pass_on_its_items_says_so() -> None:
+    # The active adapter fails 1 of 8 items; passing needs 3 wins: no candidate can pass.
+    d = decide({LABELED: scores("11111111")}, {LABELED: scores("11111110")}, GateConfig())
+    assert not d.promote and d.resolution["can_pass"] is False
+    assert "cannot pass on these 8 items" in d.reason and "fails only 1" in d.reason
+    assert min_wins(8, 0.02, 0.95, 10_000) == 3
+    assert min_wins(200, 0.02, 0.95, 10_000) < 20
+    assert min_wins(8, 1.0, 0.95, 10_000) == 8  # all 8 right, 8 wrong before: bound 1
+    assert paired_interval([1.0] * 5, 0.95, 1000) == (1.0, 1.0)
+    lo, hi = paired_interval([1.0, 0.0] * 50, 0.95, 10_000)
+    assert lo == pytest.approx(0.4, abs=0.03) and hi == pytest.approx(0.6, abs=0.03)
 
 
 def test_a_read_only_registry_reads_and_cannot_write(tmp_path: Path) -> None:

@@ -59,14 +59,24 @@ def _fill_store(settings: Settings) -> None:
         store.record(*prompt("p3", {"h": "cycle"}))
 
 
+def _items(right: int, n: int) -> dict[str, float]:
+    """n items of which the first ``right`` passed (so two adapters agree where both pass)."""
+    return {f"i{i}": float(i < right) for i in range(n)}
+
+
+def _means(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {m: sum(v.values()) / len(v) for m, v in scores.items()}
+
+
 def _fill_registry(settings: Settings) -> tuple[str, str, str]:
     """v1 passed the gate against the base and serves; v2 was rejected against v1; the run
     that reserved v3 failed. Returns the three version names."""
     with Registry(settings.adapters.path(settings.data_dir)) as reg:
         v1 = _add(reg)
-        base_m = {LABELED: 0.25, HELDOUT: 0.5}
-        v1_m = {LABELED: 0.5, HELDOUT: 0.75}
-        d1 = decide(v1_m, base_m, GateConfig())
+        base_s = {LABELED: _items(10, 40), HELDOUT: _items(2, 4)}
+        v1_s = {LABELED: _items(20, 40), HELDOUT: _items(3, 4)}
+        base_m, v1_m = _means(base_s), _means(v1_s)
+        d1 = decide(v1_s, base_s, GateConfig())
         assert d1.promote
         reg.record_decision(
             v1,
@@ -76,8 +86,9 @@ def _fill_registry(settings: Settings) -> tuple[str, str, str]:
         )
         reg.promote(v1, actor="train", reason=d1.reason)
         v2 = _add(reg)
-        v2_m = {LABELED: 0.375, HELDOUT: 0.8}
-        d2 = decide(v2_m, v1_m, GateConfig())
+        v2_s = {LABELED: _items(15, 40), HELDOUT: _items(4, 4)}
+        v2_m = _means(v2_s)
+        d2 = decide(v2_s, v1_s, GateConfig())
         assert not d2.promote
         reg.record_decision(
             v2,
@@ -156,8 +167,8 @@ def test_status_json_reports_every_section(
     assert act["train_loss"] == 0.5 and act["sample_count"] == 3
     new = a["newest"]
     assert new["version"] == v2 and new["status"] == "rejected"
-    assert new["metrics"] == {LABELED: 0.375, HELDOUT: 0.8} and new["compared_to"] == v1
-    assert new["gate"]["promote"] is False and "does not beat it" in new["gate"]["reason"]
+    assert new["metrics"] == {LABELED: 0.375, HELDOUT: 1.0} and new["compared_to"] == v1
+    assert new["gate"]["promote"] is False and "lower bound does not clear" in new["gate"]["reason"]
 
     # 2. runs: newest first, joined with the adapter each registered.
     runs = data["runs"]
@@ -247,7 +258,7 @@ def test_status_screen_shows_the_key_facts(
     assert f"serving: {v1}" in out and f"pinned to {v1}" in out
     assert line("version", v1, v2) and line("status", "promoted", "rejected")
     assert line(LABELED, "0.500 vs 0.250", "0.375 vs 0.500")
-    assert line(HELDOUT, "0.750 vs 0.500", "0.800 vs 0.750")
+    assert line(HELDOUT, "0.750 vs 0.500", "1.000 vs 0.750")
     assert line("gate", "passed: labeled_pass@1 0.500", "rejected: labeled_pass@1 0.375")
     assert line("made active by", "train")
     assert line(v3, "failed", "7") and line(v2, "done", "rejected", "0.5000")

@@ -15,7 +15,7 @@ from daemon.operating.up import Up
 from streams.broker import free_port
 from streams.connection import KafkaSettings
 from streams.producer import Producer
-from streams.schemas import PromptMessage, ResponseMessage
+from streams.schemas import CheckSpec, PromptMessage, ResponseMessage
 from streams.topics import TopicsConfig
 from tests.conftest import read_topic, wait_for
 from tests.test_learning_loop import RIGHT, _accept, _settings
@@ -38,9 +38,25 @@ def _demo_settings(tmp: Path, model: Path, **demo: object) -> Settings:
             "max_tokens": 6,
             "votes": 1,
             "checker_domains": [],
+            "task_prompts": 4,
+            "eval_items": 12,
             **demo,
         },
     )
+
+
+def _up_settings(
+    kafka: KafkaSettings, topics: TopicsConfig, tmp_path: Path, model_dir: Path
+) -> Settings:
+    """The learning loop's test settings for `up`: a train tick every second, free ports,
+    greedy one-candidate serving, the test's own groups."""
+    settings = _settings(kafka, topics, tmp_path, model_dir, interval_s=1.0)
+    settings.metrics = settings.metrics.model_copy(update=_free_metrics())
+    serve = settings.serve
+    serve.max_tokens, serve.temperature, serve.extra_candidates = 4, 0.0, 0
+    serve.group_id = serve.transactional_id = f"serve-{topics.prompts}"
+    settings.verify.group_id = f"verify-{topics.prompts}"
+    return settings
 
 
 def test_up_trains_promotes_and_serves_the_new_adapter_then_stops(
@@ -50,12 +66,7 @@ def test_up_trains_promotes_and_serves_the_new_adapter_then_stops(
     tiny_engine: TransformersEngine,
     tmp_path: Path,
 ) -> None:
-    settings = _settings(kafka, topics, tmp_path, tiny_model_dir, interval_s=1.0)
-    settings.metrics = settings.metrics.model_copy(update=_free_metrics())
-    serve = settings.serve
-    serve.max_tokens, serve.temperature, serve.extra_candidates = 4, 0.0, 0
-    serve.group_id = serve.transactional_id = f"serve-{topics.prompts}"
-    settings.verify.group_id = f"verify-{topics.prompts}"
+    settings = _up_settings(kafka, topics, tmp_path, tiny_model_dir)
     _accept(settings, RIGHT, 0, 30, seed=2)  # what verify accepted earlier
     with Up(settings, tiny_engine, until_promotion=True, max_minutes=10) as up:
         state = up.wait()
@@ -79,6 +90,68 @@ def test_up_trains_promotes_and_serves_the_new_adapter_then_stops(
     assert resp.adapter == version and resp.text.strip() == RIGHT
     with Registry(settings.adapters.path(settings.data_dir), read_only=True) as reg:
         assert reg.active_version() == version
+
+
+def test_up_keeps_learning_each_cycle_on_new_data_gated_against_what_serves(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    tiny_model_dir: Path,
+    tiny_engine: TransformersEngine,
+    tmp_path: Path,
+) -> None:
+    """Continuous: prompts keep arriving and being answered; samples accepted after the
+    first promotion train a second adapter, continued from the one that serves and gated
+    against it, and the registry records the lineage."""
+    settings = _up_settings(kafka, topics, tmp_path, tiny_model_dir)
+    settings.train.lora.init = "active"
+    # The steady stream is judged by a checker no answer passes: the new data is ours.
+    settings.verify.domains = {"steady": ["checker"]}
+    never = CheckSpec(checker="exact", answer="no answer says this")
+    _accept(settings, RIGHT, 0, 30, seed=2)  # what verify accepted before the first cycle
+    producer = Producer(kafka)
+    sent: list[str] = []
+    more: list[bool] = []
+
+    def tick(up: Up) -> None:
+        pid = f"steady-{len(sent)}"
+        prompt = PromptMessage(
+            id=pid, prompt=f"Item {800 + len(sent)}: lamp?", domain="steady", check=never
+        )
+        producer.send(topics.prompts, prompt)
+        producer.flush()
+        sent.append(pid)
+        if up.state.swapped and not more:  # new data accepted while v1 serves
+            _accept(settings, RIGHT, 200, 20, seed=5)
+            more.append(True)
+
+    with Up(settings, tiny_engine, max_cycles=2, max_minutes=10) as up:
+        state = up.wait(tick)
+    producer.close()
+    assert "2 training cycle(s) decided" in state.stopped_by, state
+    first, second = state.cycles
+    assert first.outcome == "promoted" and first.against == "base"
+    v1, v2 = first.version, second.version
+    # The second cycle trained on the new samples only, from the adapter that served...
+    assert second.against == v1 and second.trained_on == second.new_samples
+    assert 0 < second.trained_on <= 20 < first.trained_on
+    # ...and was gated against it: v1 already answers the labeled set, so no candidate can
+    # show a gain on these items, and the decision says so.
+    assert second.outcome == "rejected" and "lower bound does not clear" in second.reason
+    assert second.decision["resolution"]["can_pass"] is False
+    assert "cannot pass on these" in second.reason
+    with Registry(settings.adapters.path(settings.data_dir), read_only=True) as reg:
+        r1, r2 = reg.require(v1), reg.require(v2)
+        assert reg.active_version() == v1
+    assert (r1.parent, r1.snapshot_id, r1.status) == (None, v1, "promoted")
+    assert (r2.parent, r2.snapshot_id, r2.status) == (v1, v2, "rejected")
+    assert r2.sample_count == second.trained_on
+    # serve answered the steady stream throughout, never on the rejected v2
+    responses = [
+        ResponseMessage.model_validate_json(r.value) for r in read_topic(kafka, topics.responses)
+    ]
+    served = {r.id: r.adapter for r in responses}
+    assert set(served) <= set(sent) and len(served) >= 2
+    assert set(served.values()) <= {None, v1} and served[max(served, key=sent.index)] == v1
 
 
 def test_demo_trains_on_what_verify_accepted_gates_it_and_shows_status(
@@ -116,7 +189,7 @@ def test_demo_pauses_training_while_the_verifier_is_below_its_floor(
 ) -> None:
     # the yes-judges accept everything, all of it wrong
     settings = _demo_settings(
-        tmp_path, yes_model_dir, verifier_floor=0.5, eval_items=3, compare_items=0
+        tmp_path, yes_model_dir, verifier_floor=0.5, verifier_items=3, compare_items=0
     )
     out = io.StringIO()
     report = run_demo(settings, Console(file=out, width=140))

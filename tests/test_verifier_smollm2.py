@@ -68,10 +68,11 @@ def test_self_cascade_vs_checker_on_the_bundled_heldout_set(
         assert r.precision == pytest.approx(r.accepted_correct / r.accepted)
     assert r.auc is None or 0.0 <= r.auc <= 1.0
     assert r.judge_calls > 0 and checker.judge_calls == 0
-    # The bundled checks agree with the reference answers, candidate for candidate.
-    if checker.correct:
-        assert checker.precision == 1.0 and checker.recall == 1.0
-    assert checker.accepted == checker.correct
+    # The bundled checks accept only right answers; a right final answer whose stated
+    # reasoning is false ("6 + 10 = 16" on the way) is rejected, so recall may fall short.
+    if checker.accepted:
+        assert checker.precision == 1.0
+    assert checker.accepted <= checker.correct
 
     per_stage = ", ".join(
         f"{s.stage} {_f(s.precision)}/{_f(s.recall)}/{_f(s.auc)} ({s.reached} reached)"

@@ -152,6 +152,15 @@ class EvalReport:
         return asdict(self)
 
 
+def item_scores(report: dict[str, Any]) -> dict[str, dict[str, float] | None]:
+    """Per metric, each item's score (1.0 passed) in an :class:`EvalReport` dict: what the
+    gate pairs between the candidate and the active adapter. None: the metric has no data."""
+    out: dict[str, dict[str, float] | None] = {}
+    for metric, rows in ((LABELED, report.get("labeled")), (HELDOUT, report.get("heldout"))):
+        out[metric] = {str(r["id"]): float(bool(r["passed"])) for r in rows} if rows else None
+    return out
+
+
 def fingerprint(
     items: Sequence[LabeledItem],
     heldout: Sequence[dict[str, Any]],
@@ -187,15 +196,23 @@ def _answers(
     chats: Sequence[Sequence[dict[str, str]]],
     adapter: str | None,
     config: EvalConfig,
+    label: str,
 ) -> list[str]:
+    """Greedy answers, a batch at a time, reported as a step (``daemon.progress``)."""
+    from daemon import progress
+
     requests = [
         ChatRequest(list(chat), n=1, temperature=0.0, max_tokens=config.max_tokens, adapter=adapter)
         for chat in chats
     ]
-    return [
-        r.completions[0].text if r.completions else ""
-        for r in generate_batched(engine, requests, config.batch_size)
-    ]
+    out: list[str] = []
+    with progress.track(label, len(requests)) as step:
+        for i in range(0, len(requests), config.batch_size):
+            batch = requests[i : i + config.batch_size]
+            results = generate_batched(engine, batch, config.batch_size)
+            out += [r.completions[0].text if r.completions else "" for r in results]
+            step.advance(len(batch))
+    return out
 
 
 def evaluate(
@@ -215,7 +232,11 @@ def evaluate(
     labeled: list[dict[str, Any]] = []
     if items:
         outputs = _answers(
-            engine, [[{"role": "user", "content": it.question}] for it in items], adapter, config
+            engine,
+            [[{"role": "user", "content": it.question}] for it in items],
+            adapter,
+            config,
+            f"eval {name}: labeled problems",
         )
         for it, text in zip(items, outputs, strict=True):
             labeled.append({"id": it.id, "output": text, "passed": grade(it, text)})
@@ -224,7 +245,7 @@ def evaluate(
     judged: list[dict[str, Any]] = []
     if heldout:
         prompts = [row["messages"][:-1] for row in heldout]
-        answers = _answers(engine, prompts, adapter, config)
+        answers = _answers(engine, prompts, adapter, config, f"eval {name}: held-out prompts")
         inputs = [
             CascadeInput(
                 prompt_id=str(row["id"]),

@@ -46,6 +46,7 @@ from daemon.learning.evaluate import (
     eval_cascade_config,
     evaluate,
     fingerprint,
+    item_scores,
     load_eval_data,
 )
 from daemon.learning.metrics import (
@@ -327,11 +328,17 @@ def _train(
     should_stop: Callable[[], bool] | None,
 ) -> dict[str, Any]:
     from adapters.training import train_lora
+    from daemon import progress as steps
     from daemon.engines.model_files import resolve_model_dir
 
     model_dir = resolve_model_dir(settings.model.path, settings.model.cache_dir)
     init_dir = registry.full_path(init) if init is not None else None
-    with registry.staging(version) as tmp:
+    with registry.staging(version) as tmp, steps.track(f"training {version}", None, "steps") as t:
+
+        def on_step(step: int, total: int, loss: float, tokens_per_s: float) -> None:
+            t.total = total
+            t.advance(1, loss=f"{loss:.4f}", tokens_s=f"{tokens_per_s:.0f}")
+
         result = train_lora(
             model_dir,
             [r["messages"] for r in rows],
@@ -342,6 +349,7 @@ def _train(
             should_stop=should_stop,
             threads=settings.engine.torch_threads,
             device=settings.model.device,
+            on_step=None if progress else on_step,  # progress: the trainer's own bar
         )
     return result.as_dict()
 
@@ -389,7 +397,7 @@ def gate_candidate(
 
     _export_scores(version, cand_eval["metrics"])
     _export_scores(against, active_eval["metrics"])
-    decision = decide(cand_eval["metrics"], active_eval["metrics"], cfg.gate)
+    decision = decide(item_scores(cand_eval), item_scores(active_eval), cfg.gate)
     pinned = registry.pinned()
     record = {
         **decision.as_dict(),

@@ -1,5 +1,13 @@
 """`selfdistill eval verifier`: the verifier measured (or an identical stored measurement
-recalled) and shown: per stage, or as the n × v sweep."""
+recalled) and shown: per stage, or as the n × v sweep.
+
+When the measured cascade runs the ``checker`` stage (in ``stages`` or in any domain's),
+the report adds one line (and ``checker_consistency`` in ``--json``): the checker's
+false-accept rate on the bundled corpus of right answers given for a wrong reason, and its
+false-reject rate on consistent controls, each with n and a 95% Wilson interval
+(:func:`daemon.verifying.checkers.measure_consistency`). It is measured afresh every time:
+it needs no model and takes milliseconds. Not stored with the measurement, so a stored
+report stays what it was."""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ from daemon.learning.verifier_gate import (
     run_plan,
     run_sweep,
 )
+from daemon.verifying.checkers import measure_consistency
 from daemon.verifying.quality import SweepReport, VerifierReport, ratio
 
 if TYPE_CHECKING:
@@ -21,6 +30,8 @@ if TYPE_CHECKING:
 
     from daemon.engines.base import Engine
     from daemon.operating.config import Settings
+    from daemon.verifying.cascade import CascadeConfig
+    from daemon.verifying.consistency import ConsistencyReport
 
 
 def run_eval_verifier(
@@ -76,19 +87,50 @@ def run_eval_verifier(
             finally:
                 if own:
                     engine.close()
+    consistency = checker_consistency(plan.cascade)
     if as_json:
-        print(json.dumps(result.as_dict(), indent=2), file=console.file)
+        data = result.as_dict()
+        if consistency is not None:
+            data["checker_consistency"] = (
+                consistency if isinstance(consistency, dict) else consistency.as_dict()
+            )
+        print(json.dumps(data, indent=2), file=console.file)
         return 0
     if isinstance(result, SweepReport):
         render_sweep(result, console)
     else:
         render_report(result, console)
+    if consistency is not None:
+        render_consistency(consistency, console)
     if cached is not None:
         console.print(
             f"(an identical measurement stored earlier, fingerprint {fp}; --fresh measures again)",
             highlight=False,
         )
     return 0
+
+
+def uses_checker(cascade: CascadeConfig) -> bool:
+    """Whether ``cascade`` runs the checker stage on any prompt (its stages or a domain's)."""
+    return "checker" in cascade.stages or any("checker" in s for s in cascade.domains.values())
+
+
+def checker_consistency(cascade: CascadeConfig) -> ConsistencyReport | dict[str, str] | None:
+    """The checker's consistency report where ``cascade`` uses the checker stage, else None;
+    ``{"error": ...}`` when the corpus cannot be read (an install without its data)."""
+    if not uses_checker(cascade):
+        return None
+    try:
+        return measure_consistency()
+    except (OSError, ValueError) as exc:
+        return {"error": f"the consistency corpus cannot be used: {exc}"}
+
+
+def render_consistency(report: ConsistencyReport | dict[str, str], console: Console) -> None:
+    if isinstance(report, dict):
+        console.print(f"checker consistency: not measured ({report['error']})", highlight=False)
+    else:
+        console.print(report.line(), highlight=False, soft_wrap=True)
 
 
 def _stderr(console: Console) -> Console:

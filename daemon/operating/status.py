@@ -310,6 +310,7 @@ def _adapter(reg: Registry, rec: AdapterRecord) -> dict[str, Any]:
                 "reason": decision.get("reason"),
                 "pinned": decision.get("pinned"),
                 "checks": decision.get("checks", []),
+                "resolution": decision.get("resolution"),
             }
             if decision
             else None

@@ -100,6 +100,16 @@ def _render_adapter(a: dict[str, Any], console: Console) -> None:
             return "no decision recorded"
         return f"{'passed' if g.get('promote') else 'rejected'}: {g.get('reason')}"
 
+    def interval(rec: dict[str, Any]) -> str | None:
+        checks = (rec.get("gate") or {}).get("checks") or []
+        c = checks[0] if checks else {}
+        if c.get("low") is None:
+            return None
+        return (
+            f"{c['metric']} delta {c['delta']:+.3f}, {c['level']:.0%} interval "
+            f"[{c['low']:+.3f}, {c['high']:+.3f}] on {c['items']} paired items"
+        )
+
     row("version", lambda r: r["version"])
     row("status", lambda r: r["status"])
     row("promoted", lambda r: show_when(r["promoted_at"]) if r["status"] == "promoted" else None)
@@ -110,6 +120,7 @@ def _render_adapter(a: dict[str, Any], console: Console) -> None:
     row(LABELED, metric(LABELED))
     row(HELDOUT, metric(HELDOUT))
     row("gate", gate)
+    row("evidence", interval)
 
     def made_active(rec: dict[str, Any]) -> str | None:
         if rec["status"] != "promoted" or not rec.get("promoted_by"):

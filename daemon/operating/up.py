@@ -68,6 +68,7 @@ class Up:
         max_cycles: int | None = None,
         max_minutes: float | None = None,
         train_when: Callable[[], bool] | None = None,
+        train: bool = True,
     ) -> None:
         from daemon.serving.worker import ServeWorker
         from daemon.verifying.store_writer import StoreWriter
@@ -79,6 +80,7 @@ class Up:
         self.max_cycles = max_cycles
         self.max_minutes = max_minutes
         self.train_when = train_when  # None: the schedule and min_new_samples decide
+        self.train = train  # False: no scheduler; the caller runs the cycles (the demo)
         self.state = UpState()
         self.serve: ServeWorker = ServeWorker(settings, engine)
         self.verify: VerifyWorker = VerifyWorker(settings, engine)
@@ -103,9 +105,10 @@ class Up:
             )
             t.start()
             self._threads.append(t)
-        self._scheduler = BackgroundScheduler()
-        add_training_job(self._scheduler, self.settings, self._train_tick)
-        self._scheduler.start()
+        if self.train:
+            self._scheduler = BackgroundScheduler()
+            add_training_job(self._scheduler, self.settings, self._train_tick)
+            self._scheduler.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -160,7 +163,9 @@ class Up:
         with (
             observability(m, "serve", self.serve.is_ready),
             observability(m, "verify", self.verify.loop.is_ready, metrics=False),
-            observability(m, "train", lambda: self._scheduler is not None, metrics=False),
+            observability(
+                m, "train", lambda: not self.train or self._scheduler is not None, metrics=False
+            ),
         ):
             yield
 
@@ -222,11 +227,16 @@ class Up:
         return self.state
 
     def progress(self) -> str:
+        """One line for a status display or a log: every worker's count and, while a long
+        step runs (training, the gate's evaluation), how far it is."""
+        from daemon import progress
+
         s, v = self.serve.loop.stats, self.verify.loop.stats
+        step = progress.current()
         return (
             f"serve: {s.processed} answered | verify: {v.processed} judged, "
-            f"{self.verify.handler.accepted} accepted | store: {self.stored} written | train: {self.state.training} | "
-            f"{self.state.minutes:.1f} min"
+            f"{self.verify.handler.accepted} accepted | store: {self.stored} written | "
+            f"train: {step or self.state.training} | {self.state.minutes:.1f} min"
         )
 
 

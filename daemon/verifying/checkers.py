@@ -8,7 +8,12 @@ these stages before or instead of the judges:
   (after the last ``</think>``). The built-ins ``exact``, ``numeric``, ``regex`` and
   ``choice`` are the held-out set's graders (:mod:`daemon.verifying.graders`), so a prompt is checked
   by the same rule the promotion gate grades with; ``arithmetic`` computes the prompt's
-  ``expression`` itself and compares the answer's last number with it. Users add their own
+  ``expression`` itself and compares the answer's last number with it. Each built-in
+  accepts only an answer that is right *for the right reason*: one that also states
+  something false that can be checked exactly ("7 + 6 = 11" before a right "D) 13", a
+  restated "D) 11" when option D is 13, "15 < 9" before a right "yes") is rejected, and
+  the detail says which statement (:func:`daemon.verifying.consistency.contradictions`;
+  :func:`measure_consistency` measures the rule on a bundled corpus). Users add their own
   with :func:`register_checker`.
 - ``execution``: the code in the final answer (its last fenced block) runs against the
   prompt's tests in :mod:`daemon.verifying.sandbox`; resource exhaustion, crashes and forbidden calls
@@ -27,14 +32,22 @@ runs in the worker's own process.
 
 from __future__ import annotations
 
-import ast
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
+from pathlib import Path
 
 from pydantic import ValidationError
 
+# The evaluator moved to its own module (the consistency rule uses it too); still shown here.
+from daemon.verifying.arithmetic import MAX_BITS as MAX_BITS
+from daemon.verifying.arithmetic import ExpressionError, evaluate_arithmetic
+from daemon.verifying.consistency import (
+    ConsistencyReport,
+    CorpusCase,
+    contradictions,
+    load_corpus,
+)
 from daemon.verifying.graders import (
     REGEX_TIMEOUT_S,
     GraderName,
@@ -179,7 +192,8 @@ def check_exact(check: CheckSpec, answer: str) -> ToolVerdict:
     if isinstance(item, str):
         return ToolVerdict(False, item)
     found = _clip(last_line(answer)) if answer.strip() else "an empty answer"
-    return ToolVerdict(grade(item, answer), f"expected {_clip(item.answer)}, found {found}")
+    verdict = ToolVerdict(grade(item, answer), f"expected {_clip(item.answer)}, found {found}")
+    return _consistent(verdict, check, answer)
 
 
 @register_checker("numeric")
@@ -191,7 +205,8 @@ def check_numeric(check: CheckSpec, answer: str) -> ToolVerdict:
     got = extract_number(answer)
     found = "no number" if got is None else _number(got)
     within = f" (tolerance {check.tolerance:g})" if check.tolerance else ""
-    return ToolVerdict(grade(item, answer), f"expected {item.answer}{within}, found {found}")
+    verdict = ToolVerdict(grade(item, answer), f"expected {item.answer}{within}, found {found}")
+    return _consistent(verdict, check, answer)
 
 
 @register_checker("regex")
@@ -208,7 +223,8 @@ def check_regex(check: CheckSpec, answer: str) -> ToolVerdict:
             False, f"the pattern /{_clip(item.answer)}/ ran past {REGEX_TIMEOUT_S:g}s: no match"
         )
     found = "matched" if passed else f"no match in {_clip(answer)}"
-    return ToolVerdict(passed, f"expected a match for /{item.answer}/, {found}")
+    verdict = ToolVerdict(passed, f"expected a match for /{item.answer}/, {found}")
+    return _consistent(verdict, check, answer)
 
 
 @register_checker("choice")
@@ -218,102 +234,13 @@ def check_choice(check: CheckSpec, answer: str) -> ToolVerdict:
     if isinstance(item, str):
         return ToolVerdict(False, item)
     picked = extract_choice(final_answer(answer), item.choices)
-    return ToolVerdict(
+    verdict = ToolVerdict(
         grade(item, answer), f"expected {item.answer}, found {picked or 'no choice'}"
     )
+    return _consistent(verdict, check, answer)
 
 
 # --- arithmetic ----------------------------------------------------------------------------
-
-#: Largest numerator or denominator, in bits, an arithmetic expression may reach. Far beyond
-#: any grade-school answer, and small enough that no expression of 512 characters can take
-#: noticeable time or memory: "9**9**9" is refused before anything is computed.
-MAX_BITS = 4096
-
-
-class ExpressionError(ValueError):
-    """An expression the arithmetic checker will not (or cannot) compute; says why."""
-
-
-_BINARY: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
-    ast.Add: lambda a, b: a + b,
-    ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: a / b,
-    ast.FloorDiv: lambda a, b: Fraction(a // b),
-    ast.Mod: lambda a, b: a % b,
-}
-
-
-def evaluate_arithmetic(expression: str) -> Fraction:
-    """The exact value of ``expression``: numbers, + - * / // % **, unary + -, parentheses.
-
-    Evaluated on the syntax tree with exact fractions (so ``2/5`` is two fifths, not a
-    float), never with ``eval``: a name, a call, an attribute or anything else is refused
-    without being run. Powers are bounded before they are computed (see :data:`MAX_BITS`);
-    a non-integer power is computed in floating point and must be real and finite.
-    Raises :class:`ExpressionError` (a ValueError) saying what is wrong.
-    """
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        raise ExpressionError(f"not an expression ({type(exc).__name__})") from None
-    try:
-        return _eval(tree.body)
-    except RecursionError:
-        raise ExpressionError("expression nested too deeply") from None
-    except ZeroDivisionError:
-        raise ExpressionError("division by zero") from None
-
-
-def _eval(node: ast.AST) -> Fraction:
-    if isinstance(node, ast.Constant):
-        value = node.value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ExpressionError(f"not a number: {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ExpressionError(f"not a finite number: {value!r}")
-        # repr() is the shortest text of the float, so 0.1 becomes exactly 1/10.
-        return _bounded(Fraction(value) if isinstance(value, int) else Fraction(repr(value)))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd | ast.USub):
-        operand = _eval(node.operand)
-        return operand if isinstance(node.op, ast.UAdd) else -operand
-    if isinstance(node, ast.BinOp):
-        left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow):
-            return _power(left, right)
-        operation = _BINARY.get(type(node.op))
-        if operation is None:
-            raise ExpressionError(f"operator not allowed: {type(node.op).__name__}")
-        return _bounded(operation(left, right))
-    raise ExpressionError(f"not allowed in an arithmetic expression: {type(node).__name__}")
-
-
-def _bits(value: Fraction) -> int:
-    return max(value.numerator.bit_length(), value.denominator.bit_length())
-
-
-def _bounded(value: Fraction) -> Fraction:
-    if _bits(value) > MAX_BITS:
-        raise ExpressionError(f"a value exceeds {MAX_BITS} bits")
-    return value
-
-
-def _power(base: Fraction, exponent: Fraction) -> Fraction:
-    if exponent.denominator == 1:
-        n = exponent.numerator
-        if base in (0, 1, -1):  # cheap at any exponent: 1 ** 10**100 is fine
-            return base**n
-        if abs(n) * _bits(base) > MAX_BITS:
-            raise ExpressionError(f"power too large (more than {MAX_BITS} bits)")
-        return _bounded(base**n)
-    try:
-        value = float(base) ** float(exponent)
-    except (OverflowError, ZeroDivisionError) as exc:
-        raise ExpressionError(f"power out of range ({exc})") from None
-    if isinstance(value, complex) or not math.isfinite(value):
-        raise ExpressionError("power is not a finite real number")
-    return _bounded(Fraction(value))
 
 
 @register_checker("arithmetic")
@@ -333,4 +260,39 @@ def check_arithmetic(check: CheckSpec, answer: str) -> ToolVerdict:
     if got is None:
         return ToolVerdict(False, f"{shown}, found no number")
     passed = math.isclose(got, expected, rel_tol=1e-9, abs_tol=check.tolerance)
-    return ToolVerdict(passed, f"{shown}, found {_number(got)}")
+    return _consistent(ToolVerdict(passed, f"{shown}, found {_number(got)}"), check, answer)
+
+
+# --- right for the right reason ------------------------------------------------------------
+
+
+def _consistent(verdict: ToolVerdict, check: CheckSpec, answer: str) -> ToolVerdict:
+    """A built-in's passing verdict stands only if nothing else the answer states that can be
+    checked contradicts it; otherwise it fails and says what (the first two reasons)."""
+    if not verdict.passed:
+        return verdict
+    reasons = contradictions(answer, check)
+    if not reasons:
+        return verdict
+    more = f" (and {len(reasons) - 2} more)" if len(reasons) > 2 else ""
+    return ToolVerdict(False, f"{verdict.detail}, but it {'; it '.join(reasons[:2])}{more}")
+
+
+def measure_consistency(
+    cases: Sequence[CorpusCase] | None = None, corpus: Path | None = None
+) -> ConsistencyReport:
+    """Run the checker stage over a consistency corpus (default: the bundled one, see
+    :data:`daemon.verifying.consistency.CORPUS`): the wrong-reason answers it accepted are
+    its false accepts, the consistent ones it rejected its false rejects. Deterministic and
+    quick (no model, no sandbox); raises what :func:`load_corpus` raises."""
+    cases = load_corpus(corpus) if cases is None else list(cases)
+    sandbox = SandboxConfig()
+    passed = {c.id: run_tool_stage("checker", c.check, c.answer, sandbox).passed for c in cases}
+    wrong = [c for c in cases if not c.consistent]
+    controls = [c for c in cases if c.consistent]
+    return ConsistencyReport(
+        cases=len(wrong),
+        false_accepts=[c.id for c in wrong if passed[c.id]],
+        controls=len(controls),
+        false_rejects=[c.id for c in controls if not passed[c.id]],
+    )

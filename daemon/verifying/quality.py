@@ -134,7 +134,15 @@ def sample_candidates(
         )
         for item in items
     ]
-    return [[c.text for c in r.completions] for r in generate_batched(engine, requests, batch_size)]
+    from daemon import progress
+
+    out: list[list[str]] = []
+    with progress.track(f"sampling {n} candidates per problem", len(requests), "problems") as t:
+        for i in range(0, len(requests), batch_size):
+            results = generate_batched(engine, requests[i : i + batch_size], batch_size)
+            out += [[c.text for c in r.completions] for r in results]
+            t.advance(len(results))
+    return out
 
 
 # ------------------------------------------------------------------------------ AUC
@@ -391,10 +399,14 @@ def _judge_all(
         CascadeInput(item.id, item.question, list(c), domain=item.domain, check=item.check)
         for item, c in zip(items, candidates, strict=True)
     ]
+    from daemon import progress
+
     step = batch_size or max(1, len(items))
     outcomes: list[PromptOutcome] = []
-    for i in range(0, len(inputs), step):  # a fresh Cascade (vote RNG from its seed) per batch
-        outcomes += Cascade(engine, config, adapter=judge_adapter).run(inputs[i : i + step])
+    with progress.track("judging the candidates", len(inputs), "problems") as t:
+        for i in range(0, len(inputs), step):  # a fresh Cascade (vote RNG from its seed) per batch
+            outcomes += Cascade(engine, config, adapter=judge_adapter).run(inputs[i : i + step])
+            t.advance(len(inputs[i : i + step]))
     return [
         [_judged(item, c, config) for c in outcome.candidates]
         for item, outcome in zip(items, outcomes, strict=True)

@@ -5,7 +5,7 @@ The commands live beside it, one module per group."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -100,7 +100,7 @@ def print_cycle(report: object) -> None:
         for check in report.decision.get("checks", []):
             out.print(
                 f"  {check['metric']}: candidate {fmt_num(check['candidate'])} vs "
-                f"{report.against} {fmt_num(check['active'])} → "
+                f"{report.against} {fmt_num(check['active'])}{fmt_interval(check)} → "
                 f"{'ok' if check['passed'] else 'skipped' if check['passed'] is None else 'FAIL'}"
                 f" ({check['rule']})",
                 highlight=False,
@@ -111,3 +111,13 @@ def print_cycle(report: object) -> None:
 
 def fmt_num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def fmt_interval(check: dict[str, Any]) -> str:
+    """`` on 200 items, delta +0.19 [+0.12, +0.26] (95%)`` for a gate check with an interval."""
+    if check.get("low") is None or check.get("delta") is None:
+        return ""
+    return (
+        f" on {check['items']} items, delta {check['delta']:+.3f} "
+        f"[{check['low']:+.3f}, {check['high']:+.3f}] ({check['level']:.0%})"
+    )
