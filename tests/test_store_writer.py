@@ -162,10 +162,14 @@ def test_rebuild_equals_the_live_store_and_keeps_the_trainers_snapshots(
     config.write_text(render_toml(settings, comments=False))
     out = tmp_path / "rebuilt.db"
     res = cli(
-        "-c", str(config), "store", "rebuild", "--out", str(out), "--snapshots-from", str(live)
+        "-c",
+        str(config),
+        *("store", "rebuild", "--out", str(out), "--snapshots-from", str(live)),
+        env={"COLUMNS": "60"},  # narrower than the line: it must still come out whole
     )
     assert res.returncode == 0, res.stderr
-    assert "from 4 verdicts" in res.stdout and "1 snapshots copied" in res.stdout
+    assert f"rebuilt {out} from 4 verdicts: 3 prompts" in res.stdout
+    assert "1 snapshots copied" in res.stdout
     assert store_rows(out) == store_rows(live)
     with Store(out, read_only=True) as s:
         # The same members (their order is the order rows were applied in, which follows

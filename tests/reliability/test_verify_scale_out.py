@@ -176,7 +176,7 @@ def test_three_verify_processes_and_a_store_writer_killed_at_random_store_each_p
     assert res.returncode == 0, res.stderr
     # It reads every verdict on the topic, duplicates of a rebalance included, and the
     # store it builds still holds each prompt once.
-    assert f"from {len(records)} verdicts: {PROMPTS} prompts" in " ".join(res.stdout.split())
+    assert f"from {len(records)} verdicts: {PROMPTS} prompts" in res.stdout
     live, again = store_rows(db), store_rows(rebuilt)
     assert {t: len(r) for t, r in again.items()} == {t: len(r) for t, r in live.items()}
     assert again == live

@@ -38,7 +38,13 @@ store_app = typer.Typer(
 )
 app.add_typer(store_app, name="store")
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def lines() -> Console:
+    """A console for result lines: never wrapped at the terminal's width, so a script (or an
+    operator's grep) sees each result whole on one line, however long its paths."""
+    return Console(soft_wrap=True)
 
 
 class _State:
@@ -88,7 +94,7 @@ def print_cycle(report: object) -> None:
     from daemon.learning.train import CycleReport
 
     assert isinstance(report, CycleReport)
-    out = Console()
+    out = lines()
     out.print(f"[bold]{report.outcome}[/]: {report.reason}", highlight=False)
     if report.version:
         out.print(

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from daemon.operating.cli.app import app, err, print_cycle, settings, state, store_app
+from daemon.operating.cli.app import app, err, lines, print_cycle, settings, state, store_app
 from daemon.operating.logs import setup_logging
 
 
@@ -119,7 +119,7 @@ def store_rebuild(
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
     c = result.counts
-    Console().print(
+    lines().print(
         f"rebuilt {result.path} from {result.verdicts} verdicts"
         f"{f' ({result.undecodable} undecodable, skipped)' if result.undecodable else ''}: "
         f"{c['prompts']} prompts, {c['candidates']} candidates, {c['votes']} votes, "
