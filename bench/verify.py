@@ -37,15 +37,28 @@ One run, one model (the embedded SmolLM2-135M-Instruct, on the CPU), the same ca
    per-repeat ratios is reported. The worker's own split (wall time vs time inside
    ``engine.generate``) is reported too: it measures the layer's overhead free of the model's
    speed drifting between runs on a CPU shared with other work. ``--batched-replay`` (on by
-   default) also replays the rounds with the per-request seeds dropped, so each round is one
-   batched ``generate`` call: what ``verify.seed`` costs, since a seed is part of the
-   engine's sampling key.
+   default, off with ``--paper``) also replays the rounds with the seeds dropped: what
+   ``verify.seed`` costs, since a seed is part of the engine's sampling key (the cascade
+   draws one per round, so a round's requests batch either way). Both paths call the engine
+   at ``BACKGROUND`` priority, as ``Cascade.run`` does (``daemon.engines.priority``); with
+   one caller no generation steps aside, and the report says so.
+
+Two shapes. The default (benchmark ``verify``) is small: 4 prompts × 3 candidates, v = 2.
+``--paper`` (benchmark ``verify_paper``, so both can stand in bench/RESULTS.md) is the
+paper's budget per prompt: n = 8 candidates, v = 5 votes per stage, reasoning judge; what is
+cut to fit about 20 minutes of a 2-core CPU is the number of prompts (3), the judge's token
+budgets (the small shape's 48 and 32, so only n and v differ) and the naive full cascade,
+which at v = 5 is most of the run's time (every candidate: the inferred question and 15
+votes, ~4 minutes a prompt here): it runs on the first ``--naive-prompts`` prompts (2), and
+the judge-cost rows compare on those candidates; its calls per candidate are fixed
+(``naive_calls``), its tokens are what it generated there.
 
 Both paths use ``--threads`` torch threads (1 by default: on the shared 2-core box two
 OpenMP threads were no faster for this model, and stalled badly whenever another process
 took a core).
 
-    PYTHONPATH=. .venv/bin/python -m bench.verify --json bench-verify.json
+    PYTHONPATH=. .venv/bin/python -m bench.verify --json bench/results/verify.json
+    PYTHONPATH=. .venv/bin/python -m bench.verify --paper --json bench/results/verify_paper.json
 """
 
 from __future__ import annotations
@@ -67,6 +80,7 @@ from prometheus_client import REGISTRY
 
 from bench.common import TARGET_RATIO, log, machine, now, quiet, result_row, write_result
 from daemon.engines.base import ChatRequest, ChatResult
+from daemon.engines.priority import BACKGROUND, NAMES, current, priority
 from daemon.verifying.cascade import (
     _FAST_PREFIX,
     STAGES,
@@ -101,6 +115,48 @@ PROBLEMS = [
     (81, "/", 9),
 ]
 WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+
+# The two shapes the bench runs. SMALL: what `make bench` runs (benchmark "verify").
+# PAPER (--paper, benchmark "verify_paper"): the paper's budget per prompt, n = 8
+# candidates and v = 5 votes in each of the 3 stages, reasoning judge; what is cut to fit
+# about 20 minutes of a 2-core CPU is the number of prompts (and of prompts the naive
+# cascade runs on), and the judge's token budgets, which stay the small shape's so that only
+# n and v differ between the two.
+SMALL: dict[str, int] = {
+    "prompts": 4,
+    "candidates": 3,
+    "votes": 2,
+    "max_tokens": 48,
+    "infer_max_tokens": 32,
+}
+PAPER: dict[str, int] = {
+    "prompts": 3,
+    "candidates": 8,
+    "votes": 5,
+    "max_tokens": 48,
+    "infer_max_tokens": 32,
+    "naive_prompts": 2,
+}
+
+
+def shape_name(args: argparse.Namespace) -> str:
+    return "paper" if args.paper else "small"
+
+
+def benchmark_name(args: argparse.Namespace) -> str:
+    """The result's name in bench/RESULTS.md (and bench/results/<name>.json)."""
+    return "verify_paper" if args.paper else "verify"
+
+
+def shape_label(args: argparse.Namespace) -> str:
+    """How a row names the shape it ran at: n and v, and whether they are the paper's."""
+    if args.paper:
+        tag = "paper budget"
+    elif (args.candidates, args.votes) == (SMALL["candidates"], SMALL["votes"]):
+        tag = "small shape"
+    else:
+        tag = "custom shape"
+    return f"{tag}: n={args.candidates}, v={args.votes}"
 
 
 # ---------------------------------------------------------------------- setup
@@ -379,11 +435,13 @@ class Recorder:
         self.tokens: list[list[list[int]]] = []  # per round, per request: tokens per sample
         self.seconds = 0.0
         self.threads: set[int] = set()  # torch threads seen by the calling threads
+        self.levels: set[int] = set()  # engine priorities the calls were made at
         self.prompt_tokens = 0  # read by the engine, once per request
         inner = engine.generate
 
         def generate(requests: Sequence[ChatRequest]) -> list[ChatResult]:
             self.threads.add(torch.get_num_threads())
+            self.levels.add(current())
             t0 = time.perf_counter()
             results = inner(requests)
             self.seconds += time.perf_counter() - t0
@@ -416,15 +474,33 @@ class PathSample:
 
 
 def run_raw(engine: Any, rounds: list[list[ChatRequest]]) -> PathSample:
-    """Replay the recorded rounds through ``TransformersEngine.generate``; no Kafka."""
+    """Replay the recorded rounds through ``TransformersEngine.generate``; no Kafka.
+
+    At ``BACKGROUND`` priority, as the cascade calls the engine (``Cascade.run``): the
+    engine's lock and its step-aside check between decoding steps are the same on both
+    paths (with one caller nobody is more urgent, so neither ever steps aside)."""
     per_round: list[list[list[int]]] = []
+    levels: set[int] = set()
     t0 = time.perf_counter()
-    for requests in rounds:
-        results = engine.generate(requests)
-        per_round.append([[c.tokens for c in r.completions] for r in results])
+    with priority(BACKGROUND):
+        for requests in rounds:
+            levels.add(current())
+            results = engine.generate(requests)
+            per_round.append([[c.tokens for c in r.completions] for r in results])
     seconds = time.perf_counter() - t0
     tokens = sum(t for rnd in per_round for req in rnd for t in req)
-    return PathSample(seconds, tokens, per_round, {"rounds": len(rounds)})
+    return PathSample(
+        seconds, tokens, per_round, {"rounds": len(rounds), "priority": _level_names(levels)}
+    )
+
+
+def _level_names(levels: set[int]) -> list[str]:
+    return [NAMES.get(x, str(x)) for x in sorted(levels)]
+
+
+def engine_yields(engine: Any) -> int:
+    """How often a generation stepped aside for a more urgent caller (0 with one caller)."""
+    return int(getattr(getattr(engine, "_lock", None), "yields", 0))
 
 
 def engine_calls(rounds: list[list[ChatRequest]]) -> int:
@@ -599,6 +675,7 @@ def run_worker(
     extra = {
         "rounds": len(recorder.rounds),
         "torch_threads": sorted(recorder.threads),
+        "priority": _level_names(recorder.levels),
         "batches": loop.stats.batches,
         "engine_generate_s": round(recorder.seconds, 3),
         "handler_s": round(histogram_sum("selfdistill_verify_batch_seconds") - handler0, 3),
@@ -615,6 +692,20 @@ def run_worker(
     # the same number for reasoning votes; a fast-judge request yields all of a stage's
     # remaining votes from one generated token and is booked as one token per vote.
     return PathSample(seconds, recorder.completion_tokens, recorder.tokens, extra), decisions
+
+
+def phase(rec: Recorder, seconds: float, prompts: int) -> dict[str, Any]:
+    """One recorded phase's size and time, for sizing a run (``timings`` in the JSON)."""
+    return {
+        "seconds": round(seconds, 1),
+        "seconds_per_prompt": round(seconds / max(prompts, 1), 1),
+        "rounds": len(rec.rounds),
+        "requests": sum(len(r) for r in rec.rounds),
+        "engine_calls": engine_calls(rec.rounds),
+        "completion_tokens": rec.completion_tokens,
+        "prompt_tokens": rec.prompt_tokens,
+        "engine_generate_s": round(rec.seconds, 1),
+    }
 
 
 # ----------------------------------------------------------------------- main
@@ -639,20 +730,29 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = resolve_model_dir("embedded")
     t = time.perf_counter()
     engine = TransformersEngine(model_dir, device="cpu")
-    log(f"loaded {model_dir.name} in {time.perf_counter() - t:.1f} s")
+    timings: dict[str, Any] = {"load_s": round(time.perf_counter() - t, 1)}
+    log(f"loaded {model_dir.name} in {timings['load_s']:.1f} s")
     results: dict[str, Any] = {
         "model": model_dir.name,
         "dtype": str(engine.base.dtype).removeprefix("torch."),
+        "shape": shape_name(args),
+        "timings": timings,
     }
     msgs = make_messages(args.prompts, args.candidates, engine.tokenizer, "c", knobs)
     inputs = inputs_of(msgs)
+    n_naive = args.naive_prompts
     stages = list(cfg.stages)
     try:
-        # ---- 1a. naive: every vote of every candidate
+        # ---- 1a. naive: every vote of every candidate (of the first n_naive prompts)
         t = time.perf_counter()
         torch.manual_seed(args.seed)
-        naive = NaiveCascade(engine, cfg).run(inputs)
-        log(f"naive cascade: {time.perf_counter() - t:.1f} s")
+        naive_rec = Recorder(engine)
+        try:
+            naive = NaiveCascade(engine, cfg).run(inputs[:n_naive])
+        finally:
+            naive_rec.close()
+        timings["naive"] = phase(naive_rec, time.perf_counter() - t, n_naive)
+        log(f"naive cascade ({n_naive} of {args.prompts} prompts): {timings['naive']}")
         naive_rows = [costs_of(o) for o in naive]
         derived_rows = [early_exit_from(o) for o in naive]
         # Identical decisions by construction; check it.
@@ -666,10 +766,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             project = Cascade(engine, cfg).run(inputs)
         finally:
             recorder.close()
+        timings["project_cascade"] = phase(recorder, time.perf_counter() - t, args.prompts)
         log(
-            f"project cascade: {time.perf_counter() - t:.1f} s, {len(recorder.rounds)} rounds "
-            f"({sum(len(r) for r in recorder.rounds)} requests), "
-            f"{recorder.completion_tokens} judge tokens"
+            f"project cascade: {len(recorder.rounds)} rounds "
+            f"({sum(len(r) for r in recorder.rounds)} requests): {timings['project_cascade']}"
         )
         project_rows = [costs_of(o) for o in project]
         naive_s = summarise(naive_rows, stages)
@@ -682,7 +782,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "naive_calls_formula": naive_calls(cfg),
             "ratio_calls": round(naive_s["calls"] / max(derived_s["calls"], 1), 3),
             "ratio_tokens": round(naive_s["tokens"] / max(derived_s["tokens"], 1), 3),
-            "project_matches_naive": project_s["kept"] == naive_s["kept"],
+            "project_matches_naive": project_s["kept"][:n_naive] == naive_s["kept"],
+            "naive_prompts": n_naive,
+            "prompts": args.prompts,
             "votes": vote_stats(naive, stages),
             "project_rounds": len(recorder.rounds),
             "project_requests": sum(len(r) for r in recorder.rounds),
@@ -733,14 +835,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 # seeds (part of the engine's sampling key), seed torch once instead.
                 torch.manual_seed(args.seed)
                 batched = run_raw(engine, unseeded)
+                timings["batched_replay_s"] = round(batched.seconds, 1)
                 log(
                     f"  batched replay   {batched.tokens_per_s:7.1f} judge tokens/s "
                     f"({batched.tokens} tokens in {batched.seconds:.2f} s)"
                 )
+        yields = engine_yields(engine)
     finally:
         engine.close()
 
     raw_s, layer_s = samples["raw"], samples["selfdistill"]
+    timings["raw_s"] = [round(x.seconds, 1) for x in raw_s]
+    timings["worker_s"] = [round(x.seconds, 1) for x in layer_s]
     ratios = [b.tokens_per_s / a.tokens_per_s for a, b in zip(raw_s, layer_s, strict=True)]
     ratio = statistics.median(ratios)
     results["throughput"] = {
@@ -754,6 +860,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "same_tokens": all(x.per_round == recorder.tokens for x in raw_s + layer_s),
         "same_requests": all(same_requests),
         "worker_matches_project": all(k == project_s["kept"] for k in worker_kept),
+        # Both paths call the engine at the cascade's priority (BACKGROUND); with one caller
+        # no generation ever steps aside (yields), so the priority lock costs both the same.
+        "priority": {
+            "raw": sorted({p for x in raw_s for p in x.extra["priority"]}),
+            "selfdistill": sorted({p for x in layer_s for p in x.extra["priority"]}),
+            "project_cascade": _level_names(recorder.levels),
+            "engine_yields": yields,
+        },
         "samples": {
             name: [
                 {
@@ -786,6 +900,16 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.0f}%"
 
 
+def _phase_seconds(timings: dict[str, Any]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = [("load", timings["load_s"])]
+    out += [(k, timings[k]["seconds"]) for k in ("naive", "project_cascade")]
+    out += [("raw", "+".join(map(str, timings["raw_s"])))]
+    out += [("worker", "+".join(map(str, timings["worker_s"])))]
+    if "batched_replay_s" in timings:
+        out.append(("batched replay", timings["batched_replay_s"]))
+    return out
+
+
 def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]) -> str:
     c, tp = results["cost"], results["throughput"]
     n, d, p = c["naive"], c["early_exit"], c["project_cascade"]
@@ -796,7 +920,8 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
         else "reasoning judge"
     )
     lines = [
-        f"verify cascade: {args.prompts} prompts × {args.candidates} candidates, v={args.votes} "
+        f"verify cascade [{benchmark_name(args)}, {shape_label(args)}]: {args.prompts} prompts × "
+        f"{args.candidates} candidates, v={args.votes} "
         f"votes × {len(STAGES)} stages, {mode}, judge_max_tokens {args.max_tokens}, "
         f"infer_max_tokens {args.infer_max_tokens}, temperature {args.temperature}, "
         f"top_p {args.top_p}, seed {args.seed}, {args.repeats} repeat(s)",
@@ -806,8 +931,15 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
         f"torch {info['torch']}, transformers {info['transformers']}, "
         f"kafka-python {info['kafka_python']} ({info['platform']})",
         "",
-        f"1. judge cost per candidate ({total} candidates; naive = {c['naive_calls_formula']} "
-        "calls each: the inferred question + v votes × 3 stages; tokens = generated judge tokens)",
+        f"1. judge cost per candidate ({total} candidates"
+        + (
+            f" of the first {c['naive_prompts']} of {c['prompts']} prompts: the naive cascade "
+            "ran on those only; the project Cascade row is all prompts"
+            if c["naive_prompts"] < c["prompts"]
+            else ""
+        )
+        + f"; naive = {c['naive_calls_formula']} calls each: the inferred question + v votes × "
+        "3 stages; tokens = generated judge tokens)",
         "",
         "| cascade | calls/candidate | judge tokens/candidate | prompt tokens/candidate "
         "| valid candidates | prompts with a sample |",
@@ -837,7 +969,7 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
         ),
         "",
         f"decisions (kept candidate per prompt, first-valid): naive = early exit = {n['kept']} "
-        f"(identical by construction); project Cascade {p['kept']} — "
+        f"(identical by construction); project Cascade {p['kept'][: len(n['kept'])]} — "
         + (
             "matched"
             if c["project_matches_naive"]
@@ -905,9 +1037,9 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     if "batched_replay" in tp:
         b = tp["batched_replay"]
         lines.append(
-            f"per-request seeds (verify.seed set) make every judge request its own "
-            f"model.generate call ({b['seeded_engine_calls']} calls); the same rounds with the "
-            f"seeds dropped batch into {b['engine_calls']} calls: {b['tokens_per_s']:.2f} judge "
+            f"seeded (verify.seed set: one seed per round) the rounds take "
+            f"{b['seeded_engine_calls']} model.generate calls; with the seeds dropped "
+            f"{b['engine_calls']} calls: {b['tokens_per_s']:.2f} judge "
             f"tokens/s ({b['tokens']} tokens in {b['seconds']:.2f} s; other samples, so other "
             f"token counts) vs {t['raw']:.2f} seeded"
         )
@@ -932,6 +1064,10 @@ def render(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
         )
         + "; worker's stored decisions = project Cascade's: "
         + ("yes" if tp["worker_matches_project"] else "no"),
+        f"engine priority: raw replay {'/'.join(tp['priority']['raw'])}, worker "
+        f"{'/'.join(tp['priority']['selfdistill'])} (as Cascade.run calls it); generations that "
+        f"stepped aside for a more urgent caller: {tp['priority']['engine_yields']}",
+        "phases (s): " + ", ".join(f"{k} {v}" for k, v in _phase_seconds(results["timings"])),
         "",
         f"target: ratio ≥ {TARGET_RATIO} — {'met' if tp['meets_target'] else 'NOT met'}",
     ]
@@ -942,36 +1078,47 @@ def report_rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[
     """Judge cost and worker throughput as bench.report's rows (``bench.common.result_row``).
 
     The cost rows compare early exit with the naive cascade on the naive run's own votes
-    (identical decisions); lower is better there, so they carry no ratio target.
+    (identical decisions); lower is better there, so they carry no ratio target. Every path
+    names the shape it ran at (``shape_label``), so a paper-budget result (``verify_paper``)
+    and a small-shape one (``verify``) can stand in one table.
     """
     c, tp = results["cost"], results["throughput"]
-    naive, early = c["naive"], c["early_exit"]
+    naive, early, project = c["naive"], c["early_exit"], c["project_cascade"]
     judge = "fast judge" if args.fast_judge else f"reasoning judge, {args.max_tokens} tokens"
+    shape = shape_label(args)
     naive_name = f"naive full cascade ({c['naive_calls_formula']} calls each)"
-    same = "same votes and decisions; lower is better"
+    on = (
+        f"the first {c['naive_prompts']} of {c['prompts']} prompts ({naive['candidates']} "
+        "candidates; the naive cascade ran on those only)"
+        if c["naive_prompts"] < c["prompts"]
+        else f"every prompt ({naive['candidates']} candidates)"
+    )
+    same = f"same votes and decisions; lower is better; on {on}"
     t = tp["tokens_per_s"]
     share = statistics.median(tp["engine_share"])
     return [
         result_row(
-            f"verify cascade, early exit first-valid: judge calls/candidate ({judge})",
+            f"verify cascade ({shape}), early exit first-valid: judge calls/candidate ({judge})",
             "calls/candidate",
             naive_name,
             naive["calls_per_candidate"],
             early["calls_per_candidate"],
             target=None,
-            notes=same,
+            notes=f"{same}; the project Cascade (its own votes, every prompt): "
+            f"{project['calls_per_candidate']:.2f}",
         ),
         result_row(
-            f"verify cascade, early exit first-valid: judge tokens/candidate ({judge})",
+            f"verify cascade ({shape}), early exit first-valid: judge tokens/candidate ({judge})",
             "tokens/candidate",
             naive_name,
             naive["tokens_per_candidate"],
             early["tokens_per_candidate"],
             target=None,
-            notes=same,
+            notes=f"{same}; the project Cascade (its own votes, every prompt): "
+            f"{project['tokens_per_candidate']:.1f}",
         ),
         result_row(
-            "verify worker: judge tokens/s (Kafka + cascade + verdicts transaction)",
+            f"verify worker ({shape}): judge tokens/s (Kafka + cascade + verdicts transaction)",
             "tokens/s",
             "TransformersEngine.generate replay of the same requests (no Kafka)",
             t["raw"],
@@ -980,7 +1127,9 @@ def report_rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[
             notes=(
                 "ratio: median of per-repeat ratios; same requests and tokens: "
                 + ("yes" if tp["same_tokens"] and tp["same_requests"] else "no")
-                + f"; {100 * (1 - share):.2f}% of the worker's wall outside the engine"
+                + f"; {100 * (1 - share):.2f}% of the worker's wall outside the engine; both "
+                "paths at engine priority "
+                + "/".join(sorted(set(tp["priority"]["raw"] + tp["priority"]["selfdistill"])))
             ),
         ),
     ]
@@ -990,11 +1139,39 @@ def report_conditions(
     results: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]
 ) -> list[str]:
     """The run's sizes for bench.report."""
-    c = results["cost"]
+    c, tp = results["cost"], results["throughput"]
     votes = c["votes"]
     unparseable = sum(votes[st]["unparseable"] for st in STAGES if st in votes)
     total = sum(votes[st]["votes"] for st in STAGES if st in votes)
+    if args.paper:
+        own = [
+            f"--{k.replace('_', '-')} {getattr(args, k)}"
+            for k in ("prompts", "naive_prompts", "max_tokens", "infer_max_tokens")
+            if getattr(args, k) != PAPER[k]
+        ]
+        shape = (
+            f"paper budget shape (--paper): n={args.candidates} candidates per prompt and "
+            f"v={args.votes} votes per stage are the paper's, reasoning judge; what is cut to "
+            f"fit about 20 minutes on a 2-core CPU: the prompts ({args.prompts}; the paper "
+            f"judges its whole prompt set), the naive full cascade (the first "
+            f"{args.naive_prompts} of them), judge_max_tokens {args.max_tokens} and "
+            f"infer_max_tokens {args.infer_max_tokens} (CascadeConfig defaults 256 and 96"
+            + (
+                "; the small shape's budgets, so only n and v differ from it)"
+                if (args.max_tokens, args.infer_max_tokens)
+                == (SMALL["max_tokens"], SMALL["infer_max_tokens"])
+                else ")"
+            )
+            + (f"; set by hand, not the preset: {', '.join(own)}" if own else "")
+        )
+    else:
+        shape = (
+            f"{shape_label(args)}, not the paper's budget (bench.verify --paper runs n="
+            f"{PAPER['candidates']}, v={PAPER['votes']} as result verify_paper)"
+        )
+    pr = tp["priority"]
     return [
+        shape,
         f"{results['model']}: {results['dtype']}, cpu, torch threads {info['torch_threads']}",
         f"{args.prompts} prompts × {args.candidates} candidates, v={args.votes} votes × "
         f"{len(STAGES)} stages, "
@@ -1002,19 +1179,47 @@ def report_conditions(
         + f", judge_max_tokens {args.max_tokens}, infer_max_tokens {args.infer_max_tokens}, "
         f"temperature {args.temperature}, seed {args.seed}",
         f"{args.repeats} repeat(s) of raw replay vs worker, order alternating; the worker's "
-        f"{c['project_requests']} requests in {c['project_rounds']} rounds",
-        f"naive votes unparseable: {unparseable} of {total}; prompts with an accepted "
+        f"{c['project_requests']} requests in {c['project_rounds']} rounds; engine priority: "
+        f"raw {'/'.join(pr['raw'])}, worker {'/'.join(pr['selfdistill'])} (generations "
+        f"that stepped aside: {pr['engine_yields']})",
+        f"naive cascade on {c['naive_prompts']} of {c['prompts']} prompts; naive votes "
+        f"unparseable: {unparseable} of {total}; prompts with an accepted "
         f"sample: {c['naive']['prompts_with_sample']} of {len(c['naive']['kept'])}",
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prompts", type=int, default=4, help="prompts (candidate groups)")
-    ap.add_argument("--candidates", type=int, default=3, help="candidates per prompt")
-    ap.add_argument("--votes", type=int, default=2, help="v: votes per stage")
-    ap.add_argument("--max-tokens", type=int, default=48, help="judge_max_tokens")
-    ap.add_argument("--infer-max-tokens", type=int, default=32, help="infer_max_tokens")
+    ap.add_argument(
+        "--paper",
+        action="store_true",
+        help=f"the paper's budget shape: n={PAPER['candidates']} candidates per prompt, "
+        f"v={PAPER['votes']} votes per stage, reasoning judge; prompts cut to "
+        f"{PAPER['prompts']} (the naive cascade to the first {PAPER['naive_prompts']}) to fit "
+        "~20 minutes on a 2-core CPU; written as benchmark 'verify_paper'",
+    )
+
+    def sized(name: str, text: str) -> None:
+        ap.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=None,
+            help=f"{text} (default {SMALL[name]}; --paper: {PAPER[name]})",
+        )
+
+    sized("prompts", "prompts (candidate groups)")
+    sized("candidates", "n: candidates per prompt")
+    sized("votes", "v: votes per stage")
+    sized("max_tokens", "judge_max_tokens")
+    sized("infer_max_tokens", "infer_max_tokens")
+    ap.add_argument(
+        "--naive-prompts",
+        type=int,
+        default=None,
+        help="run the naive full cascade (every vote, no early exit: the costly part) on the "
+        "first N prompts only; the judge-cost rows compare on those (default: all prompts; "
+        f"--paper: {PAPER['naive_prompts']})",
+    )
     ap.add_argument("--temperature", type=float, default=0.6, help="judge temperature")
     ap.add_argument("--top-p", type=float, default=0.95, help="judge top_p")
     ap.add_argument("--seed", type=int, default=0, help="the cascade's seed (all runs)")
@@ -1032,9 +1237,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--batched-replay",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also replay the rounds with the per-request seeds dropped, so each "
-        "round is one batched generate call (what per-request seeds cost)",
+        default=None,
+        help="also replay the rounds with the seeds dropped, torch seeded once instead "
+        "(what verify.seed costs; on by default, off with --paper: the cascade seeds per round, "
+        "so a round is one generate call either way, and at the paper's shape it would add a "
+        "fourth pass over the judge requests)",
     )
     ap.add_argument(
         "--threads",
@@ -1049,6 +1256,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    preset = PAPER if args.paper else SMALL
+    if args.paper:
+        for name in ("candidates", "votes"):
+            given = getattr(args, name)
+            if given is not None and given != PAPER[name]:
+                ap.error(f"--paper fixes --{name} at {PAPER[name]} (the paper's budget)")
+        if args.fast_judge:
+            ap.error("--paper is the reasoning judge; drop --fast-judge")
+    naive_given = args.naive_prompts is not None
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not naive_given:  # the preset's, or every prompt; never more prompts than there are
+        args.naive_prompts = min(args.naive_prompts or args.prompts, args.prompts)
+    if args.batched_replay is None:
+        args.batched_replay = not args.paper
     if (
         min(
             args.prompts,
@@ -1056,14 +1279,17 @@ def main(argv: list[str] | None = None) -> int:
             args.votes,
             args.max_tokens,
             args.infer_max_tokens,
+            args.naive_prompts,
             args.repeats,
         )
         < 1
     ):
         ap.error(
-            "--prompts, --candidates, --votes, --max-tokens, --infer-max-tokens and "
-            "--repeats must be positive"
+            "--prompts, --candidates, --votes, --max-tokens, --infer-max-tokens, "
+            "--naive-prompts and --repeats must be positive"
         )
+    if args.naive_prompts > args.prompts:
+        ap.error("--naive-prompts cannot exceed --prompts")
     if args.temperature <= 0:
         ap.error("--temperature must be positive (the judge samples its votes)")
     for name in [n for n in os.environ if n.startswith("SELFDISTILL_")]:
@@ -1081,7 +1307,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results, args, info))
     write_result(
         args,
-        "verify",
+        benchmark_name(args),
         info,
         started,
         results,

@@ -34,6 +34,7 @@ PROMPTS = 6
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("all_cores")
 def test_prompts_to_verified_samples_to_a_gated_adapter_on_smollm2(
     kafka: KafkaSettings,
     topics: TopicsConfig,

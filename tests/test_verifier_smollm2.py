@@ -43,6 +43,7 @@ def _say(capsys: pytest.CaptureFixture[str], *lines: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("all_cores")
 def test_self_cascade_vs_checker_on_the_bundled_heldout_set(
     embedded_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -92,6 +93,7 @@ def test_self_cascade_vs_checker_on_the_bundled_heldout_set(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("all_cores")
 def test_the_checker_verified_loop_base_vs_adapter_exact_match(
     embedded_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -102,7 +104,7 @@ def test_the_checker_verified_loop_base_vs_adapter_exact_match(
         store={"heldout_fraction": 0.0},
         train={
             "min_new_samples": 1,
-            "lora": {"r": 8, "alpha": 16, "max_steps": 12, "batch_size": 8, "max_length": 128},
+            "lora": {"r": 8, "alpha": 16, "max_steps": 8, "batch_size": 8, "max_length": 128},
             "eval": {"max_tokens": MAX_TOKENS, "heldout_max": 0},
             # No broker here: the decision is recorded, nothing is published.
             "gate": {"margin": 0.025, "auto_promote": False},

@@ -4,7 +4,10 @@ and in verify with ``judge = "active"``).
 A swap loads the new adapter *beside* the old one under its immutable version name,
 checks its files (inside the registry, safetensors only, sha256 as recorded; an event that
 carries no digest is refused), runs a canary generation on it, and only then routes new
-requests to it. Requests already running hold the name they started with (``use()``), so
+requests to it. The checks and the reading of the weights hold nothing; attaching them and
+the canary run at swap priority (``daemon.engines.priority``), so on the embedded engine a
+batch in flight steps aside for them at its next decoding step and then finishes on the
+adapter it started with. Requests already running hold the name they started with (``use()``), so
 they finish on the old adapter, and an adapter is never unloaded while a request uses it.
 Any failure leaves the old adapter serving and is reported (log,
 ``selfdistill_adapter_swaps_total{result="refused"|"failed"}``); ``apply`` never raises, so
@@ -42,6 +45,7 @@ from adapters.files import AdapterFileError, verify_adapter
 from adapters.registry import BASE
 from daemon.engines.base import AdapterMissing, ChatRequest, Engine, EngineError
 from daemon.engines.metrics import ACTIVE_ADAPTER, ADAPTER_SWAPS, ADAPTERS_LOADED, SWAP_SECONDS
+from daemon.engines.priority import SWAP, priority
 from streams.schemas import AdapterEvent
 
 log = logging.getLogger(__name__)
@@ -164,11 +168,11 @@ class AdapterRouter:
             return work()
 
     def _swap(self, event: AdapterEvent, target: str | None, started: float) -> SwapResult:
-        # Load and canary back to back while holding the engine: no serve batch may slip in
-        # between and make the canary (and so the swap) wait a whole batch.
-        exclusive = getattr(self.engine, "exclusive", contextlib.nullcontext)
+        # The files are hashed and read with no hold on the engine; it is needed only to
+        # attach the weights and for the canary, both at swap priority, so a generation in
+        # flight steps aside for them at its next decoding step.
         try:
-            with exclusive():
+            with priority(SWAP):
                 if target is not None and target not in self.engine.adapters():
                     if event.sha256 is None:  # a hand-made event: nothing to check files against
                         raise AdapterFileError(f"the event for {target} carries no sha256")

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters.gate import HELDOUT, LABELED
 from adapters.registry import BASE
 from daemon.engines.base import ChatRequest, Engine, generate_batched
+from daemon.engines.priority import BACKGROUND, priority
 from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput, question_of
 from daemon.verifying.graders import LabeledItem, grade, hash_items, load_labeled
 from streams.schemas import ChatMessage
@@ -209,7 +210,8 @@ def _answers(
     with progress.track(label, len(requests)) as step:
         for i in range(0, len(requests), config.batch_size):
             batch = requests[i : i + config.batch_size]
-            results = generate_batched(engine, batch, config.batch_size)
+            with priority(BACKGROUND):  # serve, on a shared engine, goes first
+                results = generate_batched(engine, batch, config.batch_size)
             out += [r.completions[0].text if r.completions else "" for r in results]
             step.advance(len(batch))
     return out

@@ -40,6 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from daemon.engines.base import ChatRequest, ChatResult, Engine
+from daemon.engines.priority import BACKGROUND, priority
 from daemon.verifying.checkers import TOOL_STAGES, applies, run_tool_stage
 from daemon.verifying.sandbox import SandboxConfig
 from daemon.verifying.verdicts import final_answer, neutralise, parse_verdict
@@ -428,7 +429,8 @@ class Cascade:
                 break
             if self.config.seed is not None:
                 self._round_seed = self._rng.randrange(2**31)
-            results = self.engine.generate([self._request(it) for it in active])
+            with priority(BACKGROUND):  # production answers on a shared engine go first
+                results = self.engine.generate([self._request(it) for it in active])
             self.rounds += 1
             for it, res in zip(active, results, strict=True):
                 self._apply(it, res)

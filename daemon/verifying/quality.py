@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters.registry import BASE
 from daemon.engines.base import ChatRequest, Engine, generate_batched
+from daemon.engines.priority import BACKGROUND, priority
 from daemon.verifying.cascade import (
     CandidateOutcome,
     Cascade,
@@ -139,7 +140,8 @@ def sample_candidates(
     out: list[list[str]] = []
     with progress.track(f"sampling {n} candidates per problem", len(requests), "problems") as t:
         for i in range(0, len(requests), batch_size):
-            results = generate_batched(engine, requests[i : i + batch_size], batch_size)
+            with priority(BACKGROUND):
+                results = generate_batched(engine, requests[i : i + batch_size], batch_size)
             out += [[c.text for c in r.completions] for r in results]
             t.advance(len(results))
     return out

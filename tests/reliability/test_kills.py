@@ -86,7 +86,14 @@ def test_serve_and_verify_killed_at_random_points_lose_and_duplicate_nothing(
     serve_group, verify_group = f"serve-{topics.prompts}", f"verify-{topics.candidates}"
     settings = Settings(
         data_dir=tmp_path,
-        kafka={**kafka.model_dump(), "batch_size": 2},
+        kafka={
+            **kafka.model_dump(),
+            "batch_size": 2,
+            # A SIGKILLed member holds its partitions until its session expires, and its
+            # replacement waits that long: short sessions keep nine kills quick.
+            "session_timeout_ms": 3000,
+            "heartbeat_interval_ms": 500,
+        },
         topics=topics.model_dump(),
         model={"path": str(tiny_model_dir)},
         serve={

@@ -29,10 +29,10 @@ from streams.topics import TopicsConfig
 from tests.conftest import candidates_message, cli, read_topic, start_cli, wait_for
 from tests.test_verify import _counts as store_counts
 
-SEED = 20261203
-PROMPTS = 200
-VERIFY_KILLS = 10
+SEED = 20261209  # its shuffle kills the store writer mid-stream (3rd and 5th), not first
+VERIFY_KILLS = 4  # across 3 slots: some slot's replacement is killed in turn
 STORE_KILLS = 2
+PROMPTS = 17 * (VERIFY_KILLS + STORE_KILLS)
 MEMBERS = 3
 TABLES = ("prompts", "candidates", "votes", "accepted", "positions")
 
