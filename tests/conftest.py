@@ -123,13 +123,17 @@ def run_in_thread(loop: ConsumerLoop, **kw: object) -> tuple[threading.Thread, l
     return t, result
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0, every: float = 0.1) -> None:
+def wait_for(
+    cond: Callable[[], bool], timeout: float = 60.0, every: float = 0.1, what: str = "condition"
+) -> None:
+    """Poll ``cond`` until it holds; the failure names ``what`` was awaited, since a test
+    that waits for several things in turn otherwise cannot say which never came."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
             return
         time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def cli(

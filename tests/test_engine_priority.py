@@ -75,7 +75,7 @@ def test_a_holder_steps_aside_only_for_someone_more_urgent_and_resumes_before_it
     assert lock.yields == 1
 
 
-def test_judging_that_waited_long_enough_goes_in_turn_with_serving_and_is_not_pushed_aside() -> None:
+def test_judging_that_waited_long_goes_in_turn_with_serving_and_is_not_pushed_aside() -> None:
     lock = PriorityLock(starve_s=0.3)
     order: list[str] = []
     lock.acquire(SERVE)  # production keeps the engine busy
@@ -90,7 +90,9 @@ def test_judging_that_waited_long_enough_goes_in_turn_with_serving_and_is_not_pu
             seen["yield to serve"] = lock.yield_to_urgent()
             checked.set()
             second_check.wait(10)
-            seen["yield to swap"] = lock.yield_to_urgent(after=lambda: order.append("judge resumed"))
+            seen["yield to swap"] = lock.yield_to_urgent(
+                after=lambda: order.append("judge resumed")
+            )
 
     early = _queue(lock, order, "serve-early", SERVE)  # came before the judge
     judging = threading.Thread(target=judge)
@@ -312,3 +314,16 @@ def test_an_adapter_under_a_running_generation_is_not_unloaded(
     assert _tokens(result) == _tokens(alone)
     engine.unload_adapter(name)  # once nothing runs on it
     assert name not in engine.adapters()
+
+
+def test_the_configured_starvation_bound_reaches_the_engine_lock(tiny_model_dir: Path) -> None:
+    from daemon.engines import EngineConfig, ModelConfig, make_engine
+
+    e = make_engine(
+        ModelConfig(path=str(tiny_model_dir), name="tiny-llama"),
+        EngineConfig(background_starve_s=2.5),
+    )
+    try:
+        assert isinstance(e, TransformersEngine) and e._lock.starve_s == 2.5
+    finally:
+        e.close()

@@ -62,6 +62,13 @@ class EngineConfig(BaseModel):
         ge=1,
         description="transformers: most sequences (prompts x samples) in one generate call.",
     )
+    background_starve_s: float = Field(
+        10.0,
+        gt=0,
+        description="transformers: production answers go before judging and evaluation on a "
+        "shared engine; a background call that has waited this long goes in turn with them, so "
+        "verify and the gate still get one batch in per this many seconds under steady traffic.",
+    )
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: the server's /v1 URL.")
     api_key: SecretStr | None = Field(
         None, description="openai: bearer token for the server (also used for adapter loading)."
@@ -110,6 +117,7 @@ def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:
             device=model.device,
             dtype=model.dtype,
             max_batch_sequences=engine.max_batch_sequences,
+            background_starve_s=engine.background_starve_s,
         )
     if engine.kind == "vllm":
         from daemon.engines.vllm_engine import VllmEngine

@@ -4,10 +4,10 @@ and in verify with ``judge = "active"``).
 A swap loads the new adapter *beside* the old one under its immutable version name,
 checks its files (inside the registry, safetensors only, sha256 as recorded; an event that
 carries no digest is refused), runs a canary generation on it, and only then routes new
-requests to it. The checks and the reading of the weights hold nothing; attaching them and
-the canary run at swap priority (``daemon.engines.priority``), so on the embedded engine a
-batch in flight steps aside for them at its next decoding step and then finishes on the
-adapter it started with. Requests already running hold the name they started with (``use()``), so
+requests to it. Hashing the files holds nothing; attaching the weights and the canary
+hold the engine in one go at swap priority (``daemon.engines.priority``), so on the
+embedded engine a batch in flight steps aside for them at its next decoding step and then
+finishes on the adapter it started with. Requests already running hold the name they started with (``use()``), so
 they finish on the old adapter, and an adapter is never unloaded while a request uses it.
 Any failure leaves the old adapter serving and is reported (log,
 ``selfdistill_adapter_swaps_total{result="refused"|"failed"}``); ``apply`` never raises, so
@@ -76,7 +76,7 @@ class AdapterRouter:
         self.engine = engine
         self.registry_dir = registry_dir
         self.canary = canary or ChatRequest(
-            [{"role": "user", "content": "Reply with the single word OK."}], max_tokens=8
+            [{"role": "user", "content": "Reply with the single word OK."}], max_tokens=2
         )
         self.keep_loaded = max(1, keep_loaded)
         self.shared = bool(getattr(engine, "shared", False))
@@ -168,24 +168,27 @@ class AdapterRouter:
             return work()
 
     def _swap(self, event: AdapterEvent, target: str | None, started: float) -> SwapResult:
-        # The files are hashed and read with no hold on the engine; it is needed only to
-        # attach the weights and for the canary, both at swap priority, so a generation in
-        # flight steps aside for them at its next decoding step.
+        # The files are hashed with no hold on the engine; it is held (at swap priority, so a
+        # generation in flight steps aside at its next decoding step) from attaching the
+        # weights to the end of the canary, in one go: let go in between, and the canary
+        # would wait for the batch in flight's next forward pass a second time.
+        hold = getattr(self.engine, "exclusive", contextlib.nullcontext)
         try:
             with priority(SWAP):
                 if target is not None and target not in self.engine.adapters():
                     if event.sha256 is None:  # a hand-made event: nothing to check files against
                         raise AdapterFileError(f"the event for {target} carries no sha256")
                     path = verify_adapter(self.registry_dir, event.path or target, event.sha256)
-                    self.engine.load_adapter(target, str(path))  # a shared one may have it
-                    with self._lock:
-                        self._loaded.append(target)
-                    try:
-                        self._run_canary(target)
-                    except Exception:
-                        if not self.shared:  # another replica may route to it already
-                            self._unload(target)
-                        raise
+                    with hold():
+                        self.engine.load_adapter(target, str(path))  # a shared one may have it
+                        with self._lock:
+                            self._loaded.append(target)
+                        try:
+                            self._run_canary(target)
+                        except Exception:
+                            if not self.shared:  # another replica may route to it already
+                                self._unload(target)
+                            raise
                     self._count_loaded()
                 if target is not None and event.sha256 is not None:
                     self._sources[target] = event

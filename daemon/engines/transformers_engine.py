@@ -63,6 +63,7 @@ class TransformersEngine:
         device: str = "auto",
         dtype: str = "auto",
         max_batch_sequences: int = 32,
+        background_starve_s: float = 10.0,
     ) -> None:
         self.device = pick_device(device)
         torch_dtype = (
@@ -82,7 +83,7 @@ class TransformersEngine:
         self.base.to(self.device).eval()
         self.model: Any = self.base  # a PeftModel once the first adapter is loaded
         self._adapters: dict[str, str] = {}
-        self._lock = PriorityLock()
+        self._lock = PriorityLock(starve_s=background_starve_s)
         self._routed_to: object = _UNROUTED  # what the model's adapter layers are set to now
         self._running: Counter[str] = Counter()  # adapters under a running generation
         eos = self.base.generation_config.eos_token_id

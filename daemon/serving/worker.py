@@ -94,7 +94,12 @@ class ServeConfig(BaseModel):
     canary_prompt: str = Field(
         "Reply with the single word OK.", description="Generated on a new adapter before it serves."
     )
-    canary_max_tokens: int = Field(8, ge=1, description="Length of the canary generation.")
+    canary_max_tokens: int = Field(
+        2,
+        ge=1,
+        description="Length of the canary generation: two tokens already run the adapter end to "
+        "end (prefill, decoding, sampling); each one more is time the swap holds the engine.",
+    )
     adapters_kept_loaded: int = Field(
         2,
         ge=1,

@@ -114,7 +114,21 @@ def test_serve_survives_a_broker_restart_and_reports_what_was_lost(
         # Rejoined the group, and the follower noticed its log is gone (it would not, were the
         # new log to grow past its old position first).
         for said in ("partitions assigned", f"{topics.adapter_events}: the broker lost"):
-            wait_for(lambda s=said: any(s in r.getMessage() for r in caplog.records[mark:]), 120)
+            try:
+                wait_for(
+                    lambda s=said: any(s in r.getMessage() for r in caplog.records[mark:]),
+                    180,
+                    what=f"a log line saying {said!r}",
+                )
+            except AssertionError as exc:  # say what the worker did say, and the broker
+                said_since = [f"{r.name}: {r.getMessage()}"[:300] for r in caplog.records[mark:]]
+                tansu = tmp_path / "tansu.log"
+                broker_log = tansu.read_text(errors="replace")[-3000:] if tansu.exists() else "-"
+                raise AssertionError(
+                    f"{exc}; logged since the restart (last 40 of {len(said_since)}):\n"
+                    + "\n".join(said_since[-40:])
+                    + f"\nbroker log tail:\n{broker_log}"
+                ) from None
         rejoined_s = time.monotonic() - down
         gate.opened.set()  # the batch held across the restart finishes now
 
