@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.streams --json bench/results/streams.json
 	$(BIN)/python -m bench.serve --json bench/results/serve.json
 	$(BIN)/python -m bench.verify --json bench/results/verify.json
+	$(BIN)/python -m bench.verify --paper --json bench/results/verify_paper.json  # ~10 minutes
 	$(BIN)/python -m bench.verify_scale --json bench/results/verify_scale.json
 	$(BIN)/python -m bench.train --json bench/results/train.json
 	$(BIN)/python -m bench.sandbox --json bench/results/sandbox.json
