@@ -27,7 +27,16 @@ from daemon.learning.atomic import write_lines
 
 TARGET_RATIO = 0.9
 # Every benchmark `make bench` runs, in its order; bench.report expects one result each.
-BENCHMARKS = ("streams", "serve", "verify", "verify_paper", "verify_scale", "train", "sandbox", "loop")
+BENCHMARKS = (
+    "streams",
+    "serve",
+    "verify",
+    "verify_paper",
+    "verify_scale",
+    "train",
+    "sandbox",
+    "loop",
+)
 RESULT_KEYS = ("benchmark", "machine", "started_at", "duration_s", "rows", "conditions")
 ROW_KEYS = ("path", "unit", "baseline_name", "baseline", "project", "ratio", "target", "notes")
 
