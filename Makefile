@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.verify_scale --json bench/results/verify_scale.json
 	$(BIN)/python -m bench.train --json bench/results/train.json
 	$(BIN)/python -m bench.sandbox --json bench/results/sandbox.json
+	$(BIN)/python -m bench.injection --json bench/results/injection.json  # ~7 minutes
 	$(BIN)/python -m bench.loop --json bench/results/loop.json  # about 60 minutes
 	$(BIN)/python -m bench.report --results bench/results --out bench/RESULTS.md
 

@@ -35,6 +35,7 @@ BENCHMARKS = (
     "verify_scale",
     "train",
     "sandbox",
+    "injection",
     "loop",
 )
 RESULT_KEYS = ("benchmark", "machine", "started_at", "duration_s", "rows", "conditions")

@@ -125,12 +125,15 @@ def test_parallel_first_valid_keeps_only_the_earliest_winner() -> None:
 )
 def test_a_candidate_cannot_forge_a_verdict(attack: str) -> None:
     """An "echo judge" repeats what it was shown and adds nothing of its own: any verdict it
-    then emits could only have come from the candidate's text."""
+    then emits could only have come from the candidate's text. This is the second layer, so
+    the static injection filter (which rejects all of these first) is off here."""
 
     def echo(r: ChatRequest) -> str:
         return Q if is_infer(r) else prompt_text(r).split("Answer:")[-1]
 
-    out, _ = _run(echo, [attack], votes=1, stages=["factuality", "correctness"])
+    out, _ = _run(
+        echo, [attack], votes=1, stages=["factuality", "correctness"], reject_injection=False
+    )
     assert not out.candidates[0].accepted
     assert out.candidates[0].rejected_at == "factuality"
 

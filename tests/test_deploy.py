@@ -926,7 +926,10 @@ def test_k8s_workloads_run_real_commands_with_probes_and_storage(
         assert d["kind"] == kind, worker
         spec = d["spec"]
         pod = spec["template"]["spec"]
-        (c,) = pod["containers"]
+        # The worker's container, and beside verify's only its sandbox (security tests).
+        c = next(c for c in pod["containers"] if c["name"] == worker)
+        others = {x["name"] for x in pod["containers"]} - {worker}
+        assert others == ({"sandbox"} if worker == "verify" else set()), worker
         assert c["args"] == [worker]
         port = next(p for p in c["ports"] if p["name"] == "metrics")
         assert port["containerPort"] == settings.metrics.port(worker)
@@ -1030,7 +1033,7 @@ def test_k8s_metrics_services_select_the_workers() -> None:
             assert match[0]["spec"].get("serviceName") == svc["metadata"]["name"]
             assert "prometheus.io/scrape" not in svc["metadata"].get("annotations", {})
             continue
-        (c,) = match[0]["spec"]["template"]["spec"]["containers"]
+        c = match[0]["spec"]["template"]["spec"]["containers"][0]  # the worker's (above)
         named = {p["name"]: p["containerPort"] for p in c["ports"]}
         (port,) = svc["spec"]["ports"]
         assert port["targetPort"] in named

@@ -10,6 +10,8 @@ of silently running on a default.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -18,8 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from adapters.registry import AdaptersConfig
+from daemon import redact
 from daemon.engines import EngineConfig, ModelConfig
 from daemon.learning.train import TrainConfig
 from daemon.operating.demo import DemoConfig
@@ -34,6 +38,40 @@ from streams.topics import TopicsConfig
 ENV_PREFIX = "SELFDISTILL_"
 CONFIG_ENV = "SELFDISTILL_CONFIG"
 DEFAULT_FILE = "selfdistill.toml"
+#: ``kafka.client_options`` keys shown in the clear (``config show``, errors): tuning knobs of
+#: kafka-python that never carry a credential. Every other option is treated as a secret,
+#: since that block is where extra auth settings (OAuth tokens, SSL passwords) go.
+SAFE_CLIENT_OPTIONS = frozenset(
+    {
+        "acks",
+        "api_version",
+        "api_version_auto_timeout_ms",
+        "batch_size",
+        "buffer_memory",
+        "check_crcs",
+        "client_id",
+        "compression_type",
+        "connections_max_idle_ms",
+        "enable_idempotence",
+        "fetch_max_bytes",
+        "fetch_max_wait_ms",
+        "fetch_min_bytes",
+        "linger_ms",
+        "max_block_ms",
+        "max_in_flight_requests_per_connection",
+        "max_partition_fetch_bytes",
+        "max_request_size",
+        "metadata_max_age_ms",
+        "receive_buffer_bytes",
+        "reconnect_backoff_max_ms",
+        "reconnect_backoff_ms",
+        "request_timeout_ms",
+        "retries",
+        "retry_backoff_ms",
+        "sasl_kerberos_service_name",
+        "send_buffer_bytes",
+    }
+)
 
 
 class Settings(BaseSettings):
@@ -126,9 +164,14 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     _deep_update(data, overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, file)) from None
+        raise ConfigError(_explain(exc, file, _raw_secrets(data))) from None
+    except SettingsError as exc:  # an environment variable that is not valid JSON, ...
+        raise ConfigError(redact.redact(str(exc))) from None
+    # From now on every log line, error and HTTP body of this process masks them.
+    redact.register(secret_values(settings))
+    return settings
 
 
 def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -139,7 +182,72 @@ def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[k] = v
 
 
-def _explain(exc: ValidationError, file: Path | None) -> str:
+def is_secret_key(path: tuple[str, ...] | list[str]) -> bool:
+    """Whether the value at this key path is a credential: by its name (``*_password``,
+    ``*_token``, ``api_key``), or as a ``kafka.client_options`` entry not known to be safe."""
+    parts = [str(p) for p in path]
+    if parts[:2] == ["kafka", "client_options"]:
+        return len(parts) < 3 or parts[2] not in SAFE_CLIENT_OPTIONS
+    return any(redact.is_secret_name(p) for p in parts)
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """Every credential the configuration holds: ``SecretStr`` values, secret-named keys,
+    unsafe ``kafka.client_options`` values and passwords or tokens inside URLs."""
+    found: list[str] = []
+
+    def walk(value: Any, path: list[str]) -> None:
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name), [*path, name])
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, [*path, str(k)])
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v, path)
+        elif isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif value is not None and not isinstance(value, bool) and is_secret_key(path):
+            found.append(str(value))
+        elif isinstance(value, str) and "://" in value:
+            found.extend(redact.url_secrets(value))
+
+    walk(settings, [])
+    return found
+
+
+def _raw_secrets(data: dict[str, Any]) -> list[str]:
+    """The secrets in a configuration that failed to validate: from the file's values and
+    from the ``SELFDISTILL_*`` environment, judged by key (no model to ask for types)."""
+    found: list[str] = []
+
+    def walk(value: Any, path: list[str]) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, [*path, str(k)])
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v, path)
+        elif value is not None and not isinstance(value, bool) and is_secret_key(path):
+            found.append(str(value))
+        elif isinstance(value, str) and "://" in value:
+            found.extend(redact.url_secrets(value))
+
+    walk(data, [])
+    for name, value in os.environ.items():
+        if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
+            path = name[len(ENV_PREFIX) :].lower().split("__")
+            walk(value, path)
+            with contextlib.suppress(ValueError):  # a JSON object for a whole block: its leaves
+                walk(json.loads(value), path)
+    return found
+
+
+def _explain(exc: ValidationError, file: Path | None, secrets: list[str]) -> str:
+    """One line per bad key. A value is echoed only when its key holds no credential, and
+    the whole text is masked against every secret of the raw configuration, so that a typo
+    next to a password never prints the password."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
@@ -152,18 +260,27 @@ def _explain(exc: ValidationError, file: Path | None) -> str:
             and err["type"] != "extra_forbidden"
             and not isinstance(err["input"], dict)
         ):
-            msg += f" (got {err['input']!r})"
+            secret = is_secret_key([str(p) for p in err["loc"]])
+            msg += " (value hidden: a credential)" if secret else f" (got {err['input']!r})"
         lines.append(f"  {key}: {msg}{src}")
     where = f" in {file}" if file else ""
-    return f"invalid configuration{where}:\n" + "\n".join(lines)
+    text = f"invalid configuration{where}:\n" + "\n".join(lines)
+    for s in sorted((s for s in secrets if len(s) >= redact.MIN_SECRET_LEN), key=len)[::-1]:
+        text = text.replace(s, redact.MASK)
+    return redact.mask_url(text)
 
 
 # ------------------------------------------------------------------ documentation
-def render_toml(settings: Settings | None = None, *, comments: bool = True) -> str:
+def render_toml(
+    settings: Settings | None = None, *, comments: bool = True, reveal: bool = False
+) -> str:
     """The configuration as TOML; with defaults and comments it is the documented reference.
 
     ``selfdistill config init`` writes this, and the repository's ``selfdistill.toml`` is
     exactly this output (a test keeps them in sync), so the docs cannot drift from the code.
+    Credentials are masked (``SecretStr`` always; secret-named keys, unsafe
+    ``kafka.client_options`` values and URL credentials unless ``reveal``): what
+    ``config show`` prints can be pasted into an issue.
     """
     settings = settings or Settings()
     out: list[str] = []
@@ -174,11 +291,13 @@ def render_toml(settings: Settings | None = None, *, comments: bool = True) -> s
             "#   SELFDISTILL_KAFKA__BOOTSTRAP_SERVERS=broker1:9092,broker2:9092",
             "",
         ]
-    _render_model(settings, [], out, comments)
+    _render_model(settings, [], out, comments, reveal)
     return "\n".join(out).rstrip() + "\n"
 
 
-def _render_model(model: BaseModel, path: list[str], out: list[str], comments: bool) -> None:
+def _render_model(
+    model: BaseModel, path: list[str], out: list[str], comments: bool, reveal: bool
+) -> None:
     fields: dict[str, FieldInfo] = type(model).model_fields
     scalars = {k: f for k, f in fields.items() if not isinstance(getattr(model, k), BaseModel)}
     sections = {k: f for k, f in fields.items() if isinstance(getattr(model, k), BaseModel)}
@@ -192,7 +311,8 @@ def _render_model(model: BaseModel, path: list[str], out: list[str], comments: b
         if value is None:
             out.append(f"# {name} =")
         else:
-            out.append(f"{name} = {_toml_value(value)}")
+            shown = value if reveal else _masked(value, [*path, name])
+            out.append(f"{name} = {_toml_value(shown)}")
         if comments:
             out.append("")
     for name, info in sections.items():
@@ -202,14 +322,27 @@ def _render_model(model: BaseModel, path: list[str], out: list[str], comments: b
         out.append(f"[{header}]")
         if comments:
             out.append("")
-        _render_model(getattr(model, name), [*path, name], out, comments)
+        _render_model(getattr(model, name), [*path, name], out, comments, reveal)
         if not comments:
             out.append("")
 
 
-def _toml_value(value: Any) -> str:
-    import json
+def _masked(value: Any, path: list[str]) -> Any:
+    """``value`` as ``config show`` may print it (see ``render_toml``)."""
+    if isinstance(value, dict):
+        return {k: _masked(v, [*path, str(k)]) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, path) for v in value]
+    if isinstance(value, SecretStr | bool) or value is None:
+        return value
+    if is_secret_key(path):
+        return redact.MASK
+    if isinstance(value, str):
+        return redact.mask_url(value)
+    return value
 
+
+def _toml_value(value: Any) -> str:
     if isinstance(value, SecretStr):
         return '"**********"'
     if isinstance(value, bool):

@@ -71,8 +71,12 @@ def set_build_info(worker: str) -> None:
     BUILD_INFO.info({"version": version(), "python": platform.python_version(), "worker": worker})
 
 
+#: A readiness check: a bool, or a bool and what to say about it (shown by ``status``).
+Readiness = Callable[[], "bool | tuple[bool, dict[str, object]]"]
+
+
 def create_app(  # type: ignore[no-untyped-def]
-    worker: str, ready: Callable[[], bool], *, metrics: bool = True
+    worker: str, ready: Readiness, *, metrics: bool = True
 ):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
@@ -94,10 +98,12 @@ def create_app(  # type: ignore[no-untyped-def]
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         try:
-            ok = bool(ready())
+            answer = ready()
         except Exception as exc:  # a readiness probe must answer, not crash
             return JSONResponse({"ready": False, "error": repr(exc)}, status_code=503)
-        return JSONResponse({"ready": ok, "worker": worker}, status_code=200 if ok else 503)
+        ok, detail = answer if isinstance(answer, tuple) else (answer, {})
+        body = {"ready": bool(ok), "worker": worker, **detail}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app
 
@@ -106,7 +112,7 @@ def create_app(  # type: ignore[no-untyped-def]
 def observability(
     config: MetricsConfig,
     worker: Worker,
-    ready: Callable[[], bool] = lambda: True,
+    ready: Readiness = lambda: True,
     *,
     metrics: bool = True,
 ) -> Iterator[int | None]:

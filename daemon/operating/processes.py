@@ -75,7 +75,14 @@ def _run_serve(
     registry = settings.adapters.path(settings.data_dir)
     registry.mkdir(parents=True, exist_ok=True)
     server = build_server(
-        engine, host=cfg.host, port=cfg.port, registry_dir=registry, admin_token=token
+        engine,
+        host=cfg.host,
+        port=cfg.port,
+        registry_dir=registry,
+        admin_token=token,
+        api_token=cfg.api_token.get_secret_value() if cfg.api_token else None,
+        limits=cfg.limits(),
+        log_level=settings.log_level.lower(),
     )
     # In a thread, stopped by us: uvicorn in the main thread re-raises SIGTERM after its
     # graceful shutdown, which would make a clean stop look like a crash (exit -15).
@@ -98,7 +105,7 @@ def run_verify(settings: Settings) -> None:
     from daemon.verifying.worker import VerifyWorker
 
     worker = VerifyWorker(settings)
-    with observability(settings.metrics, "verify", worker.loop.is_ready):
+    with observability(settings.metrics, "verify", worker.readiness):
         worker.run()
     exit_if_abandoned(worker.loop, "verify")
 

@@ -551,7 +551,12 @@ def _probe_worker(settings: Settings, worker: Worker, timeout_s: float) -> dict[
             out["error"] = f"port {cfg.port(worker)} answers as {body.get('worker')!r}"
         try:
             ready = client.get(f"{url}/readyz")
-            out["ready"] = ready.status_code == 200 and bool(ready.json().get("ready"))
+            answer = ready.json()
+            out["ready"] = ready.status_code == 200 and bool(answer.get("ready"))
+            for stage, why in (answer.get("unavailable") or {}).items():
+                # A stage that refuses to judge (the sandbox fails closed) is the note to see.
+                out["unavailable"] = {**out.get("unavailable", {}), stage: why}
+                out["error"] = f"{stage} stage unavailable: {why.get('detail', '?')}"
         except (httpx.HTTPError, ValueError) as exc:
             out.update(ready=False, error=_err(exc))
     out["state"] = "ready" if out["ready"] else "not ready"

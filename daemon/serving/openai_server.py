@@ -20,19 +20,32 @@ same against ``selfdistill serve --http`` and against ``vllm serve --enable-lora
 * Errors use vLLM's OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``
   with ``code`` = the HTTP status, which the ``openai`` client turns into its typed errors
   (404 -> ``NotFoundError``, 400 -> ``BadRequestError``, 401 -> ``AuthenticationError``).
-* ``GET /healthz`` (the process answers) and ``GET /readyz`` (an engine is there and answers).
+* ``GET /healthz`` (the process answers) and ``GET /readyz`` (an engine is there and its
+  last probe answered); neither ever waits on the engine.
 
 The engine is synchronous and CPU/GPU-bound, so every engine call runs in a worker thread:
 the event loop keeps answering health checks and queuing requests while a generation runs.
+
+Bounded, because one caller must not be able to take the engine from the others
+(``serve.http``, ``ApiLimits``): ``max_tokens``, ``n`` and the prompt's length have upper
+bounds (400 naming the limit), at most ``max_queue`` engine requests are in flight or waiting
+(one more is 429 at once, with ``Retry-After``), and chat and ``/v1/models`` need a bearer
+token whenever the server is bound beyond loopback. No error body carries a credential or an
+exception's text: a 500 says only its error id, which the log line with the traceback (masked
+by ``daemon.redact``) also carries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
+import threading
 import time
+import traceback
 import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +53,11 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from adapters.files import AdapterFileError, verify_adapter
 from daemon.engines.base import (
@@ -51,7 +66,11 @@ from daemon.engines.base import (
     Completion,
     Engine,
     EngineError,
+    EngineRejected,
+    EngineUnavailable,
 )
+from daemon.redact import redact
+from daemon.serving.limits import RETRY_AFTER_S, ApiLimits
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +88,71 @@ UNKNOWN_LOGPROB = -9999.0
 class APIError(Exception):
     """An error that becomes an OpenAI-style JSON body with this status and type."""
 
-    def __init__(self, status: int, message: str, err_type: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        err_type: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.err_type = err_type
+        self.param = param
+        self.headers = headers
 
 
 def error_response(
-    status: int, message: str, err_type: str, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    err_type: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    """vLLM's ``ErrorResponse``: the OpenAI envelope, with the HTTP status as ``code``."""
-    body = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
+    """vLLM's ``ErrorResponse``: the OpenAI envelope, with the HTTP status as ``code``.
+
+    The message is masked (``redact``): it often quotes an engine's error, and an engine
+    over HTTP names its URL, credentials included.
+    """
+    body = {"error": {"message": redact(message), "type": err_type, "param": param, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def internal_error(exc: BaseException) -> JSONResponse:
+    """A 500 that tells the client only an error id; the log line has the id and the
+    traceback (masked), for the operator."""
+    err_id = uuid.uuid4().hex[:12]
+    tb = "".join(traceback.format_exception(exc))
+    log.error("unhandled error %s in the OpenAI server:\n%s", err_id, redact(tb))
+    return error_response(
+        500,
+        f"internal server error (error id {err_id}; the server's log has the details)",
+        "InternalServerError",
+    )
+
+
+class _SafeRoute(APIRoute):
+    """Turns an unexpected exception into ``internal_error`` inside the route.
+
+    An ``exception_handler(Exception)`` alone answers the client but Starlette re-raises the
+    exception afterwards, and uvicorn then logs its text (secrets and all) on its own.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def safe(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (APIError, StarletteHTTPException, RequestValidationError):
+                raise
+            except Exception as exc:
+                return internal_error(exc)
+
+        return safe
 
 
 # ----------------------------------------------------------------- request bodies
@@ -118,10 +189,10 @@ class ChatCompletionBody(BaseModel):
 
     model: str
     messages: list[ChatMessageIn] = Field(min_length=1)
-    n: int = Field(default=1, ge=1, le=64)
+    n: int = Field(default=1, ge=1)  # upper bound: ApiLimits.max_n
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)  # upper bound: ApiLimits.max_tokens
     max_completion_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
     logprobs: bool = False
@@ -160,8 +231,29 @@ class ChatCompletionBody(BaseModel):
             raise ValueError("'continue_final_message' needs the last message to be 'assistant'")
         return self
 
-    def to_engine_request(self, adapter: str | None) -> ChatRequest:
-        max_tokens = self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+    def check_limits(self, limits: ApiLimits) -> None:
+        """400 naming the parameter, its value and the limit, for a request that would hold
+        the engine longer than this server allows."""
+        asked = [("max_tokens", self.max_tokens, limits.max_tokens, "max_tokens")]
+        asked.append(
+            ("max_completion_tokens", self.max_completion_tokens, limits.max_tokens, "max_tokens")
+        )
+        asked.append(("n", self.n, limits.max_n, "max_n"))
+        chars = sum(len(m.as_engine_message()["content"]) for m in self.messages)
+        asked.append(("messages", chars, limits.max_prompt_chars, "max_prompt_chars"))
+        for param, value, limit, key in asked:
+            if value is not None and value > limit:
+                what = f"{value} characters of prompt" if param == "messages" else f"{value}"
+                raise APIError(
+                    400,
+                    f"'{param}' is {what}, over this server's limit of {limit} (serve.http.{key})",
+                    "BadRequestError",
+                    param=param,
+                )
+
+    def to_engine_request(self, adapter: str | None, limits: ApiLimits) -> ChatRequest:
+        default = min(DEFAULT_MAX_TOKENS, limits.max_tokens)
+        max_tokens = self.max_completion_tokens or self.max_tokens or default
         # logprobs without top_logprobs still needs the first token's distribution to say
         # how likely the generated token was: ask the engine for one alternative.
         k = max(1, self.top_logprobs or 0) if self.logprobs else 0
@@ -278,25 +370,64 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(engine: Engine, *, registry_dir: Path, admin_token: str | None = None) -> FastAPI:
+def _bearer_ok(request: Request, tokens: list[str]) -> bool:
+    """Whether the request carries one of ``tokens`` as its bearer token (constant time)."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    ok = False
+    for token in tokens:  # every one compared: no early exit to time
+        ok |= hmac.compare_digest(given.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and ok
+
+
+def _unauthorized(what: str) -> StarletteHTTPException:
+    return StarletteHTTPException(
+        401, f"a valid {what} token is required", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def create_app(
+    engine: Engine,
+    *,
+    registry_dir: Path,
+    admin_token: str | None = None,
+    api_token: str | None = None,
+    exposed: bool = False,
+    limits: ApiLimits | None = None,
+) -> FastAPI:
     """The FastAPI app over ``engine``.
 
     ``registry_dir``: adapters may only be loaded from inside it (``verify_adapter``).
     ``admin_token``: when set, the adapter endpoints need ``Authorization: Bearer <token>``.
+    ``api_token``: when set, chat and ``/v1/models`` need it (or the admin token).
+    ``exposed``: the server is reachable beyond loopback, so chat and ``/v1/models`` need a
+    token even without ``api_token`` (the admin token): a network caller must not get free
+    generations on the operator's GPU. ``limits``: the bounds of a request and of the queue.
     """
-    if admin_token is not None and not admin_token:
-        raise ValueError("admin_token must be None or a non-empty string")
+    for name, token in (("admin_token", admin_token), ("api_token", api_token)):
+        if token is not None and not token:
+            raise ValueError(f"{name} must be None or a non-empty string")
+    client_tokens = [t for t in (api_token, admin_token) if t]
+    if exposed and not client_tokens:
+        raise ValueError("an exposed server needs an admin or API token")
+    limits = limits or ApiLimits()
     app = FastAPI(title="selfdistill OpenAI-compatible server", docs_url=None, redoc_url=None)
+    app.router.route_class = _SafeRoute
     app.state.engine = engine
     app.state.registry_dir = Path(registry_dir)
     # Adapter paths as loaded through this server; adapters loaded by other means (the serve
     # worker's hot-swap) are still listed, with root None, since Engine exposes names only.
     app.state.adapter_paths = {}
+    # What /readyz reports without calling the engine: the adapters last seen, whether the
+    # last probe of the engine failed, and whether a probe is running now.
+    app.state.adapters_seen = []
+    app.state.engine_failing = False
+    app.state.probing = False
+    app.state.in_queue = 0  # engine requests in flight or waiting for a thread
     started = int(time.time())
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.err_type)
+        return error_response(exc.status, exc.message, exc.err_type, exc.headers, exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -315,20 +446,56 @@ def create_app(engine: Engine, *, registry_dir: Path, admin_token: str | None = 
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in the OpenAI server")
-        return error_response(500, f"{type(exc).__name__}: {exc}", "InternalServerError")
+        return internal_error(exc)  # outside a route (middleware); routes use _SafeRoute
 
     def require_admin(request: Request) -> None:
-        """Bearer-token check for the adapter endpoints (constant-time compare)."""
-        if admin_token is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), admin_token.encode()
-        ):
-            raise StarletteHTTPException(
-                401, "a valid admin token is required", headers={"WWW-Authenticate": "Bearer"}
+        """Bearer-token check for the adapter endpoints."""
+        if admin_token is not None and not _bearer_ok(request, [admin_token]):
+            raise _unauthorized("admin")
+
+    def require_client(request: Request) -> None:
+        """Bearer-token check for chat and models: the API or the admin token, needed when
+        an API token is set or the server is exposed; loopback without one stays open."""
+        if (api_token is not None or exposed) and not _bearer_ok(request, client_tokens):
+            raise _unauthorized("API")
+
+    @contextlib.asynccontextmanager
+    async def admitted() -> AsyncIterator[None]:
+        """A place in the engine's queue, or 429 at once: a request never waits for one.
+
+        Counted on the event loop (one thread), so no lock; held until the engine call ends.
+        """
+        if app.state.in_queue >= limits.max_queue:
+            raise APIError(
+                429,
+                f"the server is busy: {limits.max_queue} engine requests are in flight or "
+                f"waiting (serve.http.max_queue); retry after {RETRY_AFTER_S} s",
+                "RateLimitError",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
+        app.state.in_queue += 1
+        try:
+            yield
+        finally:
+            app.state.in_queue -= 1
+
+    async def engine_adapters(eng: Engine) -> list[str]:
+        names = list(await run_in_threadpool(eng.adapters))
+        app.state.adapters_seen = names
+        return names
+
+    def probe(eng: Engine) -> None:
+        """Refresh what /readyz reports, on a thread of its own (never the request pool)."""
+        try:
+            app.state.adapters_seen = list(eng.adapters())
+            app.state.engine_failing = False
+        except EngineError as exc:
+            app.state.engine_failing = True
+            log.warning("readiness probe: the engine did not answer: %s", redact(str(exc)))
+        except Exception as exc:  # a race inside the engine: not a verdict on it
+            log.warning("readiness probe failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+        finally:
+            app.state.probing = False
 
     def current_engine(request: Request) -> Engine:
         eng = request.app.state.engine
@@ -342,19 +509,26 @@ def create_app(engine: Engine, *, registry_dir: Path, admin_token: str | None = 
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
+        """Answers from the last probe and starts the next one: a busy or hung engine (all
+        request threads held) cannot make the probe itself hang."""
         eng = request.app.state.engine
         if eng is None:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        try:
-            adapters = await run_in_threadpool(eng.adapters)
-        except Exception as exc:
-            return JSONResponse({"status": "not ready", "error": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ready", "model": eng.model_name, "adapters": adapters})
+        if not app.state.probing:
+            app.state.probing = True
+            threading.Thread(target=probe, args=(eng,), name="readyz", daemon=True).start()
+        if app.state.engine_failing:
+            body = {"status": "not ready", "error": "the engine did not answer (see the log)"}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(
+            {"status": "ready", "model": eng.model_name, "adapters": app.state.adapters_seen}
+        )
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[Depends(require_client)])
     async def list_models(request: Request) -> dict[str, Any]:
         eng = current_engine(request)
-        names = await run_in_threadpool(eng.adapters)
+        async with admitted():
+            names = await engine_adapters(eng)
         paths: dict[str, str] = request.app.state.adapter_paths
         cards = [_model_card(eng.model_name, root=eng.model_name, parent=None, created=started)]
         cards += [
@@ -362,22 +536,32 @@ def create_app(engine: Engine, *, registry_dir: Path, admin_token: str | None = 
         ]
         return {"object": "list", "data": cards}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_client)])
     async def chat_completions(body: ChatCompletionBody, request: Request) -> dict[str, Any]:
         eng = current_engine(request)
+        body.check_limits(limits)
+        async with admitted():
+            return await _chat(eng, body)
+
+    async def _chat(eng: Engine, body: ChatCompletionBody) -> dict[str, Any]:
         adapter: str | None = None
         if body.model != eng.model_name:
-            if body.model not in await run_in_threadpool(eng.adapters):
+            if body.model not in await engine_adapters(eng):
                 raise APIError(404, f"The model `{body.model}` does not exist.", "NotFoundError")
             adapter = body.model
         try:
-            [result] = await run_in_threadpool(eng.generate, [body.to_engine_request(adapter)])
+            request = body.to_engine_request(adapter, limits)
+            [result] = await run_in_threadpool(eng.generate, [request])
         except EngineError as exc:
             # The usual cause: the adapter was unloaded between the check above and generate.
-            if adapter is not None and adapter not in await run_in_threadpool(eng.adapters):
+            if adapter is not None and adapter not in await engine_adapters(eng):
                 raise APIError(
                     404, f"The model `{adapter}` does not exist.", "NotFoundError"
                 ) from exc
+            if isinstance(exc, EngineRejected):  # the request's fault: a prompt too long
+                raise APIError(400, str(exc), "BadRequestError") from exc
+            if isinstance(exc, EngineUnavailable):
+                raise APIError(503, str(exc), "ServiceUnavailableError") from exc
             raise APIError(500, str(exc), "InternalServerError") from exc
         return _completion_response(body, result)
 
@@ -390,10 +574,12 @@ def create_app(engine: Engine, *, registry_dir: Path, admin_token: str | None = 
             path = verify_adapter(request.app.state.registry_dir, body.lora_path, None)
         except AdapterFileError as exc:
             raise APIError(400, str(exc), "InvalidUserInput") from exc
-        try:
-            await run_in_threadpool(eng.load_adapter, body.lora_name, str(path))
-        except EngineError as exc:  # AdapterLoadError, and any other refusal by the engine
-            raise APIError(400, str(exc), "BadRequestError") from exc
+        async with admitted():
+            try:
+                await run_in_threadpool(eng.load_adapter, body.lora_name, str(path))
+            except EngineError as exc:  # AdapterLoadError, and any other refusal by the engine
+                raise APIError(400, str(exc), "BadRequestError") from exc
+            await engine_adapters(eng)
         request.app.state.adapter_paths[body.lora_name] = str(path)
         log.info("adapter %s loaded over HTTP from %s", body.lora_name, path)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
@@ -403,14 +589,16 @@ def create_app(engine: Engine, *, registry_dir: Path, admin_token: str | None = 
         body: UnloadLoRAAdapterBody, request: Request
     ) -> PlainTextResponse:
         eng = current_engine(request)
-        if body.lora_name not in await run_in_threadpool(eng.adapters):
-            raise APIError(
-                404, f"The lora adapter '{body.lora_name}' cannot be found.", "NotFoundError"
-            )
-        try:
-            await run_in_threadpool(eng.unload_adapter, body.lora_name)
-        except EngineError as exc:
-            raise APIError(400, str(exc), "BadRequestError") from exc
+        async with admitted():
+            if body.lora_name not in await engine_adapters(eng):
+                raise APIError(
+                    404, f"The lora adapter '{body.lora_name}' cannot be found.", "NotFoundError"
+                )
+            try:
+                await run_in_threadpool(eng.unload_adapter, body.lora_name)
+            except EngineError as exc:
+                raise APIError(400, str(exc), "BadRequestError") from exc
+            await engine_adapters(eng)
         request.app.state.adapter_paths.pop(body.lora_name, None)
         log.info("adapter %s unloaded over HTTP", body.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
@@ -425,20 +613,34 @@ def build_server(
     port: int = 8000,
     registry_dir: Path,
     admin_token: str | None = None,
+    api_token: str | None = None,
+    limits: ApiLimits | None = None,
     log_level: str = "info",
 ) -> uvicorn.Server:
     """A configured uvicorn server, not yet running: ``.run()`` blocks, or run it in a thread.
 
     Refuses a non-loopback ``host`` without ``admin_token``: anyone who can reach the port
-    could otherwise load adapters into the serving model.
+    could otherwise load adapters into the serving model. Bound beyond loopback, chat and
+    ``/v1/models`` need a token too (``create_app``'s ``exposed``). uvicorn logs through the
+    process's own logging (``log_config=None``), so its lines are masked like the daemon's.
     """
-    if admin_token is None and not is_loopback(host):
+    exposed = not is_loopback(host)
+    if admin_token is None and exposed:
         raise ValueError(
             f"refusing to serve on {host!r} without an admin token: the adapter endpoints "
             "would be open to the network; set an admin token or bind to 127.0.0.1"
         )
-    app = create_app(engine, registry_dir=registry_dir, admin_token=admin_token)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    app = create_app(
+        engine,
+        registry_dir=registry_dir,
+        admin_token=admin_token,
+        api_token=api_token,
+        exposed=exposed,
+        limits=limits,
+    )
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, log_config=None
+    )
     return uvicorn.Server(config)
 
 
@@ -449,8 +651,16 @@ def run_server(
     port: int = 8000,
     registry_dir: Path,
     admin_token: str | None = None,
+    api_token: str | None = None,
+    limits: ApiLimits | None = None,
 ) -> None:
     """Serve until interrupted (blocking). See ``build_server`` for the exposure rule."""
     build_server(
-        engine, host=host, port=port, registry_dir=registry_dir, admin_token=admin_token
+        engine,
+        host=host,
+        port=port,
+        registry_dir=registry_dir,
+        admin_token=admin_token,
+        api_token=api_token,
+        limits=limits,
     ).run()

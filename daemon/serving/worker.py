@@ -21,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from daemon.engines import EngineSettings
 from daemon.engines.base import ChatRequest, Engine, EngineRejected, EngineUnavailable
 from daemon.engines.hotswap import AdapterRouter, SwapResult
+from daemon.serving.limits import (
+    DEFAULT_MAX_N,
+    DEFAULT_MAX_PROMPT_CHARS,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_TOKENS_LIMIT,
+    ApiLimits,
+)
 from daemon.serving.metrics import (
     CANDIDATES_GENERATED,
     GENERATED_TOKENS,
@@ -58,8 +65,48 @@ class HttpConfig(BaseModel):
     )
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible API.")
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token for /v1/load_lora_adapter and /v1/unload_lora_adapter."
+        None,
+        description="Bearer token for /v1/load_lora_adapter and /v1/unload_lora_adapter; also "
+        "accepted by chat and /v1/models, which need it when host is not loopback (unless "
+        "api_token is set).",
     )
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for chat and /v1/models only (clients that must not manage "
+        "adapters); when set it is required even on loopback. Unset: chat is open on loopback "
+        "and needs admin_token elsewhere.",
+    )
+    max_tokens: int = Field(
+        DEFAULT_MAX_TOKENS_LIMIT,
+        ge=1,
+        description="Largest max_tokens / max_completion_tokens a request may ask (400 beyond).",
+    )
+    max_n: int = Field(
+        DEFAULT_MAX_N,
+        ge=1,
+        le=256,
+        description="Largest n a request may ask (400 beyond); at least serve's n when a "
+        "replica's engine is this server.",
+    )
+    max_prompt_chars: int = Field(
+        DEFAULT_MAX_PROMPT_CHARS,
+        ge=1,
+        description="Longest prompt, in characters over all messages (400 beyond).",
+    )
+    max_queue: int = Field(
+        DEFAULT_MAX_QUEUE,
+        ge=1,
+        description="Engine requests in flight plus waiting; one more is answered 429 at once "
+        "(with Retry-After) instead of waiting.",
+    )
+
+    def limits(self) -> ApiLimits:
+        return ApiLimits(
+            max_tokens=self.max_tokens,
+            max_n=self.max_n,
+            max_prompt_chars=self.max_prompt_chars,
+            max_queue=self.max_queue,
+        )
 
 
 class ServeConfig(BaseModel):

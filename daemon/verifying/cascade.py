@@ -4,7 +4,9 @@ For each prompt, candidates are judged in order (policy ``first-valid``, the pap
 stop at the first accepted one; ``all-valid`` judges all). A candidate passes when every
 stage passes, and a stage passes when all of its ``v`` votes say yes:
 
-0. static: the final answer (after any ``</think>``) must be non-empty; judges see only it;
+0. static: the final answer (after any ``</think>``) must be non-empty, and must not talk to
+   its judge (verdict markers, control tokens, notes to the grader: ``injection.py``; the
+   rejection's one tool call names the family); judges see only the final answer;
 1. cycle-consistency: infer the question from the answer alone, then judge whether the
    inferred and the original question are the same question;
 2. factuality: no factual, numeric or logical errors;
@@ -42,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from daemon.engines.base import ChatRequest, ChatResult, Engine
 from daemon.engines.priority import BACKGROUND, priority
 from daemon.verifying.checkers import TOOL_STAGES, applies, run_tool_stage
+from daemon.verifying.injection import INJECTED, injection_reason
 from daemon.verifying.sandbox import SandboxConfig
 from daemon.verifying.verdicts import final_answer, neutralise, parse_verdict
 from streams.schemas import CheckSpec
@@ -192,6 +195,12 @@ class CascadeConfig(BaseModel):
         "factuality.txt, correctness.txt; $question, $answer, $inferred placeholders).",
     )
     seed: int | None = Field(None, description="Seed the judge's sampling (reproducible runs).")
+    reject_injection: bool = Field(
+        True,
+        description="Static stage: reject a candidate whose final answer talks to its judge "
+        "(verdict markers, chat-template control tokens, notes to the grader; "
+        "daemon/verifying/injection.py) before any judge reads it. Off only to measure it.",
+    )
 
     @field_validator("stages")
     @classmethod
@@ -409,9 +418,12 @@ class Cascade:
                 out = CandidateOutcome(ci, text, final_answer(text))
                 outcomes[pi].candidates.append(out)
                 item = _Item(pi, out, p.question, judges)
+                injected = injection_reason(out.answer) if self.config.reject_injection else None
                 if not out.answer:
                     out.rejected_at = "static"
                     item.done = True
+                elif injected is not None:  # it talks to its judge: no judge ever reads it
+                    self._tool_verdict(item, "static", False, f"{injected}: {INJECTED}")
                 elif missing is not None:
                     self._tool_verdict(
                         item, missing, False, "no check for this stage in the prompt"

@@ -58,7 +58,9 @@ from daemon.verifying.graders import (
     last_line,
     regex_search,
 )
-from daemon.verifying.sandbox import DETAIL_CHARS, SandboxConfig, extract_code, one_line, run_tests
+from daemon.verifying.sandbox import DETAIL_CHARS, SandboxConfig, extract_code, one_line
+from daemon.verifying.sandbox_health import monitor_for
+from daemon.verifying.sandbox_server import run_candidate
 from daemon.verifying.verdicts import final_answer
 from streams.schemas import CheckSpec, validation_summary
 
@@ -123,7 +125,8 @@ def run_tool_stage(
         code = extract_code(final)
         if not code:
             return _verdict(False, "execution: no code in the answer")
-        result = run_tests(code, check.tests, sandbox)
+        result = run_candidate(code, check.tests, sandbox)
+        monitor_for(sandbox).observe(result)  # a refusal is counted and shown, not just failed
         return _verdict(result.passed, result.detail)
     except Exception as exc:  # a candidate or a spec must never take the worker down
         return _verdict(False, f"{stage} stage error: {type(exc).__name__}: {exc}")

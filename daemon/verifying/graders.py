@@ -54,6 +54,24 @@ REGEX_FLAGS = regex.IGNORECASE | regex.DOTALL | regex.VERSION0
 #: as ``(a|aa)+$``) can take longer than the universe is old. The bound is per search, so a
 #: checker vote or a held-out grade costs at most this much.
 REGEX_TIMEOUT_S = 1.0
+#: The time bound covers searching, not compiling, and compiling is not free: the ``regex``
+#: package expands a counted repeat of a literal into that many characters, so
+#: ``a{4294967294}`` or ``(?:a{1000}){1000}{1000}`` exhausts the worker's memory before
+#: any search starts, and deep nesting overflows the parser's stack. So a pattern is
+#: refused, as a pattern that does not compile is, when it is longer than
+#: :data:`REGEX_MAX_CHARS`, nests groups deeper than :data:`REGEX_MAX_DEPTH`, or its
+#: counted repeats, multiplied through their nesting and added up, exceed
+#: :data:`REGEX_MAX_REPEAT` (``\d{1,3}(?:,\d{3})*`` costs a few; ``.{0,200}`` 200). A
+#: compiled unit takes about 300 bytes, so the bound keeps one pattern under about 3 MB, and
+#: the cache of compiled patterns (128) under about 400 MB whatever producers send.
+REGEX_MAX_CHARS = 4096
+REGEX_MAX_DEPTH = 64
+REGEX_MAX_REPEAT = 10_000
+
+
+class PatternRefused(regex.error):
+    """A pattern too costly to compile (see :data:`REGEX_MAX_REPEAT`): it is refused before
+    ``regex.compile`` runs, like one that does not compile."""
 
 
 class LabeledSetError(ValueError):
@@ -111,6 +129,8 @@ class LabeledItem(BaseModel):
         if self.grader == "regex":
             try:
                 _compiled(self.answer)
+            except PatternRefused as exc:
+                raise ValueError(f"regex answer refused: {exc}") from None
             except regex.error as exc:
                 raise ValueError(f"regex answer does not compile: {exc}") from None
         if self.grader == "exact" and not _normalise(self.answer):
@@ -308,9 +328,76 @@ def extract_choice(text: str, choices: list[str] | None = None) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1024)
+_COUNTED = re.compile(r"\{(\d+)?(?:,(\d*))?\}")
+
+
+def _counted_at(pattern: str, i: int) -> tuple[int, int] | None:
+    """``(largest count, end)`` of a counted repeat ``{m}``, ``{m,}``, ``{m,n}``, ``{,n}`` at
+    ``i``, or None when the braces there are a literal (``{``, ``{x}``)."""
+    m = _COUNTED.match(pattern, i)
+    if m is None or (m.group(1) is None and not m.group(2)):
+        return None
+    return max(int(m.group(1) or 0), int(m.group(2) or 0)), m.end()
+
+
+def pattern_cost(pattern: str) -> str | None:
+    """Why compiling ``pattern`` could exhaust the worker (see :data:`REGEX_MAX_REPEAT`), or
+    None. A lexical over-estimate that never compiles anything: each character costs 1, a
+    counted repeat its largest count times what it repeats, a group the sum of its inside."""
+    if len(pattern) > REGEX_MAX_CHARS:
+        return f"the pattern is longer than {REGEX_MAX_CHARS} characters"
+    frames = [0]  # the cost so far of each open group, outermost first
+    last = 0  # the cost of the atom just read, which a counted repeat multiplies
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        counted = _counted_at(pattern, i) if ch == "{" else None
+        if counted is not None:
+            count, i = counted
+            frames[-1] += last * (count - 1)  # the atom was already added once
+            last *= count  # a repeat of the repeat multiplies again
+        elif ch == "(":
+            frames.append(0)
+            if len(frames) > REGEX_MAX_DEPTH:
+                return f"its groups nest deeper than {REGEX_MAX_DEPTH}"
+            i += 1
+        elif ch == ")" and len(frames) > 1:
+            last = max(frames.pop(), 1)
+            frames[-1] += last
+            i += 1
+        else:
+            if ch == "\\":
+                i += 2
+            elif ch == "[":  # a set is one atom: skip to its end
+                j = i + 1 + (pattern[i + 1 : i + 2] == "^")
+                j += pattern[j : j + 1] == "]"
+                while j < len(pattern) and pattern[j] != "]":
+                    j += 2 if pattern[j] == "\\" else 1
+                i = j + 1
+            else:
+                i += 1
+            last = 1
+            frames[-1] += 1
+        if sum(frames) > REGEX_MAX_REPEAT:
+            return f"its counted repeats expand past {REGEX_MAX_REPEAT:,} (as {_clip(pattern)})"
+    return None
+
+
+def _clip(pattern: str, limit: int = 40) -> str:
+    return pattern if len(pattern) <= limit else pattern[: limit - 3] + "..."
+
+
+@functools.lru_cache(maxsize=128)
 def _compiled(pattern: str) -> regex.Pattern[str]:
-    return regex.compile(pattern, REGEX_FLAGS)
+    """The compiled pattern; raises :class:`PatternRefused` for one too costly to compile
+    (before compiling it), ``regex.error`` for one that does not compile."""
+    why = pattern_cost(pattern)
+    if why is not None:
+        raise PatternRefused(why)
+    try:
+        return regex.compile(pattern, REGEX_FLAGS)
+    except (RecursionError, MemoryError, OverflowError) as exc:  # never the worker's end
+        raise PatternRefused(f"compiling it failed ({type(exc).__name__})") from None
 
 
 def regex_search(pattern: str, text: str, timeout_s: float = REGEX_TIMEOUT_S) -> bool:

@@ -76,3 +76,33 @@ for _stage in ("cycle", "factuality", "correctness"):
 for _stage in ("checker", "execution"):  # tool stages: one deterministic verdict, no votes
     for _result in ("pass", "fail"):
         STAGE_RESULTS.labels(_stage, _result)
+
+# The static stage's rejections by reason: an empty final answer, or an answer that talks to
+# its judge (the injection family, daemon/verifying/injection.py). A rise in the families is
+# someone, or the model itself, trying to talk the judges into a yes.
+from daemon.verifying.injection import STATIC_REASONS  # noqa: E402
+
+STATIC_REJECTIONS = Counter(
+    "selfdistill_static_rejections_total",
+    "Candidates the static stage rejected, by reason (empty, verdict-marker, control-token, "
+    "judge-address, instruction-override); those never reached a judge.",
+    ["reason"],
+)
+for _reason in STATIC_REASONS:
+    STATIC_REJECTIONS.labels(_reason)
+
+# The execution stage's sandbox, which fails closed (daemon/verifying/sandbox_health.py):
+# 0 means candidates with tests are not being judged at all, and why is in the refusals.
+SANDBOX_AVAILABLE = Gauge(
+    "selfdistill_sandbox_available",
+    "1 while the execution stage's sandbox has every required isolation property "
+    "(verify.sandbox.require), 0 while it refuses to run candidate code. Only workers whose "
+    "cascade runs code have the series (from their first probe on).",
+    ["stage"],
+)
+SANDBOX_REFUSED = Counter(
+    "selfdistill_sandbox_refused_total",
+    "Execution-stage runs refused because a required isolation property was missing (or the "
+    "sandbox server was unreachable), by what was missing; those candidates were not accepted.",
+    ["missing"],
+)

@@ -64,13 +64,24 @@ machine's processes, memory and disk (bounded), the network (unreachable), and t
 other users and of the project (read-only, or hidden). Which layers a run actually had is in
 :attr:`SandboxResult.layers`.
 
-A pass needs exit status 0 *and* a completion token that the harness writes only after the
-tests ran (read from a file descriptor, not from argv or the environment), so a solution that
-exits early with status 0 fails instead of skipping its tests. (Code that goes looking for
-the token in the interpreter's memory could find it: that is a deliberate attack, which the
-verifier's other stages and a human audit are for, not an accident this guards against.) The solution runs as module
-``solution`` (``if __name__ == "__main__":`` blocks do not run; tests may ``from solution
-import f``) and the tests run in the same namespace.
+**Fail closed.** The isolation a run needs is not assumed from the steps above having
+worked: each harness process *measures* it in its final state, before any candidate code
+(``verify.sandbox.require``, :data:`REQUIREMENTS`: no network, a uid that owns nothing of
+the worker's, a read-only filesystem but scratch, no readable environment of another
+process), and with any property missing the run is refused ("unavailable") and the
+candidate's code never starts. Where the worker cannot isolate its own children (non-root,
+namespaces forbidden), ``verify.sandbox.socket`` sends runs to ``selfdistill sandbox
+serve`` in a container or unit of its own (:mod:`daemon.verifying.sandbox_server`).
+
+**No forged passes.** The solution and the tests run in two processes
+(:mod:`daemon.verifying.sandbox_harness`): the tests' process calls into the solution's
+through proxies and compares plain values it rebuilt itself (:mod:`daemon.verifying.sandbox_wire`),
+so an ``__eq__`` that always says yes, a patched ``unittest`` or ``assert``, a token read
+from a frame, an early ``exit(0)`` or a write to every descriptor all happen in a process
+that decides nothing. Only the tests' process holds the completion token and the status
+descriptor, and it is non-dumpable. A pass needs its exit status 0 *and* that token. The
+solution runs as module ``solution`` (``if __name__ == "__main__":`` blocks do not run;
+tests may ``from solution import f``); its names are bound in the tests' namespace.
 """
 
 from __future__ import annotations
@@ -91,11 +102,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon.verifying.sandbox_programs import harness, launcher, program, source
+from daemon.verifying.sandbox_harness import solution_harness, tests_harness
+from daemon.verifying.sandbox_programs import SAFE_ENV_KEYS, launcher, program, source
 
 #: Lines the harness and the launcher write to stderr start with this; a candidate can write
 #: it too, which can only make its own run fail.
@@ -110,10 +122,39 @@ _MAX_OPEN_FILES = 64
 _REAP_WAIT_S = 3.0
 
 
+#: The isolation properties a run can be required to have, each measured inside the run
+#: (by the launcher's ``measure``, in the final state, before any candidate code):
+#: ``no-network``: its own network namespace, with no interface but loopback;
+#: ``foreign-uid``: a uid and groups that own nothing of the worker's (not root, not the
+#: worker's uid or gid, as the kernel sees them from the worker's user namespace);
+#: ``read-only-fs``: every mount read-only except scratch (/tmp, /proc, /dev), and the run
+#: works in /tmp;
+#: ``no-worker-env``: no other process's environment it can read holds anything but the
+#: sandbox's own variables (the worker's secrets live in its environment).
+Requirement = Literal["no-network", "foreign-uid", "read-only-fs", "no-worker-env"]
+REQUIREMENTS: tuple[Requirement, ...] = get_args(Requirement)
+
+
 class SandboxConfig(BaseModel):
     """Limits of one sandboxed run of candidate code against a prompt's tests."""
 
     model_config = ConfigDict(extra="forbid")
+
+    require: list[Requirement] = Field(
+        default_factory=lambda: list(REQUIREMENTS),
+        description="Isolation properties a run must have, measured inside it before the "
+        "candidate's code starts; with any missing the run is refused (reason "
+        "'unavailable'), the candidate is not accepted and the stage reports itself "
+        "unavailable. Remove one only knowingly: each stands between candidate code and "
+        "the worker's network, files or secrets.",
+    )
+    socket: str | None = Field(
+        None,
+        description="Unix socket of a `selfdistill sandbox serve` process (its own user, "
+        "container or unit) to run candidates in, instead of in this process's children: "
+        "for workers that cannot isolate their own (non-root, no namespaces). Unreachable "
+        "counts as unavailable.",
+    )
 
     timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit of one run.")
     memory_mb: int = Field(512, ge=32, description="Address-space limit (RLIMIT_AS), MiB.")
@@ -164,12 +205,17 @@ class SandboxResult:
 
     passed: bool
     reason: str  # ok | failed | timeout | memory | crashed | forbidden | output | error
+    # | unavailable (refused: a required isolation property is missing)
     detail: str
     returncode: int | None
     seconds: float
     #: The isolation layers this run had (e.g. "netns", "pidns", "mountns", "uid:65534",
     #: "rlimits", "audit-hook"); empty when it never started.
     layers: tuple[str, ...] = ()
+    #: The :data:`REQUIREMENTS` measured inside the run (whether required or not).
+    properties: tuple[str, ...] = ()
+    #: Required properties the run lacked: it was refused ("unavailable") before any code.
+    missing: tuple[str, ...] = ()
 
 
 # --- extracting the code from an answer ----------------------------------------------------
@@ -209,7 +255,18 @@ def extract_code(answer: str) -> str:
 # --- running -------------------------------------------------------------------------------
 
 
-def run_tests(code: str, tests: str, config: SandboxConfig) -> SandboxResult:
+def worker_identity() -> dict[str, Any]:
+    """Who a run must be isolated from: this process's uid, gid and network namespace."""
+    try:
+        netns = os.readlink("/proc/self/ns/net")
+    except OSError:
+        netns = "unknown"
+    return {"uid": os.getuid(), "gid": os.getgid(), "netns": netns}
+
+
+def run_tests(
+    code: str, tests: str, config: SandboxConfig, *, worker: dict[str, Any] | None = None
+) -> SandboxResult:
     """Run ``code`` then ``tests`` in a sandbox (see the module doc); never raises.
 
     Passed means: the tests ran to the end without an exception, the process exited 0
@@ -221,7 +278,7 @@ def run_tests(code: str, tests: str, config: SandboxConfig) -> SandboxResult:
     except (OSError, ValueError) as exc:
         return _result("error", f"cannot make a temporary directory ({exc})", None, started)
     try:
-        return _run(tmp, code, tests, config, started)
+        return _run(tmp, code, tests, config, started, worker)
     except Exception as exc:  # the worker must get a vote, whatever happened
         return _result("error", f"sandbox failure ({type(exc).__name__}: {exc})", None, started)
     finally:
@@ -247,7 +304,14 @@ def _cpu_seconds(config: SandboxConfig) -> int:
     return math.ceil(config.timeout_s) + 1
 
 
-def _run(tmp: Path, code: str, tests: str, config: SandboxConfig, started: float) -> SandboxResult:
+def _run(
+    tmp: Path,
+    code: str,
+    tests: str,
+    config: SandboxConfig,
+    started: float,
+    worker: dict[str, Any] | None,
+) -> SandboxResult:
     uid = config.run_as_uid if os.geteuid() == 0 else None
     python = _python(sys.executable)
     if python is None:
@@ -259,13 +323,14 @@ def _run(tmp: Path, code: str, tests: str, config: SandboxConfig, started: float
     if uid is not None:
         os.chown(work, uid, uid)
     nonce = secrets.token_hex(16)
-    payload = json.dumps({"code": code, "tests": tests, "nonce": nonce}, ensure_ascii=True)
-    paths = {name: tmp / name for name in ("input", "stdout", "stderr", "status", "report")}
-    paths["input"].write_text(payload, encoding="ascii")
+    paths = {name: tmp / name for name in ("tests", "code", "stdout", "stderr", "status", "report")}
+    paths["tests"].write_text(json.dumps({"tests": tests, "nonce": nonce}), encoding="ascii")
+    paths["code"].write_text(json.dumps({"code": code}), encoding="ascii")
     fds: dict[str, int] = {}
     try:
         for name, path in paths.items():
-            flags = os.O_RDONLY if name == "input" else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            read = name in ("tests", "code")
+            flags = os.O_RDONLY if read else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
             fds[name] = os.open(path, flags | os.O_CLOEXEC, 0o600)
         limits = {
             "as": config.memory_mb * 1024 * 1024,
@@ -274,6 +339,9 @@ def _run(tmp: Path, code: str, tests: str, config: SandboxConfig, started: float
             "nofile": _MAX_OPEN_FILES,
             "nproc": config.max_processes,
         }
+        # "run" is unused by the harnesses: it names the run on every process's command
+        # line (forks included), so that an operator or a test can find them.
+        harness_cfg = {"hook": config.audit_hook, "run": str(tmp)}
         launch = {
             "interpreter": interpreter,
             "needed": needed,
@@ -282,16 +350,22 @@ def _run(tmp: Path, code: str, tests: str, config: SandboxConfig, started: float
             "disk_mb": config.disk_mb,
             "namespaces": config.namespaces,
             "limits": limits,
-            "input_fd": fds["input"],
-            "status_fd": fds["status"],
             "report_fd": fds["report"],
             "env": _ENV,
-            # "run" is unused by the harness: it names the run on every process's command
-            # line (forks included), so that an operator or a test can find them.
-            "harness": program(
-                harness,
-                {"input_fd": 3, "status_fd": 4, "hook": config.audit_hook, "run": str(tmp)},
-            ),
+            "require": list(config.require),
+            "others": [worker_identity(), *([worker] if worker else [])],
+            "safe_env": list(SAFE_ENV_KEYS),
+            "roles": {
+                "tests": {
+                    "input_fd": fds["tests"],
+                    "status_fd": fds["status"],
+                    "harness": program(tests_harness, harness_cfg),
+                },
+                "solution": {
+                    "input_fd": fds["code"],
+                    "harness": program(solution_harness, harness_cfg),
+                },
+            },
         }
         try:
             proc = subprocess.Popen(
@@ -302,7 +376,7 @@ def _run(tmp: Path, code: str, tests: str, config: SandboxConfig, started: float
                 cwd=tmp,
                 env=_ENV,
                 close_fds=True,
-                pass_fds=(fds["input"], fds["status"], fds["report"]),
+                pass_fds=(fds["tests"], fds["code"], fds["status"], fds["report"]),
                 start_new_session=True,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -360,9 +434,14 @@ def _classify(
     markers = [ln[len(MARKER) :] for ln in stderr.splitlines() if ln.startswith(MARKER)]
     tail = _last_lines(stderr)
 
-    def result(reason: str, detail: str) -> SandboxResult:
-        return _result(reason, detail, returncode, started, layers)
+    properties = tuple(p for p in report.get("properties", ()) if p in REQUIREMENTS)
+    refused = tuple(p for p in report.get("refused", ()) if p in REQUIREMENTS)
 
+    def result(reason: str, detail: str) -> SandboxResult:
+        return _result(reason, detail, returncode, started, layers, properties, refused)
+
+    if refused:
+        return result("unavailable", unavailable_detail(refused))
     if timed_out:
         return result("timeout", f"timeout: no result within {config.timeout_s:g} s")
     size = sum(_size(paths[name]) for name in ("stdout", "stderr"))
@@ -377,8 +456,12 @@ def _classify(
         return result("error", f"error: {report['error']}")
     if returncode is None:
         return result("error", "error: the sandbox ended without reporting the run")
-    if returncode < 0:
+    solution = report.get("solution_exit")
+    if isinstance(solution, int) and solution < 0:  # the candidate's own process died
+        returncode, cpu = solution, report.get("solution_cpu")
+    else:
         cpu = report.get("cpu")
+    if returncode < 0:
         if -returncode == signal.SIGXCPU or (
             -returncode == signal.SIGKILL
             and isinstance(cpu, float | int)
@@ -399,6 +482,8 @@ def _result(
     returncode: int | None,
     started: float,
     layers: tuple[str, ...] = (),
+    properties: tuple[str, ...] = (),
+    missing: tuple[str, ...] = (),
 ) -> SandboxResult:
     return SandboxResult(
         passed=reason == "ok",
@@ -407,6 +492,15 @@ def _result(
         returncode=returncode,
         seconds=round(time.monotonic() - started, 3),
         layers=layers,
+        properties=properties,
+        missing=missing,
+    )
+
+
+def unavailable_detail(missing: tuple[str, ...] | list[str]) -> str:
+    return (
+        f"unavailable: the sandbox lacks {', '.join(missing)} (verify.sandbox.require); "
+        "the candidate's code was not run"
     )
 
 

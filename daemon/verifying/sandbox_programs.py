@@ -1,12 +1,21 @@
-"""The two programs a sandboxed run executes: the launcher and the harness.
+"""The programs a sandboxed run executes: the launcher and the two harnesses.
 
 ``daemon/verifying/sandbox.py`` runs them and judges what they report; here is what runs
 *inside* the run's processes. The *launcher* unshares the namespaces and forks the init that
-mounts, drops privileges and execs the *harness*, which installs the audit hook and runs the
-solution, then the tests, and writes the completion token. Both are ordinary functions here,
-so they are linted and read like the rest; they run as ``python -I -S -c <their source>`` in
-a fresh process and import only the standard library, so they must not use anything else
-from this module or the package.
+mounts, then forks two processes that each drop privileges, *measure* the isolation they
+ended up with, refuse to go on if a required property is missing, and exec a harness:
+
+- the *solution harness* (:func:`solution_harness`) runs the candidate's code and then
+  answers the tests' questions about what it defined (``sandbox_wire``);
+- the *tests harness* (:func:`tests_harness`) runs the prompt's tests against proxies of
+  those names, compares with its own ``==`` on values it rebuilt from plain data, and
+  alone holds the completion token and the status descriptor. It makes itself
+  non-dumpable first, so the solution's process (same uid) can neither ptrace it nor open
+  its ``/proc/<pid>/mem`` or ``fd/``.
+
+All of them are ordinary functions here, so they are linted and read like the rest; each
+runs as ``python -I -S -c <its source>`` in a fresh process and imports only the standard
+library, so it must not use anything else from this module or the package.
 """
 
 from __future__ import annotations
@@ -16,19 +25,29 @@ import inspect
 import json
 from typing import Any
 
+#: Environment variables a process visible to the candidate may carry without counting
+#: as "the worker's environment": the sandbox's own (``sandbox._ENV`` plus HOME/TMPDIR).
+SAFE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR")
+
 
 @functools.cache
-def source(function: Any) -> str:
-    """A ``-c`` program that defines ``function`` and calls it with argv[1] as JSON."""
+def source(function: Any, *helpers: Any) -> str:
+    """A ``-c`` program that defines ``helpers`` and ``function`` and calls the latter with
+    argv[1] as JSON."""
+    parts = [inspect.getsource(h) for h in (*helpers, function)]
     return (
-        "from __future__ import annotations\n"
-        + inspect.getsource(function)
+        "from __future__ import annotations\nfrom typing import Any\n"
+        + "\n".join(parts)
         + f"\nimport json, sys\n{function.__name__}(json.loads(sys.argv[1]))\n"
     )
 
 
 def program(function: Any, cfg: dict[str, Any]) -> list[str]:
-    return ["-c", source(function), json.dumps(cfg)]
+    """The interpreter arguments that run ``function(cfg)``, with the helpers it needs."""
+    from daemon.verifying.sandbox_harness import HELPERS
+
+    helpers = HELPERS.get(function.__name__, ())
+    return ["-c", source(function, *helpers), json.dumps(cfg)]
 
 
 def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the launcher process
@@ -46,6 +65,7 @@ def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the lau
     import resource
     import select
     import signal
+    import socket
 
     report_fd = cfg["report_fd"]
 
@@ -222,8 +242,74 @@ def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the lau
             read_only_elsewhere()
         return work, can_run
 
-    def exec_harness(work: str, can_run: bool) -> None:
-        """In the harness's process: drop privileges, set the limits, exec the harness."""
+    # Who the candidate must be kept from (the worker, and a sandbox server running it).
+    others = cfg["others"]
+    other_uids = {o["uid"] for o in others}
+    other_gids = {o["gid"] for o in others}
+    other_netns = {o["netns"] for o in others}
+
+    def measure() -> list[str]:
+        """The isolation this process has now, measured rather than assumed (a step that
+        "worked" proves nothing): the properties ``verify.sandbox.require`` names."""
+        found = []
+        try:
+            netns = os.readlink("/proc/self/ns/net")
+            with open("/proc/self/net/dev") as f:
+                interfaces = [ln.split(":")[0].strip() for ln in f.read().splitlines()[2:]]
+            if netns not in other_netns and all(name == "lo" for name in interfaces):
+                found.append("no-network")
+        except OSError:
+            pass
+        inside, outside = os.getuid(), os.getuid()
+        try:  # the uid the kernel checks files against, seen from the worker's namespace
+            with open("/proc/self/uid_map") as f:
+                for line in f:
+                    first, lower, count = (int(x) for x in line.split())
+                    if first <= inside < first + count:
+                        outside = lower + inside - first
+        except (OSError, ValueError):
+            pass
+        groups = {os.getgid(), *os.getgroups()}
+        if inside != 0 and outside != 0 and outside not in other_uids and not groups & other_gids:
+            found.append("foreign-uid")
+        try:
+            writable = []
+            with open("/proc/self/mountinfo", "rb") as f:
+                for line in f.read().decode("utf-8", "replace").splitlines():
+                    fields = line.split(" ")
+                    point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                    scratch = any(point == p or point.startswith(p + "/") for p in scratch_dirs)
+                    if "rw" in fields[5].split(",") and not scratch:
+                        writable.append(point)
+            if not writable and os.getcwd().startswith("/tmp"):
+                found.append("read-only-fs")
+        except (OSError, IndexError):
+            pass
+        leaked = False
+        me = str(os.getpid())
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or name == me:
+                continue
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    environ = f.read(1 << 16)
+            except OSError:
+                continue  # not ours to read: that is the point
+            keys = {
+                entry.split(b"=", 1)[0].decode("ascii", "replace")
+                for entry in environ.split(b"\0")
+                if entry
+            }
+            if keys - set(cfg["safe_env"]):
+                leaked = True
+                break
+        if not leaked:
+            found.append("no-worker-env")
+        return found
+
+    def exec_harness(work: str, can_run: bool, role: dict[str, Any]) -> None:
+        """In a harness's process: drop privileges, set the limits, measure the isolation
+        and refuse if it falls short, then exec the harness."""
         os.chdir(work)
         if uid is not None and can_run:
             os.setgroups([])
@@ -236,14 +322,24 @@ def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the lau
             if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) == 0:
                 layers.append("no-new-privs")
             libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)  # cleared by setuid
-        report(layers=layers)
-        # The harness gets the input on fd 3 and the status on fd 4, and nothing else;
-        # the report stays open (close-on-exec) to tell of a failed exec.
-        moved = [fcntl.fcntl(cfg[k], fcntl.F_DUPFD, 5) for k in ("input_fd", "status_fd")]
-        last = fcntl.fcntl(report_fd, fcntl.F_DUPFD_CLOEXEC, 5)
-        os.dup2(moved[0], 3)
-        os.dup2(moved[1], 4)
-        os.closerange(5, last)
+        found = measure()
+        missing = [p for p in cfg["require"] if p not in found]
+        report(layers=layers, properties=found)
+        if missing:  # fail closed: the candidate's code never runs
+            report(refused=missing)
+            os._exit(125)
+        # The harness gets its input on fd 3, the status on fd 4 (the tests' only) and the
+        # channel on fd 5, and nothing else; the report stays open (close-on-exec) to tell
+        # of a failed exec.
+        wanted = [role["input_fd"], role.get("status_fd"), role["channel_fd"]]
+        moved = [None if fd is None else fcntl.fcntl(fd, fcntl.F_DUPFD, 6) for fd in wanted]
+        last = fcntl.fcntl(report_fd, fcntl.F_DUPFD_CLOEXEC, 6)
+        for target, fd in zip((3, 4, 5), moved, strict=True):
+            if fd is not None:
+                os.dup2(fd, target)
+                continue
+            os.closerange(target, target + 1)  # the solution has no status descriptor
+        os.closerange(6, last)
         os.closerange(last + 1, 1 << 20)
         limits = cfg["limits"]
         for limit, value in (
@@ -262,12 +358,13 @@ def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the lau
             resource.setrlimit(limit, (soft, hard))
         env = dict(cfg["env"], HOME=work, TMPDIR=work)
         interpreter = cfg["interpreter"]
-        os.execve(interpreter, [interpreter, "-I", "-S", *cfg["harness"]], env)
+        os.execve(interpreter, [interpreter, "-I", "-S", *role["harness"]], env)
 
     # The init: the first process of the PID namespace (when there is one). It stays root,
-    # does the mounts, forks the harness and reports the harness's status. The harness is
+    # does the mounts, forks the two harnesses and reports their statuses. A harness is
     # not the init because an init ignores the signals it sends itself (abort(), alarm()
     # without a handler), which would make a crashing candidate look like a passing one.
+    scratch_dirs = ("/tmp", "/proc", "/dev")
     pid = os.fork()
     if pid == 0:
         try:
@@ -279,12 +376,47 @@ def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the lau
                 os._exit(137)  # the launcher died before the death signal was armed
             os.close(alive_r)
             work, can_run = set_up_mounts()
-            harness = os.fork()
-            if harness == 0:
-                exec_harness(work, can_run)
-            _, status, usage = os.wait4(harness, 0)
-            cpu = round(usage.ru_utime + usage.ru_stime, 3)
-            report(exit=os.waitstatus_to_exitcode(status), cpu=cpu)
+            tests_end, solution_end = socket.socketpair()
+            channel = {"tests": tests_end.detach(), "solution": solution_end.detach()}
+            pids = {}
+            for name in ("tests", "solution"):
+                role = dict(cfg["roles"][name], channel_fd=channel[name])
+                child_pid = os.fork()
+                if child_pid == 0:
+                    os.close(channel["solution" if name == "tests" else "tests"])
+                    exec_harness(work, can_run, role)
+                pids[name] = child_pid
+            for fd in channel.values():
+                os.close(fd)
+            ended: dict[int, tuple[int, float]] = {}
+            while pids["tests"] not in ended:
+                done, status, usage = os.wait4(-1, 0)
+                ended[done] = (os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime)
+            # The tests are done, so the solution sees its channel close and exits; a crash
+            # may still be on its way to being reapable. Past a second, it is killed.
+            for _ in range(100):
+                if pids["solution"] in ended:
+                    break
+                done, status, usage = os.wait4(pids["solution"], os.WNOHANG)
+                if done:
+                    exit_code = os.waitstatus_to_exitcode(status)
+                    ended[done] = (exit_code, usage.ru_utime + usage.ru_stime)
+                else:
+                    select.select([], [], [], 0.01)
+            if pids["solution"] not in ended:  # whatever it still does is moot
+                os.kill(pids["solution"], signal.SIGKILL)
+                _, status, usage = os.wait4(pids["solution"], 0)
+                ended[pids["solution"]] = (None, usage.ru_utime + usage.ru_stime)
+            (tests_exit, tests_cpu), (solution_exit, solution_cpu) = (
+                ended[pids["tests"]],
+                ended[pids["solution"]],
+            )
+            report(
+                exit=tests_exit,
+                cpu=round(tests_cpu, 3),
+                solution_exit=solution_exit,
+                solution_cpu=round(solution_cpu, 3),
+            )
             os._exit(0)
         except BaseException as exc:  # anything here is a setup failure
             try:
@@ -296,143 +428,5 @@ def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the lau
         os.kill(pid, signal.SIGKILL)
     os.close(alive_r)
     report(child=pid)
-    os.waitpid(pid, 0)  # reap the init (its status says nothing: the harness's is reported)
-    os._exit(0)
-
-
-def harness(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the sandboxed process
-    """The harness: audit hook, then the solution, then the tests, in one namespace.
-
-    Exits 0 and writes the completion token to ``status_fd`` only when the tests ran to
-    the end; any exception exits 1 with its traceback on stderr.
-    """
-    import builtins
-    import json
-    import linecache
-    import os
-    import sys
-    import traceback
-    import types
-
-    marker = b"selfdistill-sandbox: "
-    memory_line = marker + b"memory\n"
-
-    with open(cfg["input_fd"], "rb", closefd=True) as f:
-        data = json.loads(f.read())
-    token = data.pop("nonce").encode()
-    status_fd = cfg["status_fd"]
-    code, tests = data["code"], data["tests"]
-    del data
-
-    def say(text: str) -> None:
-        os.write(2, marker + text.encode("utf-8", "replace") + b"\n")
-
-    if cfg["hook"]:
-        import _posixsubprocess  # imported now so that ``import subprocess`` still works
-
-        def refuse_fork_exec(*_args: Any, **_kwargs: Any) -> Any:
-            say("forbidden: _posixsubprocess.fork_exec")
-            raise PermissionError("process creation is not allowed in the sandbox")
-
-        _posixsubprocess.fork_exec = refuse_fork_exec
-        blocked = frozenset(
-            {
-                "os.system",
-                "os.fork",
-                "os.forkpty",
-                "os.posix_spawn",
-                "os.spawn",
-                "os.exec",
-                "os.kill",
-                "os.killpg",
-                "signal.pthread_kill",
-                "subprocess.Popen",
-                "socket.connect",
-                "socket.bind",
-                "socket.getaddrinfo",
-                "socket.gethostbyname",
-                "socket.gethostbyaddr",
-                "socket.getnameinfo",
-                "socket.sendto",
-                "socket.sendmsg",
-                "urllib.Request",
-                "webbrowser.open",
-            }
-        )
-        blocked_imports = frozenset({"_posixsubprocess", "_ctypes", "ctypes"})
-
-        def hook(event: str, args: tuple[Any, ...]) -> None:
-            if (
-                event in blocked
-                or event.startswith("ctypes.")
-                or (event == "import" and args and args[0] in blocked_imports)
-            ):
-                what = f"import {args[0]}" if event == "import" else event
-                say(f"forbidden: {what}")
-                raise PermissionError(f"{what} is not allowed in the sandbox")
-
-        sys.addaudithook(hook)
-
-    sys.argv = ["solution.py"]  # as if run as a script; unittest.main() parses it
-    module = types.ModuleType("solution")
-    module.__file__ = "solution.py"
-    module.__builtins__ = builtins  # type: ignore[attr-defined]
-    sys.modules["solution"] = module
-    sys.modules["__main__"] = module  # unittest.main() in the tests finds their cases here
-    namespace = module.__dict__
-    for name, text in (("solution.py", code), ("tests.py", tests)):
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-
-    def fail(exc: BaseException) -> None:
-        if isinstance(exc, MemoryError):
-            os.write(2, memory_line)
-        tb = exc.__traceback__
-        if tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
-            tb = tb.tb_next  # our own exec() frame tells the reader nothing
-        try:
-            traceback.print_exception(type(exc), exc, tb, limit=-6)
-            sys.stderr.flush()
-        except BaseException:  # e.g. no memory left to format it
-            pass
-        os._exit(1)
-
-    try:
-        exec(compile(code, "solution.py", "exec"), namespace)  # the point
-    except SystemExit as exc:
-        say(f"the solution exited ({exc.code!r}) before the tests ran")
-        os._exit(1)
-    except BaseException as exc:
-        fail(exc)
-    exited = False
-    try:
-        exec(compile(tests, "tests.py", "exec"), namespace)
-    except SystemExit as exc:  # unittest.main() ends this way
-        if exc.code not in (None, 0, False):
-            say(f"the tests exited with status {exc.code!r}")
-            os._exit(1)
-        exited = True
-    except BaseException as exc:
-        fail(exc)
-    unittest = sys.modules.get("unittest")
-    if unittest is not None and not exited:
-        try:
-            loader = unittest.TestLoader()
-            cases = [
-                value
-                for value in list(namespace.values())
-                if isinstance(value, type) and issubclass(value, unittest.TestCase)
-            ]
-            suite = unittest.TestSuite(loader.loadTestsFromTestCase(case) for case in cases)
-            if suite.countTestCases():
-                outcome = unittest.TextTestRunner(stream=sys.stderr, verbosity=1).run(suite)
-                if not outcome.wasSuccessful():
-                    os._exit(1)
-        except BaseException as exc:
-            fail(exc)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:  # an over-full stdout shows in its size
-        os._exit(1)
-    os.write(status_fd, token)
+    os.waitpid(pid, 0)  # reap the init (its status says nothing: the harnesses' are reported)
     os._exit(0)

@@ -29,11 +29,13 @@ from daemon.verifying.cascade import (
     PromptOutcome,
     question_of,
 )
+from daemon.verifying.injection import static_reason
 from daemon.verifying.metrics import (
     CANDIDATES_JUDGED,
     JUDGE_CALLS,
     JUDGE_TOKENS,
     STAGE_RESULTS,
+    STATIC_REJECTIONS,
     VERDICTS_PUBLISHED,
     VERIFY_SECONDS,
     VOTES,
@@ -145,7 +147,11 @@ def _observe(outcome: PromptOutcome) -> None:
             continue
         CANDIDATES_JUDGED.inc()
         STAGE_RESULTS.labels("static", "fail" if c.rejected_at == "static" else "pass").inc()
+        if c.rejected_at == "static":
+            STATIC_REJECTIONS.labels(static_reason(c.stages)).inc()
         for s in c.stages:
+            if s.stage == "static":  # counted just above
+                continue
             STAGE_RESULTS.labels(s.stage, "pass" if s.passed else "fail").inc()
             for call in s.calls:
                 if call.kind == "tool":  # a deterministic check, not a judge generation
@@ -188,6 +194,41 @@ class VerifyWorker:
             record_faults=(EngineRejected,),
         )
 
+    @property
+    def judges_code(self) -> bool:
+        """Whether the cascade has the execution stage (and so needs the sandbox)."""
+        cfg = self.settings.verify
+        return "execution" in cfg.stages or any("execution" in s for s in cfg.domains.values())
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Ready when consuming and, if code is judged, the sandbox may run it. Never
+        probes here: ``/readyz`` must answer at once, so it reads the monitor's last state
+        (the probe at start and each real run keep it current)."""
+        ok = self.loop.is_ready()
+        if not self.judges_code:
+            return ok, {}
+        from daemon.verifying.sandbox_health import monitor_for
+
+        health = monitor_for(self.settings.verify.sandbox).cached()
+        if health is None or health.available:
+            return ok, {}
+        return False, {"unavailable": {"execution": health.as_json()}}
+
+    def check_sandbox(self) -> None:
+        """Probe the sandbox once at start so an operator hears at once, not at the first
+        code candidate, that the execution stage cannot judge here."""
+        if not self.judges_code:
+            return
+        from daemon.verifying.sandbox_health import monitor_for
+
+        health = monitor_for(self.settings.verify.sandbox).health()
+        if not health.available:
+            log.error(
+                "verify: the execution stage is unavailable (%s); candidates with tests are "
+                "not accepted until it is fixed (see verify.sandbox.require)",
+                health.detail,
+            )
+
     def run(
         self,
         *,
@@ -197,6 +238,8 @@ class VerifyWorker:
     ) -> None:
         from streams.adapter_events import follow_adapter_events
         from streams.topics import prepare_topics
+
+        self.check_sandbox()
 
         if not topics_ready:
             prepare_topics(self.settings.kafka, self.settings.topics)

@@ -7,5 +7,6 @@ commands. Importing them registers the commands, in the order ``--help`` lists t
 # isort: skip_file
 from daemon.operating.cli.app import app
 from daemon.operating.cli import kafka, workers, status, data, adapters, config  # noqa: F401
+from daemon.operating.cli import sandbox  # noqa: F401
 
 __all__ = ["app"]

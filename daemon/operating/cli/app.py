@@ -37,6 +37,11 @@ store_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(store_app, name="store")
+sandbox_app = typer.Typer(
+    help="The execution stage's sandbox: check what it measures here, or serve it to workers.",
+    no_args_is_help=True,
+)
+app.add_typer(sandbox_app, name="sandbox")
 
 err = Console(stderr=True, soft_wrap=True)
 

@@ -1,0 +1,114 @@
+"""Keeping credentials out of what the daemon shows: logs, errors, HTTP bodies, ``config show``.
+
+Two layers, because neither alone is enough:
+
+* by shape: credentials inside URLs (``scheme://user:pass@host``, ``?api_key=...``) are
+  masked wherever they appear, so an engine's error that quotes its ``base_url`` cannot carry
+  the password into a log line or a client's error body, even when no one registered it;
+* by value: every secret the configuration holds (``SecretStr`` fields, ``kafka.client_options``
+  values, URL passwords) is registered when the configuration loads, and any text the daemon
+  shows has those exact strings replaced, wherever a library quoted them.
+
+Kept at the top of the package (imported by every layer) and free of third-party imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlsplit
+
+MASK = "**********"
+
+#: Words that make a key's value a credential (config keys, URL query keys, client options):
+#: ``admin_token``, ``sasl_plain_password``, ``access_token``; not ``max_tokens``.
+SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "credential",
+        "credentials",
+        "private",
+        "jaas",
+        "signature",
+        "sig",
+        "auth",
+        "authorization",
+        "apikey",
+        "key",
+    }
+)
+#: Shortest string registered as a secret: masking "a" or "1" everywhere would garble logs.
+MIN_SECRET_LEN = 4
+
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@?#'\"]+@")
+_QUERY_PAIR = re.compile(r"(?P<sep>[?&;])(?P<key>[^=&\s#'\"?;]+)=(?P<value>[^&\s#'\";]*)")
+
+_lock = threading.Lock()
+_registered: set[str] = set()
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a key whose value is a credential by its name (``admin_token``, ``api_key``);
+    judged by whole words, so that ``max_tokens`` or ``ssl_keyfile`` (a path) are not."""
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    return bool(SECRET_WORDS.intersection(words)) or "apikey" in "".join(words)
+
+
+def register(values: Iterable[object]) -> None:
+    """Remember secret values so that ``redact`` masks them in any text from now on."""
+    with _lock:
+        for v in values:
+            s = str(v)
+            if len(s) >= MIN_SECRET_LEN:
+                _registered.add(s)
+
+
+def url_secrets(text: str) -> list[str]:
+    """The credentials inside a URL: the userinfo's password (or a bare token as user) and
+    the values of secret-named query keys."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return []
+    found = []
+    if parts.password:
+        found.append(parts.password)
+    elif parts.username:
+        found.append(parts.username)  # https://<token>@host: the user is the credential
+    found += [v for k, v in parse_qsl(parts.query) if is_secret_name(k) and v]
+    return found
+
+
+def mask_url(text: str) -> str:
+    """``text`` with URL userinfo and secret-named query values masked (by shape only)."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    return _QUERY_PAIR.sub(
+        lambda m: f"{m['sep']}{m['key']}={MASK}" if is_secret_name(m["key"]) else m[0], text
+    )
+
+
+def redact(text: str) -> str:
+    """``text`` with URL credentials and every registered secret masked."""
+    text = mask_url(text)
+    with _lock:
+        known = sorted(_registered, key=len, reverse=True)  # a longer secret first
+    for s in known:
+        if s in text:
+            text = text.replace(s, MASK)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose output (message, arguments and traceback alike) goes through
+    ``redact``: a library that logs its settings or an exception quoting a URL cannot put a
+    credential in the daemon's log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
