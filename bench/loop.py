@@ -147,6 +147,7 @@ def arm_settings(
             "transactional_id": f"bench-loop-{tag}-verify",
             "group_id": f"bench-loop-{tag}-verify",
             "domains": {} if self_judged else {d: ["checker"] for d in CHECKED_DOMAINS},
+            "reject_injection": not args.no_injection_filter,
         },
         store={"group_id": f"bench-loop-{tag}-store"},
         train={
@@ -201,7 +202,7 @@ def _store_totals(settings: Any) -> dict[str, int]:
     ):
         row = db.execute(
             "SELECT (SELECT count(*) FROM prompts), (SELECT count(*) FROM accepted), "
-            "(SELECT count(*) FROM votes WHERE stage NOT IN ('checker', 'execution')), "
+            "(SELECT count(*) FROM votes WHERE stage NOT IN ('static', 'checker', 'execution')), "
             "(SELECT coalesce(sum(judge_tokens), 0) FROM candidates), "
             "(SELECT count(DISTINCT prompt_id) FROM accepted)"
         ).fetchone()
@@ -355,6 +356,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, default=48, help="fresh task prompts per round")
     ap.add_argument("--n", type=int, default=4, help="candidates per prompt (paper: 8)")
     ap.add_argument("--votes", type=int, default=3, help="votes per judge stage (paper: 5)")
+    ap.add_argument(
+        "--no-injection-filter",
+        action="store_true",
+        help="let answers that talk to the judge reach it (verify.reject_injection = false): "
+        "for a model whose every answer is a verdict marker, such as the tests' yes-model",
+    )
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per serve batch")
     ap.add_argument("--eval-items", type=int, default=200, help="labeled held-out problems")

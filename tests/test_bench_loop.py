@@ -25,6 +25,7 @@ def test_the_loop_benchmark_runs_every_arm_round_by_round(
     argv = ["--model", str(yes_model_dir), "--rounds", "2", "--prompts", "3", "--n", "2"]
     argv += ["--max-tokens", "4", "--eval-items", "10", "--verifier-items", "2", "--votes", "1"]
     argv += ["--arms", "checker:base,self:base,self-floor:base", "--json", str(out)]
+    argv += ["--no-injection-filter"]  # every yes-model answer is the verdict marker "[[Y]]"
     assert main(argv) == 0
     record = json.loads(out.read_text())
     check_record(record, "loop")

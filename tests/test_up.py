@@ -33,6 +33,9 @@ def _demo_settings(tmp: Path, model: Path, **demo: object) -> Settings:
         broker={"port": free_port()},
         model={"path": str(model)},
         metrics=_free_metrics(),
+        # Every answer of the yes-model is "[[Y]]", a verdict marker the static stage rightly
+        # rejects (tests/security/test_injection.py); here the judges are what is tested.
+        verify={"reject_injection": False},
         demo={
             "extra_candidates": 1,
             "max_tokens": 6,

@@ -40,6 +40,9 @@ def _settings(tmp: Path, model: Path, labeled: Path, floor: float | None) -> Set
         engine={"torch_threads": 1},
         serve={"max_tokens": 6, "seed": 0},
         verify={
+            # The yes-model answers every chat "[[Y]]", which the static stage would reject
+            # as a verdict marker (tests/security/test_injection.py); the gate is tested here.
+            "reject_injection": False,
             "votes": 1,
             "stages": ["correctness"],
             "judge_max_tokens": 6,

@@ -76,6 +76,7 @@ class SandboxMonitor:
     config: SandboxConfig
     recheck_s: float = RECHECK_S
     _health: SandboxHealth | None = None
+    _probing: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def health(self) -> SandboxHealth:
@@ -87,9 +88,22 @@ class SandboxMonitor:
         return current
 
     def cached(self) -> SandboxHealth | None:
-        """The last known state without probing (for ``/readyz``, which must not wait)."""
+        """The last known state without waiting (for ``/readyz``); an old one starts a probe
+        in the background, so a sandbox that came back is seen without a code candidate."""
         with self._lock:
-            return self._health
+            current = self._health
+            old = current is not None and time.time() - current.checked_at > self.recheck_s
+            if old and self._probing is None:
+                self._probing = threading.Thread(target=self._probe, daemon=True)
+                self._probing.start()
+            return current
+
+    def _probe(self) -> None:
+        try:
+            self._set(probe(self.config))
+        finally:
+            with self._lock:
+                self._probing = None
 
     def observe(self, result: SandboxResult) -> None:
         """Learn from a real run; count a refusal by what it lacked."""

@@ -224,3 +224,19 @@ def test_a_server_without_isolation_refuses_too(tmp_path: Path, witness: Path) -
         server.wait(30)
     assert result.reason == "unavailable" and "no-network" in result.missing, result
     assert not witness.exists()
+
+
+def test_readiness_sees_a_sandbox_that_came_back_without_waiting_for_a_candidate() -> None:
+    """``/readyz`` reads the monitor without waiting; an old state starts a probe behind it,
+    so a stage marked unavailable recovers once the sandbox is whole again."""
+    from daemon.verifying.sandbox_health import SandboxMonitor
+
+    monitor = SandboxMonitor(SandboxConfig(timeout_s=3.0), recheck_s=0.0)
+    monitor.observe(run_tests(ADD, TESTS, SandboxConfig(namespaces=False)))  # a refusal
+    first = monitor.cached()
+    assert first is not None and not first.available and "no-network" in first.missing
+    wait_for(
+        lambda: (h := monitor.cached()) is not None and h.available,
+        60,
+        what="the background probe to see the sandbox whole",
+    )
