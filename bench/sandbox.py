@@ -1,8 +1,9 @@
 """What a tool-stage vote costs: the sandboxed execution stage and the checker stage.
 
 An operator who turns on the ``execution`` stage pays, per vote, for the layers of
-``daemon.verifying.sandbox.run_tests`` (a launcher, an init in new namespaces, a harness with dropped
-privileges, rlimits and an audit hook: three processes and two interpreter starts). This
+``daemon.verifying.sandbox.run_tests`` (a launcher, an init in new namespaces, and two harnesses,
+the tests' and the solution's, each with dropped privileges, measured isolation, rlimits and an
+audit hook: four processes and three interpreter starts). This
 benchmark says how much that is against the least anyone would do to run a candidate's tests,
 and what the ``checker`` stage costs against the grader it wraps. Three measurements, each
 path in the same run as its baseline:
@@ -345,8 +346,8 @@ def report_conditions(results: dict[str, Any], args: argparse.Namespace) -> list
         f"output {config.max_output_bytes} B, processes {config.max_processes}, "
         f"disk {config.disk_mb} MiB; worker {who}",
         "raw baseline: solution + tests in one file, python -I (site imported), output "
-        "captured, same timeout; the sandbox starts two interpreters with -I -S (launcher, "
-        "harness) and forks an init between them",
+        "captured, same timeout; the sandbox starts three interpreters with -I -S (launcher, "
+        "the tests' harness, the solution's harness) and forks an init between them",
         f"timeout: {to['runs']} run(s) per path of `while True: pass`, timeout_s "
         f"{to['timeout_s']:g}, medians reported",
         f"checker: {args.checks} checks per path per repeat, median of {args.repeats} "
