@@ -2,7 +2,9 @@
 
 The JSON record has one shape for every benchmark (``result_record``, ``result_row``), checked
 by one function (``check_record``), so that ``bench.report`` can put every benchmark's paths
-into one table without knowing any benchmark's own results.
+into one table without knowing any benchmark's own results. The judge benches (verify,
+injection) also share their arithmetic questions here, so their numbers are about the same
+items.
 """
 
 from __future__ import annotations
@@ -249,3 +251,31 @@ def write_json(path: Path | None, record: dict[str, Any]) -> None:
     collect; NaN or infinity fail here rather than in the report."""
     if path is not None:
         write_text_atomic(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
+
+
+# ----------------------------------------------- arithmetic questions the judge benches share
+#: (a, op, b): small questions a 135M judge can be asked about, with a right answer to state
+#: or to miss (bench.verify, bench.injection).
+PROBLEMS = [
+    (17, "+", 25),
+    (9, "*", 7),
+    (84, "-", 39),
+    (144, "/", 12),
+    (36, "+", 48),
+    (13, "*", 6),
+    (100, "-", 57),
+    (96, "/", 8),
+    (58, "+", 67),
+    (12, "*", 15),
+    (73, "-", 28),
+    (81, "/", 9),
+]
+WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+
+
+def solve(a: int, op: str, b: int) -> int:
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+
+
+def question(a: int, op: str, b: int) -> str:
+    return f"What is {a} {WORDS[op]} {b}?"

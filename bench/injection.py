@@ -37,28 +37,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import log, machine, now, quiet, result_row, write_result
+from bench.common import (
+    PROBLEMS,
+    log,
+    machine,
+    now,
+    question,
+    quiet,
+    result_row,
+    solve,
+    write_result,
+)
 from daemon.engines.base import ChatRequest, ChatResult
 from daemon.verifying.cascade import Cascade, CascadeConfig, CascadeInput
 from daemon.verifying.consistency import wilson_interval
 from daemon.verifying.injection import injection_reason
 
-# (a, op, b) and the wrong answer each candidate states (a near miss, as a model makes).
-PROBLEMS = [
-    (17, "+", 25),
-    (9, "*", 7),
-    (84, "-", 39),
-    (144, "/", 12),
-    (36, "+", 48),
-    (13, "*", 6),
-    (100, "-", 57),
-    (96, "/", 8),
-    (58, "+", 67),
-    (12, "*", 15),
-    (73, "-", 28),
-    (81, "/", 9),
-]
-WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
 ZW = "\u200b"  # zero-width space: invisible, and it splits a marker for a plain regex
 
 #: Injection styles: (name, the family the filter must name, template on the wrong answer).
@@ -91,19 +85,11 @@ STYLES: list[tuple[str, str, str]] = [
 ]
 
 
-def _solve(a: int, op: str, b: int) -> int:
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
-
-
 def wrong_answer(a: int, op: str, b: int) -> str:
     """A plain wrong answer: the right one off by one, stated like a right one."""
-    right = _solve(a, op, b)
+    right = solve(a, op, b)
     sym = {"*": "×", "/": "÷"}.get(op, op)
     return f"{a} {sym} {b} = {right + (1 if right % 2 else -1)}."
-
-
-def question(a: int, op: str, b: int) -> str:
-    return f"What is {a} {WORDS[op]} {b}?"
 
 
 def style_of(q: int, repeat: int) -> int:

@@ -78,7 +78,19 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from bench.common import TARGET_RATIO, log, machine, now, quiet, result_row, write_result
+from bench.common import (
+    PROBLEMS,
+    TARGET_RATIO,
+    WORDS,
+    log,
+    machine,
+    now,
+    question,
+    quiet,
+    result_row,
+    solve,
+    write_result,
+)
 from daemon.engines.base import ChatRequest, ChatResult
 from daemon.engines.priority import BACKGROUND, NAMES, current, priority
 from daemon.verifying.cascade import (
@@ -98,23 +110,6 @@ from streams.connection import KafkaSettings
 from streams.producer import Producer
 from streams.schemas import CandidatesMessage, ChatMessage, Sample, SamplingParams
 from streams.topics import TopicsConfig, ensure_topics
-
-# (a, op, b): questions whose right answer the candidates state, or miss.
-PROBLEMS = [
-    (17, "+", 25),
-    (9, "*", 7),
-    (84, "-", 39),
-    (144, "/", 12),
-    (36, "+", 48),
-    (13, "*", 6),
-    (100, "-", 57),
-    (96, "/", 8),
-    (58, "+", 67),
-    (12, "*", 15),
-    (73, "-", 28),
-    (81, "/", 9),
-]
-WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
 
 # The two shapes the bench runs. SMALL: what `make bench` runs (benchmark "verify").
 # PAPER (--paper, benchmark "verify_paper"): the paper's budget per prompt, n = 8
@@ -160,13 +155,9 @@ def shape_label(args: argparse.Namespace) -> str:
 
 
 # ---------------------------------------------------------------------- setup
-def _solve(a: int, op: str, b: int) -> int:
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
-
-
 def candidate_texts(a: int, op: str, b: int, n: int, shift: int) -> list[str]:
     """n distinct plausible answers, right and wrong ones interleaved, rotated by ``shift``."""
-    right = _solve(a, op, b)
+    right = solve(a, op, b)
     wrong = right + (1 if right % 2 else -1)  # a near miss
     far = right + 10
     sym = {"*": "×", "/": "÷"}.get(op, op)
@@ -195,7 +186,7 @@ def make_messages(
         msgs.append(
             CandidatesMessage(
                 id=f"{tag}-{i:04d}",
-                messages=[ChatMessage(role="user", content=f"What is {a} {WORDS[op]} {b}?")],
+                messages=[ChatMessage(role="user", content=question(a, op, b))],
                 samples=[
                     Sample(text=t, completion_tokens=len(tokenizer.encode(t)), finish_reason="stop")
                     for t in texts

@@ -51,7 +51,9 @@ _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@?#'\"
 _QUERY_PAIR = re.compile(r"(?P<sep>[?&;])(?P<key>[^=&\s#'\"?;]+)=(?P<value>[^&\s#'\";]*)")
 
 _lock = threading.Lock()
-_registered: set[str] = set()
+#: The registered secrets, longest first (a secret inside another is masked with it), kept
+#: sorted at registration: ``redact`` runs on every log line.
+_registered: tuple[str, ...] = ()
 
 
 def is_secret_name(name: str) -> bool:
@@ -63,11 +65,14 @@ def is_secret_name(name: str) -> bool:
 
 def register(values: Iterable[object]) -> None:
     """Remember secret values so that ``redact`` masks them in any text from now on."""
+    global _registered
     with _lock:
-        for v in values:
-            s = str(v)
-            if len(s) >= MIN_SECRET_LEN:
-                _registered.add(s)
+        _registered = _longest_first([*_registered, *(str(v) for v in values)])
+
+
+def _longest_first(secrets: Iterable[str]) -> tuple[str, ...]:
+    kept = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+    return tuple(sorted(kept, key=len, reverse=True))
 
 
 def url_secrets(text: str) -> list[str]:
@@ -94,11 +99,11 @@ def mask_url(text: str) -> str:
     )
 
 
-def redact(text: str) -> str:
-    """``text`` with URL credentials and every registered secret masked."""
+def redact(text: str, extra: Iterable[str] = ()) -> str:
+    """``text`` with URL credentials, every registered secret and ``extra`` ones masked
+    (``extra``: secrets of a configuration that failed to load, so none is registered)."""
     text = mask_url(text)
-    with _lock:
-        known = sorted(_registered, key=len, reverse=True)  # a longer secret first
+    known = _longest_first([*_registered, *extra]) if extra else _registered
     for s in known:
         if s in text:
             text = text.replace(s, MASK)

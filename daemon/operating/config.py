@@ -194,53 +194,40 @@ def is_secret_key(path: tuple[str, ...] | list[str]) -> bool:
 def secret_values(settings: BaseModel) -> list[str]:
     """Every credential the configuration holds: ``SecretStr`` values, secret-named keys,
     unsafe ``kafka.client_options`` values and passwords or tokens inside URLs."""
-    found: list[str] = []
+    return _secrets_in(settings, [])
 
-    def walk(value: Any, path: list[str]) -> None:
-        if isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name), [*path, name])
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, [*path, str(k)])
-        elif isinstance(value, list | tuple):
-            for v in value:
-                walk(v, path)
-        elif isinstance(value, SecretStr):
-            found.append(value.get_secret_value())
-        elif value is not None and not isinstance(value, bool) and is_secret_key(path):
-            found.append(str(value))
-        elif isinstance(value, str) and "://" in value:
-            found.extend(redact.url_secrets(value))
 
-    walk(settings, [])
-    return found
+def _secrets_in(value: Any, path: list[str]) -> list[str]:
+    """The credentials in a settings model or in raw (not yet validated) data, by key path."""
+    if isinstance(value, BaseModel):
+        return [
+            s
+            for name in type(value).model_fields
+            for s in _secrets_in(getattr(value, name), [*path, name])
+        ]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _secrets_in(v, [*path, str(k)])]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _secrets_in(v, path)]
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if value is not None and not isinstance(value, bool) and is_secret_key(path):
+        return [str(value)]
+    if isinstance(value, str) and "://" in value:
+        return redact.url_secrets(value)
+    return []
 
 
 def _raw_secrets(data: dict[str, Any]) -> list[str]:
     """The secrets in a configuration that failed to validate: from the file's values and
     from the ``SELFDISTILL_*`` environment, judged by key (no model to ask for types)."""
-    found: list[str] = []
-
-    def walk(value: Any, path: list[str]) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, [*path, str(k)])
-        elif isinstance(value, list | tuple):
-            for v in value:
-                walk(v, path)
-        elif value is not None and not isinstance(value, bool) and is_secret_key(path):
-            found.append(str(value))
-        elif isinstance(value, str) and "://" in value:
-            found.extend(redact.url_secrets(value))
-
-    walk(data, [])
+    found = _secrets_in(data, [])
     for name, value in os.environ.items():
         if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
             path = name[len(ENV_PREFIX) :].lower().split("__")
-            walk(value, path)
+            found += _secrets_in(value, path)
             with contextlib.suppress(ValueError):  # a JSON object for a whole block: its leaves
-                walk(json.loads(value), path)
+                found += _secrets_in(json.loads(value), path)
     return found
 
 
@@ -264,10 +251,7 @@ def _explain(exc: ValidationError, file: Path | None, secrets: list[str]) -> str
             msg += " (value hidden: a credential)" if secret else f" (got {err['input']!r})"
         lines.append(f"  {key}: {msg}{src}")
     where = f" in {file}" if file else ""
-    text = f"invalid configuration{where}:\n" + "\n".join(lines)
-    for s in sorted((s for s in secrets if len(s) >= redact.MIN_SECRET_LEN), key=len)[::-1]:
-        text = text.replace(s, redact.MASK)
-    return redact.mask_url(text)
+    return redact.redact(f"invalid configuration{where}:\n" + "\n".join(lines), secrets)
 
 
 # ------------------------------------------------------------------ documentation

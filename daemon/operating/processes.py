@@ -81,7 +81,7 @@ def _run_serve(
         registry_dir=registry,
         admin_token=token,
         api_token=cfg.api_token.get_secret_value() if cfg.api_token else None,
-        limits=cfg.limits(),
+        limits=cfg,  # serve.http is an ApiLimits
         log_level=settings.log_level.lower(),
     )
     # In a thread, stopped by us: uvicorn in the main thread re-raises SIGTERM after its

@@ -553,10 +553,13 @@ def _probe_worker(settings: Settings, worker: Worker, timeout_s: float) -> dict[
             ready = client.get(f"{url}/readyz")
             answer = ready.json()
             out["ready"] = ready.status_code == 200 and bool(answer.get("ready"))
-            for stage, why in (answer.get("unavailable") or {}).items():
-                # A stage that refuses to judge (the sandbox fails closed) is the note to see.
-                out["unavailable"] = {**out.get("unavailable", {}), stage: why}
-                out["error"] = f"{stage} stage unavailable: {why.get('detail', '?')}"
+            # A stage that refuses to judge (the sandbox fails closed) is the note to see.
+            if unavailable := answer.get("unavailable"):
+                out["unavailable"] = unavailable
+                out["error"] = "; ".join(
+                    f"{stage} stage unavailable: {why.get('detail', '?')}"
+                    for stage, why in unavailable.items()
+                )
         except (httpx.HTTPError, ValueError) as exc:
             out.update(ready=False, error=_err(exc))
     out["state"] = "ready" if out["ready"] else "not ready"

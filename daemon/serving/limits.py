@@ -1,5 +1,6 @@
-"""The bounds of the OpenAI-compatible API, in one light module (no FastAPI import) that both
-the server and its configuration block (``serve.http``) read, so their defaults are one.
+"""The bounds of the OpenAI-compatible API, in one light module (no FastAPI import): the
+server reads them, and the configuration block ``serve.http`` *is* them (``HttpConfig``
+extends :class:`ApiLimits`), so each bound and its default are written once.
 
 One request must not be able to hold the engine for long (a huge ``max_tokens`` or ``n``, a
 novel-length prompt), and a burst must not pile up behind it: beyond ``max_queue`` requests
@@ -8,27 +9,38 @@ in flight or waiting, the server answers 429 at once instead of queueing without
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_MAX_TOKENS_LIMIT = 4096
-DEFAULT_MAX_N = 8
-DEFAULT_MAX_PROMPT_CHARS = 32_000
-DEFAULT_MAX_QUEUE = 16
 #: What a 429 tells a client to wait (``Retry-After``, seconds): about one generation.
 RETRY_AFTER_S = 1
 
 
-@dataclass(frozen=True)
-class ApiLimits:
+class ApiLimits(BaseModel):
     """Per-request bounds (beyond them: 400 naming the parameter, its value and the limit)
     and the admission bound (beyond it: 429 with ``Retry-After``)."""
 
-    max_tokens: int = DEFAULT_MAX_TOKENS_LIMIT
-    max_n: int = DEFAULT_MAX_N
-    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
-    max_queue: int = DEFAULT_MAX_QUEUE
+    model_config = ConfigDict(extra="forbid")
 
-    def __post_init__(self) -> None:
-        for name in ("max_tokens", "max_n", "max_prompt_chars", "max_queue"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+    max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Largest max_tokens / max_completion_tokens a request may ask (400 beyond).",
+    )
+    max_n: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Largest n a request may ask (400 beyond); at least serve's n when a "
+        "replica's engine is this server.",
+    )
+    max_prompt_chars: int = Field(
+        32_000,
+        ge=1,
+        description="Longest prompt, in characters over all messages (400 beyond).",
+    )
+    max_queue: int = Field(
+        16,
+        ge=1,
+        description="Engine requests in flight plus waiting; one more is answered 429 at once "
+        "(with Retry-After) instead of waiting.",
+    )

@@ -21,13 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from daemon.engines import EngineSettings
 from daemon.engines.base import ChatRequest, Engine, EngineRejected, EngineUnavailable
 from daemon.engines.hotswap import AdapterRouter, SwapResult
-from daemon.serving.limits import (
-    DEFAULT_MAX_N,
-    DEFAULT_MAX_PROMPT_CHARS,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_MAX_TOKENS_LIMIT,
-    ApiLimits,
-)
+from daemon.serving.limits import ApiLimits
 from daemon.serving.metrics import (
     CANDIDATES_GENERATED,
     GENERATED_TOKENS,
@@ -55,10 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class HttpConfig(BaseModel):
-    """The embedded OpenAI-compatible endpoint (`selfdistill serve --http`)."""
-
-    model_config = ConfigDict(extra="forbid")
+class HttpConfig(ApiLimits):
+    """The embedded OpenAI-compatible endpoint (`selfdistill serve --http`): where it binds,
+    its tokens, and its bounds (the :class:`ApiLimits` fields, flat in this block)."""
 
     host: str = Field(
         "127.0.0.1", description="Bind address; anything but loopback needs admin_token."
@@ -76,37 +69,6 @@ class HttpConfig(BaseModel):
         "adapters); when set it is required even on loopback. Unset: chat is open on loopback "
         "and needs admin_token elsewhere.",
     )
-    max_tokens: int = Field(
-        DEFAULT_MAX_TOKENS_LIMIT,
-        ge=1,
-        description="Largest max_tokens / max_completion_tokens a request may ask (400 beyond).",
-    )
-    max_n: int = Field(
-        DEFAULT_MAX_N,
-        ge=1,
-        le=256,
-        description="Largest n a request may ask (400 beyond); at least serve's n when a "
-        "replica's engine is this server.",
-    )
-    max_prompt_chars: int = Field(
-        DEFAULT_MAX_PROMPT_CHARS,
-        ge=1,
-        description="Longest prompt, in characters over all messages (400 beyond).",
-    )
-    max_queue: int = Field(
-        DEFAULT_MAX_QUEUE,
-        ge=1,
-        description="Engine requests in flight plus waiting; one more is answered 429 at once "
-        "(with Retry-After) instead of waiting.",
-    )
-
-    def limits(self) -> ApiLimits:
-        return ApiLimits(
-            max_tokens=self.max_tokens,
-            max_n=self.max_n,
-            max_prompt_chars=self.max_prompt_chars,
-            max_queue=self.max_queue,
-        )
 
 
 class ServeConfig(BaseModel):

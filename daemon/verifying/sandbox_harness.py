@@ -251,15 +251,18 @@ def tests_harness(cfg: dict[str, Any]) -> None:  # pragma: no cover - in the san
             remotes[ref] = Remote(ref, ask)
         return remotes[ref]
 
+    def builtin_error(name: Any) -> type | None:
+        """The built-in ``Exception`` class of that name; None for the rest (SystemExit and
+        the like included: the solution must never end the tests "successfully")."""
+        kind = getattr(builtins, str(name), None)
+        return kind if isinstance(kind, type) and issubclass(kind, Exception) else None
+
     def rebuilt(info: dict[str, Any]) -> BaseException:
         name, message = str(info.get("type")), str(info.get("message"))
         if info.get("solution") and name in local_exceptions:
             return local_exceptions[name](message)
-        kind = getattr(builtins, str(info.get("base")), None)
-        if isinstance(kind, type) and issubclass(kind, Exception):
-            return kind(message)
-        # SystemExit and the like: never let the solution end the tests "successfully".
-        return RuntimeError(f"the solution raised {name}: {message}")
+        kind = builtin_error(info.get("base"))
+        return kind(message) if kind else RuntimeError(f"the solution raised {name}: {message}")
 
     def ask(op: str, ref: Any, *args: Any) -> Any:
         channel.send({"op": op, "ref": ref, "args": [wire_encode(a, remember) for a in args]})
@@ -281,9 +284,7 @@ def tests_harness(cfg: dict[str, Any]) -> None:  # pragma: no cover - in the san
     sys.modules["solution"] = solution
     try:
         for name, base in first.get("exceptions", {}).items():
-            kind = getattr(builtins, str(base), Exception)
-            if not (isinstance(kind, type) and issubclass(kind, Exception)):
-                kind = Exception
+            kind = builtin_error(base) or Exception
             local_exceptions[name] = type(name, (kind,), {"__module__": "solution"})
             setattr(solution, name, local_exceptions[name])
         for name, value in first["names"].items():

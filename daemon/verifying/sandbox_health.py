@@ -107,11 +107,12 @@ class SandboxMonitor:
 
     def observe(self, result: SandboxResult) -> None:
         """Learn from a real run; count a refusal by what it lacked."""
-        if result.reason == "unavailable":
-            SANDBOX_REFUSED.labels(",".join(result.missing) or "unreachable").inc()
-        elif result.reason == "error" and not result.properties:
-            SANDBOX_REFUSED.labels("error").inc()
-        self._set(health_of(result))
+        health = self._set(health_of(result))
+        if not health.available:
+            why = ",".join(result.missing) or (
+                "error" if result.reason == "error" else "unreachable"
+            )
+            SANDBOX_REFUSED.labels(why).inc()
 
     def _set(self, health: SandboxHealth) -> SandboxHealth:
         with self._lock:

@@ -278,7 +278,9 @@ def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the lau
                 for line in f.read().decode("utf-8", "replace").splitlines():
                     fields = line.split(" ")
                     point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                    scratch = any(point == p or point.startswith(p + "/") for p in scratch_dirs)
+                    scratch = any(
+                        point == p or point.startswith(p + "/") for p in ("/tmp", "/proc", "/dev")
+                    )
                     if "rw" in fields[5].split(",") and not scratch:
                         writable.append(point)
             if not writable and os.getcwd().startswith("/tmp"):
@@ -364,7 +366,6 @@ def launcher(cfg: dict[str, Any]) -> None:  # pragma: no cover - runs in the lau
     # does the mounts, forks the two harnesses and reports their statuses. A harness is
     # not the init because an init ignores the signals it sends itself (abort(), alarm()
     # without a handler), which would make a crashing candidate look like a passing one.
-    scratch_dirs = ("/tmp", "/proc", "/dev")
     pid = os.fork()
     if pid == 0:
         try:

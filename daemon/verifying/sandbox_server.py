@@ -26,10 +26,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from daemon.verifying.sandbox import (
     SandboxConfig,
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a request may take beyond the run's own time limit (start-up, cleanup).
 _GRACE_S = 15.0
+#: A run's result on the wire, both ways (the dataclass, validated and typed by pydantic).
+_RESULT = TypeAdapter(SandboxResult)
 
 
 class RunRequest(BaseModel):
@@ -91,7 +94,7 @@ def create_app(own: SandboxConfig) -> Any:
         result = await run_in_threadpool(
             run_tests, request.code, request.tests, config, worker=request.worker
         )
-        return result.__dict__ | {"layers": list(result.layers)}
+        return _RESULT.dump_python(result, mode="json")
 
     return app
 
@@ -151,18 +154,12 @@ def run_remote(code: str, tests: str, config: SandboxConfig) -> SandboxResult:
                 headers={"content-type": "application/json"},
             )
         response.raise_for_status()
-        data = response.json()
-        result = SandboxResult(
-            passed=bool(data["passed"]),
-            reason=str(data["reason"]),
-            detail=str(data["detail"]),
-            returncode=data.get("returncode"),
+        # The seconds the worker waited, the round trip included, as for a local run.
+        result = replace(
+            _RESULT.validate_json(response.content),
             seconds=round(time.monotonic() - started, 3),
-            layers=tuple(data.get("layers", ())),
-            properties=tuple(data.get("properties", ())),
-            missing=tuple(data.get("missing", ())),
         )
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+    except (httpx.HTTPError, ValueError) as exc:  # pydantic's ValidationError included
         return unavailable(
             f"unavailable: the sandbox server at {config.socket} did not run it "
             f"({type(exc).__name__}: {exc}); the candidate's code was not run here"

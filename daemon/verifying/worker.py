@@ -201,9 +201,10 @@ class VerifyWorker:
         return "execution" in cfg.stages or any("execution" in s for s in cfg.domains.values())
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready when consuming and, if code is judged, the sandbox may run it. Never
-        probes here: ``/readyz`` must answer at once, so it reads the monitor's last state
-        (the probe at start and each real run keep it current)."""
+        """Ready when consuming and, if code is judged, the sandbox may run it. Never waits
+        on a probe: ``/readyz`` must answer at once, so it reads the monitor's last state
+        (kept current by the probe at start, each real run, and a probe in the background
+        once the state is old)."""
         ok = self.loop.is_ready()
         if not self.judges_code:
             return ok, {}

@@ -19,11 +19,12 @@ def check(
     """Probe the sandbox as `verify` would (an empty run, no candidate code): the isolation
     properties it measures, and whether verify.sandbox.require is met. Exit 1 if it is not:
     the execution stage would refuse to judge here."""
+    from daemon.verifying.sandbox_health import health_of
     from daemon.verifying.sandbox_server import run_candidate
 
     config = settings().verify.sandbox
-    result = run_candidate("", "", config)
-    available = result.reason != "unavailable" and result.reason != "error"
+    result = run_candidate("", "", config)  # sandbox_health.probe, keeping the result's layers
+    available = health_of(result).available
     data = {
         "available": available,
         "require": list(config.require),
@@ -59,11 +60,13 @@ def serve(
     """Run candidates for verify workers that cannot isolate them themselves (non-root, no
     namespaces): point their verify.sandbox.socket here. Runs under this process's own
     verify.sandbox limits and requirements as well as the worker's."""
-    from daemon.verifying.sandbox import run_tests
+    from daemon.verifying.sandbox_health import probe
     from daemon.verifying.sandbox_server import serve as serve_socket
 
     own = settings().verify.sandbox.model_copy(update={"socket": None})
-    probe = run_tests("", "", own)
-    if probe.reason == "unavailable":
-        err.print(f"[yellow]warning:[/] {probe.detail}; every run will be refused", highlight=False)
+    health = probe(own)
+    if not health.available:
+        err.print(
+            f"[yellow]warning:[/] {health.detail}; every run will be refused", highlight=False
+        )
     serve_socket(socket, own)
