@@ -14,19 +14,23 @@ This is where every offset of the daemon is committed. The rules it keeps:
   by the broker refusing a stale group generation (KIP-447; the embedded one does not check
   it), and an old owner never commits an offset behind the new owner's.
 * **Slow handlers do not cost group membership.** The handler runs on a worker thread while
-  this thread pauses every assigned partition and keeps polling. Polls return nothing but
-  keep ``max_poll_interval_ms`` honest and let rebalances proceed, so a judge batch that
-  takes ten minutes on a CPU does not get the member evicted and the batch run twice.
+  this thread pauses every assigned partition and keeps polling (:mod:`streams.keepalive`).
 * **Bad messages never stop the loop.** Anything that does not decode or validate goes to
   ``<topic>.dlq`` with its reason, in the same commit as the batch it came in. A batch the
   client cannot even decompress is stepped over with its offsets logged and dead-lettered
   (:mod:`streams.undecodable`).
-* **A poison message never stalls a partition** (:mod:`streams.handling`). A failing batch
-  is retried ``max_handler_attempts`` times, then split until the records failing on their
-  own are isolated: those are dead-lettered (``handler-error``), the rest commit. A
-  ``record_faults`` exception (the engine refused the prompt) skips the retries; an
-  ``unavailable`` one (the engine is down) is waited for, never blamed on a record, and
-  reported (:meth:`ConsumerLoop.is_ready` false, a gauge).
+* **A record is blamed only when it is shown at fault** (:mod:`streams.handling`). A
+  failing batch is retried ``max_handler_attempts`` times, then split until the records
+  failing on their own are isolated: those are dead-lettered (``handler-error``), the rest
+  commit, but only when the dependency is shown healthy meanwhile (another record of the
+  batch succeeds, or the worker's ``probe`` does). When the probe fails too, or every record
+  fails the same way, the worker is at fault: it waits and redoes the batch, dead-lettering
+  nothing. A ``record_faults`` exception (the engine refused the prompt) skips the retries;
+  an ``unavailable`` one (the engine is down) is waited for and never counted against a
+  record, unless the probe succeeds meanwhile (the engine fails on this batch only: a 5xx
+  or a timeout on one prompt), when it counts as an ordinary failure and is isolated after
+  the bounded tries. Waiting is reported: :meth:`ConsumerLoop.is_ready` false,
+  ``waiting_on`` in the operator's words, a gauge.
 * **SIGTERM stops within ``shutdown_timeout_s``.** The in-flight batch may finish and
   commit within that time; if it cannot, it is abandoned uncommitted (the handler runs on a
   daemon thread, which the process does not wait for) and redelivered to the next owner.
@@ -54,16 +58,14 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 
+from streams import keepalive
 from streams.connection import KafkaSettings, connect
 from streams.deadletter import DeadLetter
-from streams.handling import HandlerThread, Spent, isolate, stop_on_signals
+from streams.handling import HandlerThread, Spent, WorkerAtFault, isolate, stop_on_signals
 from streams.log_loss import LogWatch
 from streams.metrics import (
     BATCH_SECONDS,
-    BATCHES_ABANDONED,
     CONSUMER_LAG,
-    DEPENDENCY_FAILURES,
-    DEPENDENCY_UNAVAILABLE,
     DLQ_MESSAGES,
     HANDLER_FAILURES,
     HANDLER_ISOLATED,
@@ -74,10 +76,11 @@ from streams.metrics import (
     UNDECODABLE_BATCHES,
 )
 from streams.producer import Producer, ProducerFenced, is_fenced
-from streams.rebalance import Rebalance
+from streams.rebalance import Rebalance, void_batch
 from streams.records import BatchResult, Handler, LoopStats, Output, Record
 from streams.schemas import DecodeError, decode
 from streams.undecodable import clear_failed_fetch, find_undecodable, is_decode_failure
+from streams.waiting import Waiting, describe
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -106,6 +109,13 @@ class ConsumerLoop(Generic[M]):
     record's fault (isolate it at once, no retries). Anything else is retried
     ``kafka.max_handler_attempts`` times before the batch is split.
 
+    ``probe``: a small request to the handler's dependency (the engine), raising when it is
+    not healthy. It is asked at start (so ``/readyz`` names a misconfigured dependency
+    before any record arrives), while waiting (to notice it is back without traffic), and
+    before a record is blamed (:mod:`streams.handling`). Without one, a record that fails
+    alone is blamed after its tries, and an unavailable dependency is waited for however
+    long it takes.
+
     The handler always runs on one dedicated thread (never the caller's), one batch at a
     time. Thread-bound resources such as a ``sqlite3`` connection must be opened on that
     thread (lazily, inside the handler) or with ``check_same_thread=False``.
@@ -127,8 +137,11 @@ class ConsumerLoop(Generic[M]):
         unavailable: tuple[type[BaseException], ...] = (),
         record_faults: tuple[type[BaseException], ...] = (),
         positions: Callable[[], dict[int, int]] | None = None,
+        probe: Callable[[], object] | None = None,
     ) -> None:
         self.kafka = kafka
+        self.probe = probe
+        self._probing: threading.Thread | None = None
         self.positions = positions
         self.topic = topic
         self.group_id = group_id
@@ -150,8 +163,7 @@ class ConsumerLoop(Generic[M]):
         self._lock = threading.Lock()
         self._handler = HandlerThread(f"{name}-handler")
         self.ready = threading.Event()  # set once the group has assigned partitions
-        #: Why the loop is waiting instead of working (an unavailable engine), or None.
-        self.waiting_on: str | None = None
+        self.waiting = Waiting(topic, name)
         #: A newer process took over this loop's transactional id; ``run`` then raises.
         self.fenced = False
         self._next_offset: dict[TopicPartition, int] = {}  # for the lag gauge
@@ -161,7 +173,6 @@ class ConsumerLoop(Generic[M]):
         self._revocations: Counter[TopicPartition] = Counter()
         for metric in (LOG_RESETS, RECORDS_LOST, HANDLER_ISOLATED, UNDECODABLE_BATCHES):
             metric.labels(topic)  # the series exist at 0 from the start, for alerts
-        DEPENDENCY_UNAVAILABLE.labels(topic).set(0)
 
     # ----------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -169,6 +180,11 @@ class ConsumerLoop(Generic[M]):
         if self._stop_at is None:
             self._stop_at = time.monotonic()
         self._stop.set()
+
+    @property
+    def waiting_on(self) -> str | None:
+        """Why the loop is waiting instead of working, in the operator's words, or None."""
+        return self.waiting.cause
 
     @property
     def busy(self) -> bool:
@@ -224,6 +240,8 @@ class ConsumerLoop(Generic[M]):
         last_record = time.monotonic()
         poll_failures = 0
         try:
+            if self.probe is not None:  # a misconfigured engine is named before any record
+                self._probe_in_background()
             with stop_on_signals(
                 handle_signals, self._stop.is_set, self.request_stop, self.kafka.shutdown_timeout_s
             ):
@@ -243,6 +261,8 @@ class ConsumerLoop(Generic[M]):
                     if polled:
                         last_record = time.monotonic()
                         self._process(polled)
+                    elif self.waiting.probe_due(self._backoff(self.waiting.probe_failures)):
+                        self._probe_in_background()  # back without traffic? /readyz says
                     elif (
                         max_idle_s is not None
                         and self.ready.is_set()
@@ -302,7 +322,7 @@ class ConsumerLoop(Generic[M]):
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 self.producer.close(timeout_s=left / 2)
-        DEPENDENCY_UNAVAILABLE.labels(self.topic).set(0)
+        self.waiting.clear()
         log.info("%s stopped: %s", self.name, self.stats)
 
     # -------------------------------------------------------- undecodable input
@@ -367,7 +387,7 @@ class ConsumerLoop(Generic[M]):
         with self._lock:
             before = {tp: self._revocations[tp] for tp in offsets}
         if not set(offsets) <= self.consumer.assignment():
-            self._void(before, first, "its partitions were reassigned before it started")
+            void_batch(self, before, first, "its partitions were reassigned before it started")
             return
         batch = [rec for recs in by_partition.values() for rec in recs]
         attempt = 0
@@ -412,7 +432,7 @@ class ConsumerLoop(Generic[M]):
                     if self._stop.is_set():
                         raise _Abandoned("stopping with the batch uncommitted") from exc
             except _Abandoned as why:
-                self._void(before, first, str(why))
+                void_batch(self, before, first, str(why))
                 return
         self.stats.batches += 1
         self.stats.processed += len(batch)
@@ -429,60 +449,67 @@ class ConsumerLoop(Generic[M]):
         with self._lock:
             self._revocations.update(partitions)
 
-    def _void(
-        self, before: dict[TopicPartition, int], first: dict[TopicPartition, int], why: str
-    ) -> None:
-        """Give a batch up uncommitted; rewind its partitions this member owns now.
-
-        Kept throughout: back to the batch's first offset. Revoked and come back: to the
-        group's committed offset (someone may have done them meanwhile), because kafka-python
-        keeps a re-assigned partition's position, past the voided batch, and reading on
-        from there skipped those records for good (the next batch committed past them).
-        """
-        assert self.consumer is not None
-        reason = "revoked" if self._revoked(before) else "stopped"
-        self.stats.abandoned += 1
-        BATCHES_ABANDONED.labels(self.topic, reason).inc()
-        owned = self.consumer.assignment()
-        rewound: dict[TopicPartition, int] = {}
-        for tp in self.seek_owned({tp for tp in first if tp in owned and self._revoked(before)}):
-            rewound[tp] = -1  # back to the handler's own position
-        for tp, off in first.items():
-            if tp not in owned or tp in rewound:
-                continue
-            with contextlib.suppress(Exception):
-                if self._revoked({tp: before[tp]}):
-                    committed = self.consumer.committed(tp)
-                    if committed is None:  # as a new owner would: the group has no offset
-                        reset = self.kafka.auto_offset_reset == "earliest"
-                        (self.consumer.seek_to_beginning if reset else self.consumer.seek_to_end)(
-                            tp
-                        )
-                        continue
-                    off = committed
-                self.consumer.seek(tp, off)
-                rewound[tp] = off
-        log.warning(
-            "%s: batch from %s given up uncommitted (%s); it is redelivered from the "
-            "committed offsets%s",
-            self.name,
-            self.topic,
-            why,
-            f", rewound {sorted(f'{tp.partition}@{o}' for tp, o in rewound.items())}"
-            if rewound
-            else "",
-        )
-
     def _handle(
         self, batch: list[Record[M]], before: dict[TopicPartition, int]
     ) -> tuple[BatchResult, list[DeadLetter]]:
-        """The batch's result, retried, then split so only records failing alone are dropped."""
-        return isolate(
-            batch,
-            lambda part, tries: self._attempt(part, tries, before),
-            self.kafka.max_handler_attempts,
-            self._handler_error,
-        )
+        """The batch's result, retried, then split so only records shown at fault are
+        dropped; while the worker is at fault instead, it waits and redoes the batch."""
+        waits = 0
+        while True:
+            try:
+                return isolate(
+                    batch,
+                    lambda part, tries: self._attempt(part, tries, before),
+                    self.kafka.max_handler_attempts,
+                    self._handler_error,
+                    self._run_probe if self.probe is not None else lambda: None,
+                )
+            except WorkerAtFault as fault:
+                waits += 1
+                self.stats.unavailable_waits += 1
+                self.waiting.down(str(fault))
+                delay = self._backoff(waits)
+                log.error(
+                    "%s: not the records' fault (%s); nothing dead-lettered, offsets not "
+                    "committed, the batch of %d is redone in %.1fs",
+                    self.name,
+                    self.waiting_on,
+                    len(batch),
+                    delay,
+                )
+                self._sleep_polling(delay)
+                if self._stop.is_set():
+                    raise _Abandoned("stopping with a failed batch") from fault
+                if self._revoked(before):
+                    raise _Abandoned("a partition was revoked while it waited") from fault
+
+    # ------------------------------------------------------------ dependency
+    def _run_probe(self) -> BaseException | None:
+        """Ask the probe on the handler thread (this one keeps polling); what failed, or None."""
+        assert self.probe is not None
+        self.waiting.probed_at = time.monotonic()
+        fut = self._handler.submit(self.probe)
+        self._wait_polling(fut)
+        return fut.exception()
+
+    def _probe_in_background(self) -> None:
+        """Probe on a thread of its own (at start, and while waiting with nothing to retry):
+        a server that hangs must not hold up consuming, nor a stop."""
+        if self.probe is None or (self._probing is not None and self._probing.is_alive()):
+            return
+        probe = self.probe
+        self.waiting.probed_at = time.monotonic()
+
+        def run() -> None:
+            try:
+                probe()
+            except Exception as exc:
+                self.waiting.probe_failed(exc)
+            else:
+                self.waiting.back()
+
+        self._probing = threading.Thread(target=run, name=f"{self.name}-probe", daemon=True)
+        self._probing.start()
 
     def _attempt(
         self, batch: list[Record[M]], attempts: int, before: dict[TopicPartition, int]
@@ -499,36 +526,50 @@ class ConsumerLoop(Generic[M]):
                 started = time.monotonic()
                 result = self._run_handler(batch)
                 BATCH_SECONDS.labels(self.topic).observe(time.monotonic() - started)
-                if self.waiting_on is not None:
-                    log.info("%s: %s is back; resuming", self.name, self.waiting_on)
-                    self.waiting_on = None
-                    DEPENDENCY_UNAVAILABLE.labels(self.topic).set(0)
+                self.waiting.back()
                 return result
             except _Abandoned:
                 raise
             except self.unavailable as exc:
-                unavailable += 1
-                self.stats.unavailable_waits += 1
                 self.stats.handler_failures += 1  # a failed attempt all the same (alerts)
                 HANDLER_FAILURES.labels(self.topic).inc()
-                DEPENDENCY_FAILURES.labels(self.topic).inc()
-                DEPENDENCY_UNAVAILABLE.labels(self.topic).set(1)
-                self.waiting_on = f"{type(exc).__name__}: {exc}"[:300]
-                delay = self._backoff(unavailable)
-                log.error(
-                    "%s: a dependency is unavailable (%s); offsets not committed, nothing "
-                    "dead-lettered, the batch of %d is retried in %.1fs",
-                    self.name,
-                    self.waiting_on,
-                    len(batch),
-                    delay,
-                )
+                if self.probe is not None and self._run_probe() is None:
+                    # The dependency answers a probe, yet fails on this batch: that is about
+                    # the batch (a 5xx or a timeout on one prompt), so it uses up a try.
+                    failures += 1
+                    if failures >= attempts:
+                        raise Spent(exc) from exc
+                    delay = self._backoff(failures)
+                    log.error(
+                        "%s: the batch of %d fails (%s) while the probe succeeds (attempt %d "
+                        "of %d); retrying in %.1fs",
+                        self.name,
+                        len(batch),
+                        describe(exc),
+                        failures,
+                        attempts,
+                        delay,
+                    )
+                else:
+                    unavailable += 1
+                    self.stats.unavailable_waits += 1
+                    self.waiting.down(describe(exc))
+                    delay = self._backoff(unavailable)
+                    log.error(
+                        "%s: a dependency is unavailable (%s); offsets not committed, nothing "
+                        "dead-lettered, the batch of %d is retried in %.1fs",
+                        self.name,
+                        self.waiting_on,
+                        len(batch),
+                        delay,
+                    )
             except Exception as exc:
                 failures += 1
                 self.stats.handler_failures += 1
                 HANDLER_FAILURES.labels(self.topic).inc()
-                if isinstance(exc, self.record_faults) or failures >= attempts:
-                    raise Spent(exc) from exc
+                record_fault = isinstance(exc, self.record_faults)
+                if record_fault or failures >= attempts:
+                    raise Spent(exc, record_fault=record_fault) from exc
                 delay = self._backoff(failures)
                 log.error(
                     "%s: batch of %d from %s failed (attempt %d of %d): %r; retrying in %.1fs",
@@ -563,54 +604,22 @@ class ConsumerLoop(Generic[M]):
         return fut.result() or BatchResult()
 
     def _wait_polling(self, fut: Future[Any]) -> None:
-        """Keep the consumer a live group member while the handler works.
-
-        After the first ``keepalive_s`` it stays inside short polls (partitions paused) rather
-        than polling now and then: kafka-python completes a group (re)join only while a poll
-        waits for it, and sends a join that finished between polls again, so a member that
-        must rejoin during a long batch (a rebalance, a restarted broker) would otherwise not
-        get back in until the batch ends. A stop that runs out of time abandons the batch.
-        """
+        """Stay a live group member while the handler works (:mod:`streams.keepalive`); a
+        stop that runs out of time abandons the batch."""
         assert self.consumer is not None
-        try:
-            if fut.done():
-                return
-            with contextlib.suppress(TimeoutError):
-                fut.exception(timeout=self.keepalive_s)
-            while not fut.done():
-                self._keepalive_poll(timeout_ms=50)
-                deadline = self._batch_deadline()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise _Abandoned(
-                        f"stopping: still running {self.kafka.shutdown_timeout_s:g}s "
-                        "(kafka.shutdown_timeout_s) after the stop"
-                    )
-        finally:
-            self._resume_paused()
+        keepalive.wait(self.consumer, fut, self.keepalive_s, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        deadline = self._batch_deadline()
+        if deadline is not None and time.monotonic() > deadline:
+            raise _Abandoned(
+                f"stopping: still running {self.kafka.shutdown_timeout_s:g}s "
+                "(kafka.shutdown_timeout_s) after the stop"
+            )
 
     def _sleep_polling(self, seconds: float) -> None:
         assert self.consumer is not None
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self._stop.is_set():
-            self._keepalive_poll(
-                timeout_ms=int(min(self.keepalive_s, deadline - time.monotonic()) * 1000)
-            )
-        self._resume_paused()
-
-    def _resume_paused(self) -> None:
-        assert self.consumer is not None
-        paused = self.consumer.paused()
-        if paused:
-            self.consumer.resume(*paused)
-
-    def _keepalive_poll(self, timeout_ms: int = 0) -> None:
-        assert self.consumer is not None
-        assigned = self.consumer.assignment()
-        if assigned:
-            self.consumer.pause(*assigned)
-        stray = self.consumer.poll(timeout_ms=max(timeout_ms, 0))
-        for tp, recs in stray.items():  # defensive: never skip a record we did not process
-            self.consumer.seek(tp, recs[0].offset)
+        keepalive.sleep(self.consumer, seconds, self.keepalive_s, self._stop.is_set)
 
     def _finish(
         self,

@@ -2,11 +2,26 @@
 on a signal.
 
 A handler that raises on a batch may be failing because of one record in it (a poison
-message) or because of something outside every record. Retrying the whole batch forever
-stalls the partition behind the poison; dead-lettering the whole batch throws good records
-away. :func:`isolate` does neither: the batch gets its retries, then it is split in halves,
-recursively, and only records that fail on their own are dead-lettered. A batch of ``b``
-records with one poison costs about ``2·log2(b)`` extra handler calls.
+message) or because of something outside every record (an engine out of memory, a bug, a
+model server that refuses the deployment's key). Retrying the whole batch forever stalls
+the partition behind the poison; dead-lettering the whole batch throws good records away.
+:func:`isolate` does neither, by one rule: **a record is at fault only when it is shown to
+be** — it fails alone while the dependency is shown healthy, because other records of its
+batch succeed or because the worker's probe (a small request to its engine) succeeds.
+
+* The batch gets its retries. Then, if the probe fails, nothing is split or blamed: the
+  worker is at fault (:class:`WorkerAtFault`), and the loop waits and says so, as for an
+  unavailable engine.
+* Otherwise the batch is split in halves, recursively, down to the records that fail on
+  their own. A batch of ``b`` records with one poison costs about ``2·log2(b)`` extra calls.
+* When no record of the batch succeeded and the records failed the same way (two or more,
+  one exception type; refusals the dependency put down to a record, such as a prompt too
+  long for the model, do not count), that is the worker's fault too, whatever a small probe
+  says: an engine that runs out of memory on real prompts may still answer a one-token probe.
+* A record that failed alone is dead-lettered when another record of the batch succeeded
+  (after its failures: one that failed before gets one more try), or when the probe
+  succeeds after its failures; a loop without a probe has no dependency to blame, so there
+  its own failures are enough (the old rule, for plain handlers).
 """
 
 from __future__ import annotations
@@ -18,6 +33,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from streams.deadletter import DeadLetter
@@ -30,9 +46,40 @@ R = TypeVar("R", bound=Record[Any])
 class Spent(Exception):
     """A part's tries are used up (or its error is the record's fault): split it, or blame it."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(self, cause: BaseException, *, record_fault: bool = False) -> None:
         super().__init__(repr(cause))
         self.cause = cause
+        #: The dependency itself said the record is at fault (the engine refused the prompt):
+        #: evidence enough, and proof the dependency answers.
+        self.record_fault = record_fault
+
+
+class WorkerAtFault(Exception):
+    """Nothing shows a record at fault: every record failed the same way, or the probe
+    failed too. The loop waits (backoff, ``/readyz`` 503, the dependency gauge) and redoes
+    the batch; nothing is dead-lettered."""
+
+    def __init__(self, cause: BaseException, why: str) -> None:
+        super().__init__(f"{why}: {type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.why = why
+
+
+def _always_healthy() -> BaseException | None:
+    return None
+
+
+@dataclass
+class _Search:
+    """What the split has seen: parts that succeeded, and records that failed alone."""
+
+    succeeded: int = 0
+    tried: int = 0  # parts tried so far: orders the failures and the successes
+    last_success: int = -1  # the ``tried`` count of the latest part that succeeded
+    #: (record, cause, when): the records that failed alone, and at which try.
+    failed: list[tuple[Any, BaseException, int]] = field(default_factory=list)
+    #: The exception types of failures the dependency did not put down to the record.
+    unexplained: list[type[BaseException]] = field(default_factory=list)
 
 
 def isolate(
@@ -40,20 +87,25 @@ def isolate(
     attempt: Callable[[list[R], int], BatchResult],
     max_attempts: int,
     at_fault: Callable[[R, BaseException], DeadLetter],
+    probe: Callable[[], BaseException | None] = _always_healthy,
 ) -> tuple[BatchResult, list[DeadLetter]]:
-    """The batch's result, and dead letters for the records that fail by themselves.
+    """The batch's result, and dead letters for the records shown to fail by themselves.
 
     ``attempt(part, tries)`` runs the handler on ``part`` up to ``tries`` times and raises
     :class:`Spent` when they are used up. The whole batch gets ``max_attempts``; once it is
     split, a half gets one try (the batch already had its retries) and a single record gets
     ``max_attempts`` again before it is called at fault, so one flaky failure cannot
-    dead-letter a good record.
+    dead-letter a good record. ``probe()`` returns None when the worker's dependency is
+    healthy, else what failed. Raises :class:`WorkerAtFault` when no record is shown at
+    fault (module docstring).
     """
     if not batch:
         return BatchResult(), []
     try:
         return attempt(batch, max_attempts), []
     except Spent as spent:
+        if not spent.record_fault and (down := probe()) is not None:
+            raise WorkerAtFault(down, "the probe fails as well") from spent.cause
         if len(batch) == 1:
             return BatchResult(), [at_fault(batch[0], spent.cause)]
         log.warning(
@@ -62,28 +114,53 @@ def isolate(
             max_attempts,
             spent.cause,
         )
-    return _split(batch, attempt, max_attempts, at_fault)
+    search = _Search()
+    merged = _split(batch, attempt, max_attempts, search)
+    if search.unexplained and not search.succeeded:
+        if len(search.unexplained) > 1 and len(set(search.unexplained)) == 1:
+            cause = next(c for _, c, _ in search.failed if type(c) is search.unexplained[0])
+            n = len(search.unexplained)
+            raise WorkerAtFault(
+                cause, f"{n} of {len(batch)} records fail the same way, none succeeds"
+            )
+        if (down := probe()) is not None:
+            raise WorkerAtFault(down, "no record succeeds and the probe fails")
+    dead = []
+    for rec, cause, when in search.failed:
+        if when < search.last_success:
+            # It failed before the others showed the dependency well (a fault that ended
+            # mid-split): one more try now, and blamed only if it fails again.
+            try:
+                merged.extend(attempt([rec], 1))
+                continue
+            except Spent as again:
+                cause = again.cause
+        dead.append(at_fault(rec, cause))
+    return merged, dead
 
 
 def _split(
     batch: list[R],
     attempt: Callable[[list[R], int], BatchResult],
     max_attempts: int,
-    at_fault: Callable[[R, BaseException], DeadLetter],
-) -> tuple[BatchResult, list[DeadLetter]]:
-    merged, failed = BatchResult(), []
+    search: _Search,
+) -> BatchResult:
+    merged = BatchResult()
     mid = len(batch) // 2
     for part in (batch[:mid], batch[mid:]):
+        search.tried += 1
         try:
             merged.extend(attempt(part, max_attempts if len(part) == 1 else 1))
+            search.succeeded += 1
+            search.last_success = search.tried
         except Spent as spent:
             if len(part) == 1:
-                failed.append(at_fault(part[0], spent.cause))
+                search.failed.append((part[0], spent.cause, search.tried))
+                if not spent.record_fault:
+                    search.unexplained.append(type(spent.cause))
                 continue
-            res, dls = _split(part, attempt, max_attempts, at_fault)
-            merged.extend(res)
-            failed.extend(dls)
-    return merged, failed
+            merged.extend(_split(part, attempt, max_attempts, search))
+    return merged
 
 
 class HandlerThread:

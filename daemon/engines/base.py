@@ -28,10 +28,18 @@ class EngineUnavailable(EngineError):
     """
 
 
+class EngineMisconfigured(EngineUnavailable):
+    """The deployment's fault, not the request's: the model server refuses the API key
+    (HTTP 401/403), does not serve the configured base model, or has no such path (a
+    ``base_url`` that does not end in ``/v1``). Waited for like a server that is down (an
+    operator fixes the key, the name or the server, and work resumes); the message says what
+    is wrong and which setting to look at, since ``/readyz`` shows it as it is."""
+
+
 class EngineRejected(EngineError, ValueError):
-    """The engine refused this request (HTTP 4xx other than 408/429: a prompt longer than the
-    context, a chat template that refuses the roles): the record's fault, so a worker
-    dead-letters it without retrying."""
+    """The engine refused this request (HTTP 4xx other than 401/403/404/408/429: a prompt
+    longer than the context, a chat template that refuses the roles): the record's fault, so
+    a worker dead-letters it without retrying."""
 
 
 class AdapterMissing(EngineUnavailable):

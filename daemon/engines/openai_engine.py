@@ -40,6 +40,7 @@ from daemon.engines.base import (
     ChatResult,
     Completion,
     EngineError,
+    EngineMisconfigured,
     EngineRejected,
     EngineUnavailable,
 )
@@ -62,6 +63,11 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 #: retried: a load that failed half-way might have registered the name, and a second try
 #: would then be refused as "already loaded".
 UNSENT_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+#: Longest a probe request may take (``check``): a server that hangs is not healthy, and a
+#: worker must not wait ``timeout_s`` (minutes, for long generations) to find that out.
+PROBE_TIMEOUT_S = 30.0
 
 
 class _RetryableStatus(Exception):
@@ -128,6 +134,8 @@ class OpenAIEngine:
         self.return_token_ids = return_token_ids
         self._attempts = retries
         self._backoff_s = backoff_s
+        self._has_key = bool(api_key)
+        self._timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             base_url=self.base_url,
@@ -145,11 +153,13 @@ class OpenAIEngine:
         body: dict[str, Any] | None,
         transient: tuple[type[Exception], ...],
         retry_statuses: frozenset[int],
+        timeout_s: float | None = None,
     ) -> httpx.Response:
         """One request with bounded retries; transport failure -> EngineError."""
 
         def attempt() -> httpx.Response:
-            response = self._client.request(method, path, json=body)
+            extra = {} if timeout_s is None else {"timeout": timeout_s}
+            response = self._client.request(method, path, json=body, **extra)
             if response.status_code in retry_statuses:
                 raise _RetryableStatus(response)
             return response
@@ -168,10 +178,81 @@ class OpenAIEngine:
                 f"{method} {path}: HTTP {r.status_code} after {self._attempts} attempts: "
                 f"{error_message(r)}"
             ) from exc
-        except httpx.HTTPError as exc:  # unreachable, reset, timed out: the engine's side
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # down, or no such host
+            raise EngineUnavailable(
+                f"the model server at {self.base_url} cannot be reached ({type(exc).__name__}: "
+                f"{exc}): is it running, and is engine.base_url right?"
+            ) from exc
+        except httpx.HTTPError as exc:  # reset, timed out: the engine's side
             raise EngineUnavailable(
                 f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _deployment_fault(self, response: httpx.Response, model: str) -> EngineMisconfigured:
+        """What is wrong with the deployment when the server answers 401, 403 or 404, in words
+        an operator acts on (``/readyz`` shows them as they are)."""
+        code, said = response.status_code, error_message(response)
+        if code == 401:
+            key = "is not accepted" if self._has_key else "is not set and the server wants one"
+            return EngineMisconfigured(
+                f"the model server refuses the API key (HTTP 401 from {self.base_url}: {said}): "
+                f"engine.api_key {key}"
+            )
+        if code == 403:
+            return EngineMisconfigured(
+                f"the model server denies this API key access (HTTP 403 from {self.base_url}: "
+                f"{said}): check engine.api_key and the server's permissions"
+            )
+        try:
+            served = self.served_models()
+        except EngineMisconfigured as exc:
+            return exc
+        except EngineError:
+            served = None
+        if served is not None and model not in served:
+            return EngineMisconfigured(
+                f"the model server does not serve `{model}`; it serves {sorted(served)} "
+                "(model.name must be one of the server's --served-model-name)"
+            )
+        return EngineMisconfigured(
+            f"the model server answered HTTP 404 for {response.request.url.path} with model "
+            f"`{model}` ({said}): is engine.base_url the server's /v1 URL ({self.base_url})?"
+        )
+
+    def served_models(self, timeout_s: float | None = None) -> list[str]:
+        """Every model id ``GET /models`` lists (the base model, its aliases, adapters).
+
+        401/403, or no ``/models`` at all, is the deployment's fault (EngineMisconfigured)."""
+        response = self._send("GET", "/models", None, TRANSIENT_ERRORS, RETRY_STATUSES, timeout_s)
+        if response.status_code in (401, 403):
+            raise self._deployment_fault(response, self.model_name)
+        if response.status_code == 404:
+            raise EngineMisconfigured(
+                f"the model server has no {response.request.url.path} (HTTP 404): is "
+                f"engine.base_url the server's /v1 URL ({self.base_url})?"
+            )
+        if response.status_code != 200:
+            raise EngineError(
+                f"GET /models failed (HTTP {response.status_code}): {error_message(response)}"
+            )
+        try:
+            return [str(c["id"]) for c in response.json()["data"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EngineError(f"malformed /models response: {exc}") from exc
+
+    def check(self) -> None:
+        """The probe workers ask at start, while waiting, and before blaming a record: the
+        server answers, accepts the key, lists the base model, and generates one token.
+        Raises EngineUnavailable (EngineMisconfigured for the deployment's faults)."""
+        timeout_s = min(self._timeout_s, PROBE_TIMEOUT_S)  # a hung server is not "fine"
+        served = self.served_models(timeout_s)
+        if self.model_name not in served:
+            raise EngineMisconfigured(
+                f"the model server does not serve `{self.model_name}`; it serves "
+                f"{sorted(served)} (model.name must be one of the server's --served-model-name)"
+            )
+        probe = ChatRequest([{"role": "user", "content": "Reply with OK."}], max_tokens=1)
+        self._one(probe, timeout_s)
 
     # ------------------------------------------------------------- generation
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
@@ -205,20 +286,21 @@ class OpenAIEngine:
             body["return_token_ids"] = True
         return body
 
-    def _one(self, r: ChatRequest) -> ChatResult:
+    def _one(self, r: ChatRequest, timeout_s: float | None = None) -> ChatResult:
         response = self._send(
-            "POST", "/chat/completions", self._body(r), TRANSIENT_ERRORS, RETRY_STATUSES
+            "POST", "/chat/completions", self._body(r), TRANSIENT_ERRORS, RETRY_STATUSES, timeout_s
         )
-        if response.status_code == 404 and r.adapter is not None:
+        code = response.status_code
+        if code == 404 and r.adapter is not None:
             raise AdapterMissing(
                 r.adapter,
                 f"the server does not know adapter {r.adapter!r} (HTTP 404; restarted?): "
                 f"{error_message(response)}",
             )
-        if response.status_code != 200:
-            kind = EngineRejected if 400 <= response.status_code < 500 else EngineUnavailable
-            if response.status_code == 408:
-                kind = EngineUnavailable
+        if code in (401, 403, 404):  # about the deployment, whatever the prompt
+            raise self._deployment_fault(response, r.adapter or self.model_name)
+        if code != 200:
+            kind = EngineRejected if 400 <= code < 500 and code != 408 else EngineUnavailable
             raise kind(
                 f"chat completion for model {r.adapter or self.model_name!r} refused "
                 f"(HTTP {response.status_code}): {error_message(response)}"

@@ -49,8 +49,8 @@ def run_serve(settings: Settings, *, worker: bool = True, http: bool = False) ->
     engine = make_engine(settings.model, settings.engine)
     serve_worker = ServeWorker(settings, engine) if worker else None
 
-    def ready() -> bool:
-        return serve_worker.is_ready() if serve_worker is not None else True
+    def ready() -> tuple[bool, dict[str, object]]:
+        return serve_worker.readiness() if serve_worker is not None else (True, {})
 
     with observability(settings.metrics, "serve", ready):
         _run_serve(settings, engine, serve_worker, http, token)

@@ -553,13 +553,20 @@ def _probe_worker(settings: Settings, worker: Worker, timeout_s: float) -> dict[
             ready = client.get(f"{url}/readyz")
             answer = ready.json()
             out["ready"] = ready.status_code == 200 and bool(answer.get("ready"))
-            # A stage that refuses to judge (the sandbox fails closed) is the note to see.
+            # What the worker waits on (its engine) or refuses to judge (the sandbox fails
+            # closed) is the note to see.
+            notes = []
+            if waiting := answer.get("waiting_on"):
+                out["waiting_on"] = waiting
+                notes.append(f"waiting: {waiting}")
             if unavailable := answer.get("unavailable"):
                 out["unavailable"] = unavailable
-                out["error"] = "; ".join(
+                notes += [
                     f"{stage} stage unavailable: {why.get('detail', '?')}"
                     for stage, why in unavailable.items()
-                )
+                ]
+            if notes:
+                out["error"] = "; ".join(notes)
         except (httpx.HTTPError, ValueError) as exc:
             out.update(ready=False, error=_err(exc))
     out["state"] = "ready" if out["ready"] else "not ready"

@@ -161,8 +161,8 @@ class Up:
         """/metrics on the serve port; /healthz and /readyz on each worker's port."""
         m = self.settings.metrics
         with (
-            observability(m, "serve", self.serve.is_ready),
-            observability(m, "verify", self.verify.loop.is_ready, metrics=False),
+            observability(m, "serve", self.serve.readiness),
+            observability(m, "verify", self.verify.readiness, metrics=False),
             observability(
                 m, "train", lambda: not self.train or self._scheduler is not None, metrics=False
             ),

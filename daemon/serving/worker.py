@@ -10,6 +10,7 @@ takes effect from the next batch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from daemon.engines import EngineSettings
 from daemon.engines.base import ChatRequest, Engine, EngineRejected, EngineUnavailable
+from daemon.engines.health import probe
 from daemon.engines.hotswap import AdapterRouter, SwapResult
 from daemon.serving.limits import ApiLimits
 from daemon.serving.metrics import (
@@ -302,9 +304,11 @@ class ServeWorker:
             dlq_topic=settings.topics.dlq(settings.topics.prompts),
             transactional_id=cfg.transactional_id_or_default(),
             name="serve",
-            # The engine down is never a record's fault; a request it refuses (HTTP 400) is.
+            # The engine down or misconfigured is never a record's fault; a request it
+            # refuses (HTTP 400) is; anything else only once the probe shows the engine well.
             unavailable=(EngineUnavailable,),
             record_faults=(EngineRejected,),
+            probe=functools.partial(probe, self.engine),
         )
 
         self.status = StatusReporter(
@@ -319,6 +323,11 @@ class ServeWorker:
         """Ready: the loop consumes and the adapter-event follower still follows."""
         follower = self.follower
         return self.loop.is_ready() and follower is not None and follower.healthy()
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """``is_ready`` and, when the loop waits, on what (shown by ``/readyz`` and ``status``)."""
+        waiting = self.loop.waiting_on
+        return self.is_ready(), ({"waiting_on": waiting} if waiting else {})
 
     def _report(self, _event: AdapterEvent, result: SwapResult) -> None:
         self.status.report(result.version, result.requested, result.ok, result.error)

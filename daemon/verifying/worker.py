@@ -12,6 +12,7 @@ one that writes the store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -22,6 +23,7 @@ from pydantic import Field
 
 from daemon.engines import EngineSettings
 from daemon.engines.base import Engine, EngineRejected, EngineUnavailable
+from daemon.engines.health import probe
 from daemon.verifying.cascade import (
     Cascade,
     CascadeConfig,
@@ -192,6 +194,7 @@ class VerifyWorker:
             # refuses (HTTP 400) is the record's.
             unavailable=(EngineUnavailable,),
             record_faults=(EngineRejected,),
+            probe=functools.partial(probe, self.engine),
         )
 
     @property
@@ -206,14 +209,17 @@ class VerifyWorker:
         (kept current by the probe at start, each real run, and a probe in the background
         once the state is old)."""
         ok = self.loop.is_ready()
+        detail: dict[str, object] = {}
+        if waiting := self.loop.waiting_on:
+            detail["waiting_on"] = waiting
         if not self.judges_code:
-            return ok, {}
+            return ok, detail
         from daemon.verifying.sandbox_health import monitor_for
 
         health = monitor_for(self.settings.verify.sandbox).cached()
         if health is None or health.available:
-            return ok, {}
-        return False, {"unavailable": {"execution": health.as_json()}}
+            return ok, detail
+        return False, {**detail, "unavailable": {"execution": health.as_json()}}
 
     def check_sandbox(self) -> None:
         """Probe the sandbox once at start so an operator hears at once, not at the first

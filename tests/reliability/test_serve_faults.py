@@ -44,16 +44,39 @@ from tests.test_serve import _produce
 
 @dataclass
 class FakeEngine:
-    """What the stand-in server does; tests flip these while serve runs."""
+    """What the stand-in server does; tests flip these while serve runs.
+
+    ``api_key``: the bearer token it wants (vLLM's ``--api-key``), else 401. ``served``:
+    the model names it serves (``--served-model-name``), else vLLM's 404 "The model `X`
+    does not exist". ``broken``: answers real requests (n > 1) with no choices, while a
+    one-token probe still works (as an engine short of memory may: an error of a kind the
+    worker does not know). ``stuck``: a prompt text
+    on which it answers 500 every time while serving everything else."""
 
     down: bool = False
     hang: bool = False
+    api_key: str | None = None
+    served: list[str] = field(default_factory=lambda: ["fake"])
+    broken: bool = False
+    stuck: str | None = None
     seen: Counter[str] = field(default_factory=Counter)
     released: threading.Event = field(default_factory=threading.Event)
 
 
 def _app(state: FakeEngine) -> FastAPI:
     app = FastAPI()
+
+    def refused(request: Request) -> JSONResponse | None:
+        if state.api_key and request.headers.get("authorization") != f"Bearer {state.api_key}":
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)  # as vLLM says it
+        return None
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        if (no := refused(request)) is not None:
+            return no
+        cards = [{"id": m, "object": "model", "parent": None} for m in state.served]
+        return JSONResponse({"object": "list", "data": cards})
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
@@ -65,14 +88,30 @@ def _app(state: FakeEngine) -> FastAPI:
         if state.hang:
             while not state.released.is_set():
                 await asyncio.sleep(0.05)
+        if (no := refused(request)) is not None:
+            return no
         if state.down:
             return JSONResponse({"error": {"message": "engine overloaded"}}, status_code=503)
+        if body["model"] not in state.served:
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"The model `{body['model']}` does not exist.",
+                        "type": "NotFoundError",
+                        "code": 404,
+                    }
+                },
+                status_code=404,
+            )
+        if state.stuck and state.stuck in text:
+            return JSONResponse({"error": {"message": "EngineCore died"}}, status_code=500)
         if "POISON" in text:
             return JSONResponse(
                 {"error": {"message": "This model's maximum context length is 8 tokens"}},
                 status_code=400,
             )
         n = body.get("n", 1)
+        n = 0 if state.broken and n > 1 else n  # a one-token probe (n = 1) still works
         return JSONResponse(
             {
                 "choices": [
@@ -104,7 +143,11 @@ def fake_engine() -> Iterator[tuple[FakeEngine, int]]:
 
 
 def _config(
-    kafka: KafkaSettings, topics: TopicsConfig, tmp_path: Path, engine_port: int, **kafka_kw: object
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    tmp_path: Path,
+    engine_port: int,
+    **kafka_kw: object,
 ) -> tuple[Path, Settings]:
     settings = Settings(
         data_dir=tmp_path,
@@ -117,7 +160,7 @@ def _config(
             "timeout_s": 600,
         },
         serve={"extra_candidates": 1, "max_tokens": 8, "group_id": f"serve-{topics.prompts}"},
-        metrics={"enabled": True, "serve_port": free_port()},
+        metrics={"enabled": True, "serve_port": free_port(), "verify_port": free_port()},
     )
     config = tmp_path / "selfdistill.toml"
     config.write_text(render_toml(settings, comments=False))
@@ -217,7 +260,8 @@ def test_sigterm_mid_batch_stops_within_the_shutdown_timeout_and_loses_nothing(
     ids = [f"s{i}" for i in range(4)]
     try:
         _produce(kafka, topics.prompts, ids)
-        wait_for(lambda: len(state.seen) > 0, 60)  # a batch is in flight, held by the engine
+        # A batch is in flight, held by the engine (the start-up probe is held there too).
+        wait_for(lambda: any("Question" in t for t in state.seen), 60, what="a held batch")
         stopped_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
