@@ -9,6 +9,12 @@ Two layers, because neither alone is enough:
   values, URL passwords) is registered when the configuration loads, and any text the daemon
   shows has those exact strings replaced, wherever a library quoted them.
 
+Where text leaves a process, one choke point per medium applies it: the log formatter
+(:class:`RedactingFormatter`), the process's stdout and stderr (:func:`mask_console`: rich,
+``typer.echo``, ``print`` and Python's own tracebacks alike), HTTP error bodies and /readyz
+(:func:`redact`, :func:`redact_data`), and diagnostic fields on Kafka topics (installed into
+``streams.masking`` when the configuration loads).
+
 Kept at the top of the package (imported by every layer) and free of third-party imports.
 """
 
@@ -16,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from collections.abc import Iterable
+from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 MASK = "**********"
@@ -117,3 +125,58 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string in it, keys
+    included, through ``redact``: for a JSON body, masked before it is encoded (masking the
+    encoded text would miss a secret whose characters JSON escapes)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_data(v) for v in value]
+    return value
+
+
+class RedactingStream:
+    """A text stream that passes every write through ``redact`` to the stream it wraps,
+    and everything else (``isatty``, ``fileno``, ``encoding``, ``flush``) straight to it.
+
+    Masks per write: each ``print``, rich render, ``click.echo`` and log line is one write,
+    so a secret inside one is masked whole. Bytes are refused as a text stream refuses them
+    (click probes a stream that way to tell text from binary).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.wrapped = stream
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self.wrapped.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "wrapped":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.wrapped, name)
+
+
+def mask_console() -> None:
+    """Send this process's stdout and stderr through ``redact`` (idempotent).
+
+    The CLI's one choke point for the console: error lines and results printed through
+    rich, ``typer.echo``, JSON ``print``-ed by ``status``, topic data shown by ``tail``, and
+    the tracebacks Python prints for an uncaught exception (which quote an engine's URL).
+    Handlers that hold a stream from before this call keep it (the log's own formatter masks).
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, RedactingStream):
+            setattr(sys, name, RedactingStream(stream))

@@ -18,6 +18,9 @@ the worker retry that batch forever: the partition is wedged behind one bad reco
   original for as long as the source topic retains it.
 - Header texts are bounded too (the error detail, often an exception's text, to
   :data:`MAX_DETAIL_BYTES`) and encoded so that any Python string encodes.
+- The error detail is masked when a dead letter is made (:mod:`streams.masking`): an
+  exception's text quotes what it failed on, credentials included, and a dead-letter topic
+  is kept for weeks and read by operators.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import base64
 import hashlib
 from dataclasses import dataclass, replace
 from typing import Any, overload
+
+from streams.masking import mask
 
 HEADER_PREFIX = "selfdistill."
 
@@ -91,6 +96,10 @@ class DeadLetter:
     original_sha256: str | None = None
     original_key_size: int | None = None
     original_key_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        # Masked once, here, so the headers, ``as_json`` and any log of it agree.
+        object.__setattr__(self, "detail", mask(self.detail))
 
     def bounded(self, limit: int) -> DeadLetter:
         """This dead letter if its key and value fit ``limit`` bytes, else a truncated copy."""

@@ -3,6 +3,10 @@
 Every message carries a schema version ``v``. A worker reads exactly the versions it knows;
 anything else is a :class:`DecodeError` with a reason code, which the consumer loop turns into
 a dead letter instead of a crash.
+
+Fields that carry the daemon's diagnostic text (an ``error``, a ``reason``, a tool's output)
+are masked when a message is serialized (:mod:`streams.masking`): they often quote an
+exception, and exceptions quote credentials. Still plain strings on the wire.
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ import json
 import time
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
+
+from streams.masking import MaskedText, mask
 
 SCHEMA_VERSION = 1
 M = TypeVar("M", bound=BaseModel)
@@ -182,6 +195,12 @@ class VerdictCall(BaseModel):
     prompt_tokens: int = Field(0, ge=0)
     completion_tokens: int = Field(0, ge=0)
 
+    @field_serializer("output")
+    def _mask_tool_output(self, output: str) -> str:
+        """A tool's output is the daemon's text (a checker's or the sandbox's detail, which
+        can quote an exception); a judge's is the model's, kept as generated."""
+        return mask(output) if self.kind == "tool" else output
+
 
 class VerdictStage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -245,7 +264,7 @@ class AdapterEvent(_Message):
     version: str = Field(description="immutable adapter version name, or 'base'")
     path: str | None = None
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    reason: str | None = None
+    reason: MaskedText | None = None
     at: float = Field(default_factory=time.time)
 
 
@@ -267,7 +286,7 @@ class AdapterStatus(BaseModel):
     serving: str = Field(description="the version this replica routes new requests to, or 'base'")
     requested: str | None = Field(None, description="the version the last event asked for")
     ok: bool = True
-    error: str | None = None
+    error: MaskedText | None = Field(None, description="why the last swap was refused")
     swapped_at: float | None = None
     started_at: float = Field(default_factory=time.time)
     at: float = Field(default_factory=time.time)

@@ -33,6 +33,7 @@ from daemon.verifying.store import StoreConfig
 from daemon.verifying.worker import VerifyConfig
 from streams.broker import BrokerConfig
 from streams.connection import KafkaSettings
+from streams.masking import set_text_filter
 from streams.topics import TopicsConfig
 
 ENV_PREFIX = "SELFDISTILL_"
@@ -169,8 +170,10 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         raise ConfigError(_explain(exc, file, _raw_secrets(data))) from None
     except SettingsError as exc:  # an environment variable that is not valid JSON, ...
         raise ConfigError(redact.redact(str(exc))) from None
-    # From now on every log line, error and HTTP body of this process masks them.
+    # From now on every log line, error and HTTP body of this process masks them, and so
+    # does every diagnostic text the Kafka library writes (streams cannot import redact).
     redact.register(secret_values(settings))
+    set_text_filter(redact.redact)
     return settings
 
 

@@ -48,9 +48,11 @@ def run_eval_verifier(
 ) -> int:
     """``selfdistill eval verifier``: measure (or recall an identical stored measurement,
     unless ``fresh``), store, print. Returns the exit code (2: a labeled set that cannot be
-    used). ``engine``: use this one instead of building the configured engine."""
+    used; 1: the engine failed). ``engine``: use this one instead of building the configured
+    engine. Errors are printed as they are: the CLI's console masks credentials."""
     from rich.markup import escape
 
+    from daemon.engines.base import EngineError
     from daemon.verifying.graders import LabeledSetError
 
     cfg = settings.verify.eval
@@ -84,6 +86,10 @@ def run_eval_verifier(
                     result = run_sweep(engine, registry, plan, ns, vs, use_cache=False)
                 else:
                     result = run_plan(engine, registry, plan, kind="eval", use_cache=False)
+            except EngineError as exc:  # the engine's fault, not a bug: one line, no traceback
+                err = _stderr(console)
+                err.print(f"[red]error:[/] the engine failed: {escape(str(exc))}", highlight=False)
+                return 1
             finally:
                 if own:
                     engine.close()

@@ -9,7 +9,9 @@ worker and ``selfdistill status`` asks each one whether it is up:
   metrics);
 * ``/healthz`` — 200 while the process runs (liveness: restart it if this fails);
 * ``/readyz`` — 200 once the worker does its job (joined its consumer group, scheduler
-  started), 503 before (readiness: don't count it as serving yet).
+  started), 503 before (readiness: don't count it as serving yet). Its body is masked
+  (``daemon.redact``): a failing check's text can quote an engine's URL or key, and probes
+  come without a token.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.redact import redact_data
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +104,11 @@ def create_app(  # type: ignore[no-untyped-def]
         try:
             answer = ready()
         except Exception as exc:  # a readiness probe must answer, not crash
-            return JSONResponse({"ready": False, "error": repr(exc)}, status_code=503)
+            body = {"ready": False, "error": repr(exc)}
+            return JSONResponse(redact_data(body), status_code=503)
         ok, detail = answer if isinstance(answer, tuple) else (answer, {})
         body = {"ready": bool(ok), "worker": worker, **detail}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        return JSONResponse(redact_data(body), status_code=200 if ok else 503)
 
     return app
 
@@ -140,6 +145,7 @@ def observability(
             log_level="warning",
             access_log=False,
             lifespan="off",
+            log_config=None,  # uvicorn logs through the process's masked logging
         )
     )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -4,7 +4,9 @@ extends :class:`ApiLimits`), so each bound and its default are written once.
 
 One request must not be able to hold the engine for long (a huge ``max_tokens`` or ``n``, a
 novel-length prompt), and a burst must not pile up behind it: beyond ``max_queue`` requests
-in flight or waiting, the server answers 429 at once instead of queueing without end.
+in flight or waiting, the server answers 429 at once instead of queueing without end. Nor
+may one request make the server buffer and parse an unbounded body: ``max_body_bytes`` is
+enforced before the body is read whole (``body_limit``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 RETRY_AFTER_S = 1
 
 
+#: The default ``max_body_bytes``: far above what any request within the other bounds needs
+#: (``max_prompt_chars`` of the worst JSON escaping, six bytes a character, is under 200 KB).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
 class ApiLimits(BaseModel):
-    """Per-request bounds (beyond them: 400 naming the parameter, its value and the limit)
-    and the admission bound (beyond it: 429 with ``Retry-After``)."""
+    """Per-request bounds (beyond them: 400 naming the parameter, its value and the limit;
+    413 for the body's size) and the admission bound (beyond it: 429 with ``Retry-After``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,4 +50,11 @@ class ApiLimits(BaseModel):
         ge=1,
         description="Engine requests in flight plus waiting; one more is answered 429 at once "
         "(with Retry-After) instead of waiting.",
+    )
+    max_body_bytes: int = Field(
+        MAX_BODY_BYTES,
+        ge=1,
+        description="Largest request body, in bytes: a larger one is refused 413 before it is "
+        "parsed (by its Content-Length at once, or cut off there while it streams) and is "
+        "never read whole.",
     )

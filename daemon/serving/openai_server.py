@@ -27,8 +27,10 @@ The engine is synchronous and CPU/GPU-bound, so every engine call runs in a work
 the event loop keeps answering health checks and queuing requests while a generation runs.
 
 Bounded, because one caller must not be able to take the engine from the others
-(``serve.http``, ``ApiLimits``): ``max_tokens``, ``n`` and the prompt's length have upper
-bounds (400 naming the limit), at most ``max_queue`` engine requests are in flight or waiting
+(``serve.http``, ``ApiLimits``): a request body over ``max_body_bytes`` is refused 413 before
+it is read whole or parsed, and routes read their bodies only after the token check
+(``body_limit``); ``max_tokens``, ``n`` and the prompt's length have upper bounds (400
+naming the limit), at most ``max_queue`` engine requests are in flight or waiting
 (one more is 429 at once, with ``Retry-After``), and chat and ``/v1/models`` need a bearer
 token whenever the server is bound beyond loopback. No error body carries a credential or an
 exception's text: a 500 says only its error id, which the log line with the traceback (masked
@@ -70,6 +72,7 @@ from daemon.engines.base import (
     EngineUnavailable,
 )
 from daemon.redact import redact
+from daemon.serving.body_limit import BodyLimit, BodyTooLarge, read_json
 from daemon.serving.limits import RETRY_AFTER_S, ApiLimits
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,12 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def too_large(exc: BodyTooLarge) -> JSONResponse:
+    """413 naming the limit and its key; the connection closes after it, so the server
+    reads no more of a body it refused."""
+    return error_response(413, str(exc), "RequestTooLargeError", headers={"Connection": "close"})
+
+
 def internal_error(exc: BaseException) -> JSONResponse:
     """A 500 that tells the client only an error id; the log line has the id and the
     traceback (masked), for the operator."""
@@ -147,7 +156,7 @@ class _SafeRoute(APIRoute):
         async def safe(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (APIError, StarletteHTTPException, RequestValidationError):
+            except (APIError, StarletteHTTPException, RequestValidationError, BodyTooLarge):
                 raise
             except Exception as exc:
                 return internal_error(exc)
@@ -412,6 +421,7 @@ def create_app(
     limits = limits or ApiLimits()
     app = FastAPI(title="selfdistill OpenAI-compatible server", docs_url=None, redoc_url=None)
     app.router.route_class = _SafeRoute
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, refuse=too_large)
     app.state.engine = engine
     app.state.registry_dir = Path(registry_dir)
     # Adapter paths as loaded through this server; adapters loaded by other means (the serve
@@ -428,6 +438,10 @@ def create_app(
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.err_type, exc.headers, exc.param)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return too_large(exc)  # it grew past the limit while a route read it
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -536,8 +550,10 @@ def create_app(
         ]
         return {"object": "list", "data": cards}
 
+    # Bodies are read inside the routes (read_json), after the token check: see body_limit.
     @app.post("/v1/chat/completions", dependencies=[Depends(require_client)])
-    async def chat_completions(body: ChatCompletionBody, request: Request) -> dict[str, Any]:
+    async def chat_completions(request: Request) -> dict[str, Any]:
+        body = await read_json(request, ChatCompletionBody)
         eng = current_engine(request)
         body.check_limits(limits)
         async with admitted():
@@ -566,7 +582,8 @@ def create_app(
         return _completion_response(body, result)
 
     @app.post("/v1/load_lora_adapter", dependencies=[Depends(require_admin)])
-    async def load_lora_adapter(body: LoadLoRAAdapterBody, request: Request) -> PlainTextResponse:
+    async def load_lora_adapter(request: Request) -> PlainTextResponse:
+        body = await read_json(request, LoadLoRAAdapterBody)
         eng = current_engine(request)
         if body.lora_name == eng.model_name:
             raise APIError(400, "an adapter cannot take the base model's name", "InvalidUserInput")
@@ -585,9 +602,8 @@ def create_app(
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter", dependencies=[Depends(require_admin)])
-    async def unload_lora_adapter(
-        body: UnloadLoRAAdapterBody, request: Request
-    ) -> PlainTextResponse:
+    async def unload_lora_adapter(request: Request) -> PlainTextResponse:
+        body = await read_json(request, UnloadLoRAAdapterBody)
         eng = current_engine(request)
         async with admitted():
             if body.lora_name not in await engine_adapters(eng):

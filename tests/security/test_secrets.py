@@ -6,29 +6,47 @@ once (the Kafka SASL password, ``kafka.client_options``, a password and a token 
 from the environment), then everything the daemon shows is grepped for it: ``config show``,
 configuration errors, the log of a real ``selfdistill serve`` start-up, and HTTP bodies
 (a forced 500, a 400, an engine's failure quoting its URL).
+
+Issue 28, point 7: no secret anywhere. An error is forced through every path that writes
+text out (a CLI error printed through rich, a swap refused on ``adapter-status``, a prompt
+dead-lettered, /readyz, a traceback), then every topic is read back, headers and all.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from kafka import KafkaAdminClient
 from typer.testing import CliRunner
 
-from daemon.engines.base import ChatRequest, ChatResult, EngineRejected
+from daemon.engines.base import ChatRequest, ChatResult, EngineRejected, EngineUnavailable
 from daemon.operating.cli import app as cli_app
 from daemon.operating.config import ConfigError, load_settings
+from daemon.operating.observe import create_app as observe_app
 from daemon.serving.openai_server import create_app
+from streams.adapter_status import read_statuses
 from streams.broker import free_port
+from streams.connection import KafkaSettings
+from streams.deadletter import DeadLetter
+from streams.producer import Producer
+from streams.schemas import AdapterEvent, PromptMessage
+from streams.topics import TopicsConfig
+from tests.conftest import cli, read_topic, start_cli, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_CLI = [sys.executable, "-c", "from daemon.operating.cli import app; app()"]
@@ -41,7 +59,27 @@ ENV = {
 }
 
 
-def write_config(tmp_path: Path, *, base_url: str, http_port: int = 8000, extra: str = "") -> Path:
+#: The ``[kafka]`` block's connection: SASL_SSL to nowhere, its credentials in the clear
+#: options too (``sasl_oauth_token`` is no kafka-python option: only where no client starts).
+SASL = f"""
+security_protocol = "SASL_SSL"
+sasl_mechanism = "PLAIN"
+client_options = {{ sasl_oauth_token = "{SECRET}-oauth", ssl_password = "{SECRET}-sslpw", \
+request_timeout_ms = 4000 }}
+"""
+
+
+def write_config(
+    tmp_path: Path,
+    *,
+    base_url: str,
+    http_port: int = 8000,
+    extra: str = "",
+    kafka: str = SASL,
+    metrics: str = "enabled = false",
+) -> Path:
+    """The configuration with every credential. ``kafka``: the connection lines of its
+    ``[kafka]`` block (the SASL credentials are there whatever they say, used or not)."""
     path = tmp_path / "selfdistill.toml"
     path.write_text(
         f"""
@@ -49,12 +87,9 @@ log_level = "DEBUG"
 data_dir = "{tmp_path / "var"}"
 
 [kafka]
-security_protocol = "SASL_SSL"
-sasl_mechanism = "PLAIN"
+{kafka}
 sasl_plain_username = "svc-user"
 sasl_plain_password = "{SECRET}-sasl"
-client_options = {{ sasl_oauth_token = "{SECRET}-oauth", ssl_password = "{SECRET}-sslpw", \
-request_timeout_ms = 4000 }}
 
 [engine]
 kind = "openai"
@@ -65,7 +100,7 @@ port = {http_port}
 admin_token = "{ADMIN}"
 
 [metrics]
-enabled = false
+{metrics}
 {extra}
 """
     )
@@ -245,3 +280,213 @@ def test_a_real_serve_start_up_logs_and_answers_without_the_secret(
     err_id = models.json()["error"]["message"].split("error id ")[1].split(";")[0]
     assert err_id in text
     assert "http://**********@127.0.0.1" in text  # the engine's URL, logged masked
+
+
+# ------------------------------------------------------------------ every path out, end to end
+class _QuotingServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that fails the way real ones do, quoting what it got.
+
+    ``GET /v1/models`` drops the connection (the engine's error then names its ``base_url``,
+    credentials and all); chat is refused with 400 naming the credentials the request carried
+    (as servers echo a key they reject). Both reach the daemon as exception text.
+    """
+
+    def do_GET(self) -> None:
+        self.close_connection = True  # no response at all: "Server disconnected"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        scheme, _, given = (self.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() == "basic":  # httpx sends base_url's user:password this way
+            given = base64.b64decode(given).decode()
+        body = json.dumps({"error": {"message": f"credentials {given!r} are not valid here"}})
+        self.send_response(400)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def quoting_engine() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _QuotingServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def every_record(kafka: KafkaSettings, tag: str) -> dict[str, list[str]]:
+    """Every record (key, value and headers, as text) of every topic whose name has ``tag``:
+    the test's own topics and the dead-letter topics the workers created beside them."""
+    admin = KafkaAdminClient(**kafka.client_kwargs("test-admin"))
+    try:
+        names = sorted(t for t in admin.list_topics() if tag in t)
+    finally:
+        admin.close()
+    return {
+        name: [
+            repr((r.key, r.value, r.headers))
+            + "".join((v or b"").decode("utf-8", "replace") for _, v in r.headers)
+            for r in read_topic(kafka, name, idle_s=1.0)
+        ]
+        for name in names
+    }
+
+
+def test_no_path_out_carries_the_secret(
+    tmp_path: Path, env: dict[str, str], kafka: KafkaSettings, topics: TopicsConfig
+) -> None:
+    """Issue 28, point 7: an error forced through every path that writes text out, then
+    every topic read back, every output of the CLI and the worker's log: no secret anywhere.
+
+    ``selfdistill serve --http`` on an engine whose ``base_url`` carries a password: a
+    promotion it must refuse (the engine's error, quoting the URL, goes to the ``error`` of
+    ``adapter-status``), a prompt the engine refuses (its 400, quoting the credentials, goes
+    to the dead-letter headers), /readyz of both its endpoints, and the CLI failing on the
+    same engine (an error printed through rich) and showing those topics (``tail``)."""
+    with quoting_engine() as engine_port:
+        base_url = f"http://svc:{SECRET}-url@127.0.0.1:{engine_port}/v1"
+        http_port, metrics_port = free_port(), free_port()
+        path = write_config(
+            tmp_path,
+            base_url=base_url,
+            http_port=http_port,
+            kafka=f'bootstrap_servers = "{kafka.bootstrap_servers}"\n'
+            f'client_options = {{ ssl_password = "{SECRET}-sslpw", request_timeout_ms = 9000 }}',
+            metrics=f"serve_port = {metrics_port}",
+            extra=_serve_block(topics),
+        )
+        log = tmp_path / "serve.log"
+        proc = start_cli("-c", str(path), "serve", "--http", env=env, stderr=log)
+        try:
+            wait_for(
+                lambda: _alive(proc, log) and bool(read_statuses(kafka, topics.adapter_status)),
+                60,
+                every=0.5,
+                what="the replica's first adapter-status record",
+            )
+            # A promotion the replica must refuse: the engine cannot list its adapters.
+            with contextlib.closing(Producer(kafka, name="test-events")) as producer:
+                event = AdapterEvent(
+                    action="promote", version="tiny-sd-v0009", path="tiny-sd-v0009", sha256="0" * 64
+                )
+                producer.send(topics.adapter_events, event, key="adapters")
+                prompt = PromptMessage(id="p-1", prompt="What is 2 + 2?")
+                producer.send(topics.prompts, prompt, key=prompt.id)
+                producer.flush()
+            wait_for(
+                lambda: (
+                    _alive(proc, log)
+                    and any(r.refused for r in read_statuses(kafka, topics.adapter_status))
+                ),
+                60,
+                every=0.5,
+                what="the refused swap on adapter-status",
+            )
+            wait_for(
+                lambda: (
+                    _alive(proc, log)
+                    and bool(read_topic(kafka, topics.dlq(topics.prompts), idle_s=0.5))
+                ),
+                60,
+                every=0.5,
+                what="the refused prompt's dead letter",
+            )
+            bodies = [
+                httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).text
+                for port in (http_port, metrics_port)
+            ]
+            no_secret("\n".join(bodies), "a /readyz body")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        no_secret(log.read_text(), "the worker's log")
+        # The CLI on the same engine: an error it prints, and what it shows of the topics.
+        failed = cli("-c", str(path), "eval", "verifier", "--max-items", "1", env=env)
+        assert failed.returncode == 1, failed.stderr
+        assert "error: the engine failed" in failed.stderr and "not valid here" in failed.stderr
+        no_secret(failed.stdout + failed.stderr, "the CLI's error (eval verifier)")
+        for topic in (topics.adapter_status, topics.dlq(topics.prompts)):
+            shown = cli("-c", str(path), "tail", topic, env=env)
+            assert shown.returncode == 0 and shown.stdout, shown.stderr
+            no_secret(shown.stdout + shown.stderr, f"`selfdistill tail {topic}`")
+    # Every record of every topic, keys, values and headers.
+    tag = topics.prompts.removeprefix("prompts-")
+    records = every_record(kafka, tag)
+    assert records[topics.dlq(topics.prompts)] and records[topics.adapter_status]
+    for name, texts in records.items():
+        no_secret("\n".join(texts), f"topic {name}")
+    # Masked, not dropped: the refusal and the dead letter still say what went wrong.
+    [refused] = [r for r in read_statuses(kafka, topics.adapter_status) if r.status.error]
+    assert "http://**********@127.0.0.1" in (refused.status.error or "")
+    [dead] = read_topic(kafka, topics.dlq(topics.prompts))
+    error = DeadLetter.from_record(dead.headers, dead.key, dead.value).detail
+    assert "EngineRejected" in error and "not valid here" in error
+
+
+def _serve_block(topics: TopicsConfig) -> str:
+    """The per-test topics, and a replica that answers with the base model on one prompt."""
+    names = "\n".join(f'{k} = "{v}"' for k, v in topics.model_dump().items() if isinstance(v, str))
+    return f"""
+[topics]
+{names}
+partitions = {topics.partitions}
+
+[model]
+path = "tiny"
+name = "tiny"
+
+[serve]
+group_id = "serve-{topics.prompts}"
+extra_candidates = 0
+status_heartbeat_s = 2
+"""
+
+
+def _alive(proc: subprocess.Popen[str], log: Path) -> bool:
+    assert proc.poll() is None, log.read_text()[-3000:]
+    return True
+
+
+# ------------------------------------------------------------------ /readyz of every worker
+def test_a_readiness_check_that_raises_answers_without_the_secret(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The workers' /readyz (``observe``) answers 503 with the failing check's text: masked,
+    as an engine's error quoting its URL and key would otherwise hand them to any prober."""
+    load_settings(write_config(tmp_path, base_url="http://127.0.0.1:1/v1"))  # registers
+    url = f"http://svc:{SECRET}-url@vllm:8000/v1/models"
+
+    def ready() -> bool:
+        raise EngineUnavailable(f"GET {url}: refused with key {env['SELFDISTILL_ENGINE__API_KEY']}")
+
+    with TestClient(observe_app("verify", ready)) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503
+    no_secret(r.text, "a /readyz body")
+    assert "EngineUnavailable" in r.text and "vllm:8000" in r.text  # still says what failed
+
+
+# ------------------------------------------------------------------ a traceback
+def test_an_uncaught_exception_prints_its_traceback_masked(tmp_path: Path) -> None:
+    """Python prints an uncaught exception's traceback itself, past every log formatter: the
+    CLI's console (``mask_console``) is what masks it."""
+    code = (
+        "from daemon import redact\n"
+        "redact.mask_console()\n"
+        f"redact.register([{SECRET + '-apikey'!r}])\n"
+        f"raise RuntimeError('POST http://svc:{SECRET}-url@vllm/v1 refused key {SECRET}-apikey')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr
+    no_secret(done.stderr, "a traceback")
+    assert "RuntimeError: POST http://**********@vllm/v1 refused key **********" in done.stderr

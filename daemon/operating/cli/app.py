@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from daemon import redact
 from daemon.operating.config import ConfigError, Settings, load_settings
 from daemon.operating.logs import setup_logging
 
@@ -77,6 +78,8 @@ def main(
         str | None, typer.Option("--log-level", help="Override log_level (DEBUG, INFO, ...).")
     ] = None,
 ) -> None:
+    # Before anything is printed: every line of this process's console is masked.
+    redact.mask_console()
     state.config = config
     state.log_level = log_level
     state.settings = None
