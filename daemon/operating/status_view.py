@@ -356,7 +356,7 @@ def _render_workers(w: dict[str, Any], console: Console) -> None:
             f"[{colour.get(state, 'red')}]{state}[/]",
             "-" if up is None else _duration(up),
             h.get("url", "-"),
-            _clip(h.get("error") or "", 120),
+            _clip(h.get("error") or "", 400),  # folded: the whole cause is the point
         )
     console.print(table)
 

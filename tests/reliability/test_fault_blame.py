@@ -34,7 +34,7 @@ from streams.deadletter import DeadLetter
 from streams.producer import Producer
 from streams.schemas import PromptMessage
 from streams.topics import TopicsConfig
-from tests.conftest import committed_total, read_topic, start_cli, wait_for
+from tests.conftest import cli, committed_total, read_topic, start_cli, wait_for
 from tests.reliability.test_serve_faults import (
     FakeEngine,
     _config,
@@ -162,6 +162,11 @@ def test_verify_names_a_model_server_it_cannot_use_at_start(
         wait_for(lambda: _waiting_on(port, "refuses the API key"), 90, what="the 401")
         assert "engine.api_key is not set" in _readyz(port)[1]["waiting_on"]
         assert _metric(port, "selfdistill_dependency_unavailable") == 1
+        shown = cli("-c", str(config), "status", "--json")
+        verify = json.loads(shown.stdout)["workers"]["verify"]
+        assert verify["state"] == "not ready" and "refuses the API key" in verify["waiting_on"]
+        screen = " ".join(cli("-c", str(config), "status").stdout.split())
+        assert "waiting: EngineMisconfigured: the model server refuses" in screen, screen
         state.api_key = None
         wait_for(lambda: _readyz(port)[0] == 200, 90, what="ready once the key is not needed")
         assert _metric(port, "selfdistill_dependency_unavailable") == 0
