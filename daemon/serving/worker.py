@@ -213,6 +213,7 @@ class ServeHandler:
                         completion_tokens=answer.tokens,
                     ),
                     key=prompt.id,
+                    source=rec,
                 )
             )
             outputs.append(
@@ -237,6 +238,7 @@ class ServeHandler:
                         adapter=adapter,
                     ),
                     key=prompt.id,
+                    source=rec,
                 )
             )
             PROMPT_TOKENS.inc(res.prompt_tokens)
