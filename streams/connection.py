@@ -84,6 +84,14 @@ class KafkaSettings(BaseModel):
         ge=1024,
         description="Largest message a worker accepts; larger ones go to the dead-letter topic.",
     )
+    max_output_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest message a worker writes (key, value, headers); an input whose "
+        "output is larger is dead-lettered (output-too-large), never retried. Topics are "
+        "created to take it; start-up fails on a smaller existing one. Unset: twice "
+        "max_message_bytes.",
+    )
     connect_timeout_s: float = Field(
         60.0, gt=0, description="How long start-up retries an unreachable cluster before failing."
     )
@@ -134,6 +142,16 @@ class KafkaSettings(BaseModel):
         if str(info.data.get("security_protocol", "")).startswith("SASL") and v is None:
             raise ValueError("required when security_protocol is SASL_PLAINTEXT or SASL_SSL")
         return v
+
+    @property
+    def output_limit(self) -> int:
+        """Most bytes (key + value + headers) of one message a worker writes.
+
+        Twice the input limit by default: a verdict carries the candidates it judged and
+        every judge output, so it outgrows its input; the store writer reads verdicts up to
+        that (``daemon.verifying.store_writer.verdict_reader``).
+        """
+        return self.max_output_bytes or 2 * self.max_message_bytes
 
     @property
     def servers(self) -> list[str]:

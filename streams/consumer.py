@@ -18,7 +18,8 @@ This is where every offset of the daemon is committed. The rules it keeps:
 * **Bad messages never stop the loop.** Anything that does not decode or validate goes to
   ``<topic>.dlq`` with its reason, in the same commit as the batch it came in. A batch the
   client cannot even decompress is stepped over with its offsets logged and dead-lettered
-  (:mod:`streams.undecodable`).
+  (:mod:`streams.undecodable`); so is an input whose output is too large to write
+  (:mod:`streams.outputs`).
 * **A record is blamed only when it is shown at fault** (:mod:`streams.handling`). A
   failing batch is retried ``max_handler_attempts`` times, then split until the records
   failing on their own are isolated: those are dead-lettered (``handler-error``), the rest
@@ -75,6 +76,7 @@ from streams.metrics import (
     RECORDS_LOST,
     UNDECODABLE_BATCHES,
 )
+from streams.outputs import OUTPUT_TOO_LARGE, fit_outputs
 from streams.producer import Producer, ProducerFenced, is_fenced
 from streams.rebalance import Rebalance, void_batch
 from streams.records import BatchResult, Handler, LoopStats, Output, Record
@@ -395,10 +397,13 @@ class ConsumerLoop(Generic[M]):
             try:
                 result, failed = self._handle(batch, before)
                 rejected = [self._dead_letter_record(r, why) for r, why in result.rejected]
+                # Raises OutputTooLarge (out of run, nothing committed) if it can blame no input.
+                outputs, too_large = fit_outputs(result.outputs, self.kafka.output_limit)
+                rejected += [self._dead_letter_record(r, w, OUTPUT_TOO_LARGE) for r, w in too_large]
                 if self._revoked(before):
                     raise _Abandoned("a partition was revoked while it ran")
                 try:
-                    self._finish(result.outputs, dead + rejected + failed, offsets)
+                    self._finish(outputs, dead + rejected + failed, offsets)
                     break
                 except Exception as exc:
                     if is_fenced(exc):

@@ -19,7 +19,7 @@ from kafka.producer.future import FutureRecordMetadata
 from pydantic import BaseModel
 
 from streams.connection import KafkaSettings, connect
-from streams.deadletter import DeadLetter, whole_limit
+from streams.deadletter import HEADROOM_BYTES, DeadLetter, whole_limit
 from streams.metrics import MESSAGES_PRODUCED, PRODUCE_FAILURES
 from streams.schemas import encode
 
@@ -64,9 +64,10 @@ class Producer:
         **overrides: Any,
     ) -> None:
         kw = kafka.client_kwargs(name)
-        kw.update(
-            acks="all", linger_ms=5, max_request_size=max(kafka.max_message_bytes * 2, 1048576)
-        )
+        # Room for any output a worker may write (``kafka.output_limit``, checked before it is
+        # sent) with its framing, and for any dead letter (bounded by ``whole_limit``).
+        request = max(kafka.max_message_bytes * 2, kafka.output_limit + HEADROOM_BYTES, 1048576)
+        kw.update(acks="all", linger_ms=5, max_request_size=request)
         if transactional_id:
             kw["transactional_id"] = transactional_id
         kw.update(overrides)

@@ -25,12 +25,19 @@ class Record(Generic[M]):
 
 @dataclass(frozen=True)
 class Output:
-    """A message the handler wants produced as part of its batch's effect."""
+    """A message the handler wants produced as part of its batch's effect.
+
+    ``source``: the input record it was made from. An output larger than the worker may
+    write (``kafka.output_limit``) is then that record's fault: the record is dead-lettered
+    (``output-too-large``) with none of its outputs, and the rest of the batch commits.
+    Without a source nobody can be blamed, and the loop stops (:mod:`streams.outputs`).
+    """
 
     topic: str
     value: BaseModel | bytes
     key: str | None = None
     headers: list[tuple[str, bytes]] | None = None
+    source: Record[Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -7,6 +7,12 @@ replica serves) must have exactly one partition, so every reader sees one order,
 compacted with no time retention, so a replica started after any number of days still finds
 the current adapter. A state topic with another partition count stops the worker at start-up
 (``TopicLayoutError``) instead of splitting promotions across partitions nobody reads.
+
+Topics the workers write are created with a ``max.message.bytes`` that takes what they may
+write (:func:`message_bytes`): a stock broker takes about 1 MB, and a larger verdict refused
+by the broker would be retried for ever. Where the broker answers DescribeConfigs, existing
+topics are checked at start-up too, and one that is too small stops the worker, named with
+its limit (``TopicLayoutError``). A broker that does not answer leaves that unknown (logged).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from kafka.errors import TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams.connection import KafkaSettings, connect
+from streams.deadletter import BROKER_MESSAGE_BYTES, HEADROOM_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +35,10 @@ _NAME = r"^[A-Za-z0-9._-]{1,200}$"
 #: a promotion after 7 days, and a replica started later would serve the base model), and so
 #: does ``verdicts``, the log the store is materialised (and rebuilt) from.
 COMPACTED = {"cleanup.policy": "compact", "retention.ms": "-1"}
+
+#: The topic config bounding one record batch (compressed, with framing); where a topic does
+#: not set it, the broker's ``message.max.bytes`` (1,048,588 by default) applies.
+MAX_MESSAGE_BYTES = "max.message.bytes"
 
 
 class TopicLayoutError(ValueError):
@@ -104,6 +115,31 @@ class TopicsConfig(BaseModel):
         return dict(COMPACTED) if topic in self.kept_topics() else {}
 
 
+def message_bytes(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, int]:
+    """The ``max.message.bytes`` each topic the workers write needs, by topic.
+
+    Outputs (responses, candidates, verdicts): ``kafka.output_limit`` (checked before a
+    worker sends) plus :data:`HEADROOM_BYTES` for framing. Dead-letter topics: the largest
+    dead letter (:func:`streams.deadletter.whole_limit` plus headers), at most
+    ``max(kafka.max_message_bytes, 1 MiB)``, which a stock broker takes. ``prompts``
+    (written by producers) and the state topics (small records) keep the cluster's default.
+    """
+    outputs = kafka.output_limit + HEADROOM_BYTES
+    need = {t: outputs for t in (topics.responses, topics.candidates, topics.verdicts)}
+    dead = max(kafka.max_message_bytes, BROKER_MESSAGE_BYTES)
+    need.update((topics.dlq(t), dead) for t in topics.layout() if topics.dlq(t) in topics.layout())
+    return need
+
+
+def creation_configs(kafka: KafkaSettings, topics: TopicsConfig, topic: str) -> dict[str, str]:
+    """Every topic-level config ``topic`` is created with: retention and message size."""
+    configs = topics.topic_configs(topic)
+    need = message_bytes(kafka, topics).get(topic)
+    if need is not None:
+        configs[MAX_MESSAGE_BYTES] = str(need)
+    return configs
+
+
 def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
     """Create the missing topics; returns ``{topic: "created" | "exists"}``."""
     layout = topics.layout()
@@ -112,7 +148,9 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
         existing = set(admin.list_topics())
         result = {t: "exists" for t in layout if t in existing}
         missing = [
-            NewTopic(t, n, topics.replication_factor, topic_configs=topics.topic_configs(t))
+            NewTopic(
+                t, n, topics.replication_factor, topic_configs=creation_configs(kafka, topics, t)
+            )
             for t, n in layout.items()
             if t not in existing
         ]
@@ -123,7 +161,7 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
                 log.info("created topic %s (%d partitions)", nt.name, nt.num_partitions)
             except TopicAlreadyExistsError:  # another worker won the race
                 result[nt.name] = "exists"
-        _check_state_topics(admin, topics, existing | set(result))
+        _check_topics(admin, kafka, topics, existing | set(result))
         return result
     finally:
         admin.close()
@@ -131,23 +169,86 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, str]:
 
 def prepare_topics(kafka: KafkaSettings, topics: TopicsConfig) -> None:
     """What a worker does at start-up: create missing topics (unless ``topics.create`` is
-    off, where an admin owns them) and check the state topics' layout either way."""
+    off, where an admin owns them) and check the topics either way: the state topics'
+    layout and retention, and that each topic takes the largest message written to it."""
     if topics.create:
         ensure_topics(kafka, topics)
         return
     admin = connect(lambda: KafkaAdminClient(**kafka.client_kwargs("admin")), kafka, "admin client")
     try:
-        _check_state_topics(admin, topics, set(admin.list_topics()))
+        _check_topics(admin, kafka, topics, set(admin.list_topics()))
     finally:
         admin.close()
 
 
-def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig, existing: set[str]) -> None:
-    """Raise ``TopicLayoutError`` for a state topic with other than one partition; warn when
-    the broker reports a retention that would delete the current state.
+def _check_topics(
+    admin: KafkaAdminClient, kafka: KafkaSettings, topics: TopicsConfig, existing: set[str]
+) -> None:
+    """Raise ``TopicLayoutError`` for a topic the workers cannot use; warn about retention."""
+    _check_state_topics(admin, topics, existing)
+    need = {t: n for t, n in message_bytes(kafka, topics).items() if t in existing}
+    configs = _describe_configs(admin, sorted({*need, *topics.kept_topics()} & existing))
+    _warn_retention(topics, configs)
+    _check_message_bytes(kafka, topics, need, configs)
 
-    (The embedded broker answers no DescribeConfigs; a real cluster does.)
-    """
+
+def _describe_configs(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    """``{topic: {config: value}}`` as the broker reports them; a topic it says nothing
+    about (no DescribeConfigs, no permission, or an embedded broker's unset config) is
+    absent or empty: unknown, not wrong.
+
+    Every config is asked for (no key filter): Tansu drops the connection on a filtered
+    request, and answers an unfiltered one."""
+    if not names:
+        return {}
+    try:  # {resource type: {topic: {key: {"value": ..., ...}}}}
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in names], config_filter="all"
+        )
+    except Exception as exc:  # an old or partial broker: what can be checked without it holds
+        log.info("the broker did not answer DescribeConfigs (%r); topic configs unchecked", exc)
+        return {}
+    return {
+        topic: {k: str(c.get("value")) for k, c in entries.items() if c.get("value") is not None}
+        for topic, entries in (described.get("topic") or {}).items()
+    }
+
+
+def _check_message_bytes(
+    kafka: KafkaSettings,
+    topics: TopicsConfig,
+    need: dict[str, int],
+    configs: dict[str, dict[str, str]],
+) -> None:
+    """Raise ``TopicLayoutError`` for the first topic whose ``max.message.bytes`` is below
+    what the workers may write to it (``need``: the existing ones); log those unknown."""
+    unknown = []
+    for topic in sorted(need):
+        value = (configs.get(topic) or {}).get(MAX_MESSAGE_BYTES, "")
+        if not value.strip().isdigit():
+            unknown.append(topic)
+            continue
+        if int(value) >= need[topic]:
+            continue
+        if topic in (topics.responses, topics.candidates, topics.verdicts):
+            what = f"an output of up to {kafka.output_limit} bytes (kafka.max_output_bytes)"
+            what += f" and {HEADROOM_BYTES} of framing"
+            alt = " or lower kafka.max_output_bytes"
+        else:
+            what, alt = "a dead letter of up to max(kafka.max_message_bytes, 1 MiB)", ""
+        raise TopicLayoutError(
+            f"topic {topic} takes messages up to {int(value)} bytes (max.message.bytes), but "
+            f"the workers may write {need[topic]} bytes to it: {what}. Raise its "
+            f"max.message.bytes to at least {need[topic]} (kafka-configs.sh --alter "
+            f"--entity-type topics --entity-name {topic} "
+            f"--add-config max.message.bytes={need[topic]}){alt}"
+        )
+    if unknown:
+        log.info("max.message.bytes not reported by the broker for %s: unchecked", unknown)
+
+
+def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig, existing: set[str]) -> None:
+    """Raise ``TopicLayoutError`` for a state topic with other than one partition."""
     names = [t for t in topics.state_topics() if t in existing]
     for desc in admin.describe_topics(names) if names else []:
         n = len(desc.get("partitions") or [])
@@ -158,21 +259,14 @@ def _check_state_topics(admin: KafkaAdminClient, topics: TopicsConfig, existing:
                 "replica reads one ordered history). Delete and re-create it with 1 partition, "
                 f"or set topics.{field} to a new topic name"
             )
-    kept = [t for t in topics.kept_topics() if t in existing]
-    try:  # {resource type: {topic: {key: {"value": ..., ...}}}}
-        described = admin.describe_configs(
-            [
-                ConfigResource(ConfigResourceType.TOPIC, t, configs=dict.fromkeys(COMPACTED))
-                for t in kept
-            ],
-            config_filter="all",
-        )
-    except Exception as exc:  # an old or partial broker: the layout check above still holds
-        log.debug("describe_configs failed: %r", exc)
-        return
-    for topic, configs in (described.get("topic") or {}).items():
-        policy = (configs.get("cleanup.policy") or {}).get("value") or "delete"
-        retention = (configs.get("retention.ms") or {}).get("value")
+
+
+def _warn_retention(topics: TopicsConfig, described: dict[str, dict[str, str]]) -> None:
+    """Warn when the broker reports a retention that would delete the current state."""
+    for topic in topics.kept_topics():
+        configs = described.get(topic) or {}
+        policy = configs.get("cleanup.policy") or "delete"
+        retention = configs.get("retention.ms")
         if configs and "delete" in policy and retention != "-1":  # deleted by age
             lost = (
                 "verdicts, and a store rebuilt from it misses them"

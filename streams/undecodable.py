@@ -8,11 +8,15 @@ so they are not going to change; what the loop can do is find them, say exactly 
 offsets it gives up, and move on.
 
 Which partition: each assigned partition is fetched alone (the others paused) at its
-position. Where the undecodable run ends: the broker answers a fetch at any offset inside a
-batch with the whole batch, so "a fetch at ``o`` raises" holds for every ``o`` in the bad
-batch (and in any bad batches right after it) and for none past them; an exponential then
-binary search over ``o`` finds the first good offset in a few fetches. Nothing past that
-offset is skipped, and a record that is merely invalid (decodes but does not validate) is
+position. Where the undecodable run ends: exactly where the bad batches end, never further.
+Producers with different codecs interleave good and bad batches on one partition, so "a
+fetch at ``o`` fails" is not monotone in ``o`` and no search between two failing probes may
+assume what lies between them is bad. A failed fetch names its batch instead: the client's
+record batch is on the exception's traceback (its header, read before decompressing, gives
+``base_offset``..``last_offset``), so the loop steps over exactly that batch and probes the
+offset right after it, one fetch per consecutive bad batch. Where the batch cannot be found
+(another client version, the legacy message format), it steps one offset at a time: slower,
+just as exact. A record that is merely invalid (decodes but does not validate) is
 dead-lettered one by one by the loop as before.
 """
 
@@ -47,22 +51,40 @@ def is_decode_failure(exc: BaseException) -> bool:
 
 
 def clear_failed_fetch(consumer: KafkaConsumer) -> None:
-    """Drop the fetched data a failed ``poll()`` leaves behind, or the next poll spins forever.
+    """Drop every record the client fetched but did not return; the next poll refetches.
 
-    kafka-python 3.0.12 keeps the partition's records whose decoding raised as "next in line";
-    their iterator is exhausted, ``take()`` returns nothing and never drains them, and
-    ``fetched_records`` loops on them at 100% CPU without returning (the "busy loop inside
-    poll()" seen with lz4 batches and no lz4 library). Draining them is what the client does
-    itself for data it will not return. This reaches into the client's fetcher, so it is
-    guarded: on another client version it does nothing.
+    Positions are where the consumer returned records up to (or where a seek put them), so
+    dropping what is buffered beyond them loses nothing. Two states of kafka-python 3.0.12
+    that never clear themselves need it:
+
+    * After a failed ``poll()``, the partition's records whose decoding raised stay "next in
+      line": their iterator is exhausted, ``take()`` returns nothing and never drains them,
+      and ``fetched_records`` loops on them at 100% CPU without returning (the "busy loop
+      inside poll()" seen with lz4 batches and no lz4 library).
+    * After a probe that paused some partitions: records fetched for a partition while it was
+      paused are parked, and are put back in line only while the in-line slot is ``None``;
+      a drained slot (another partition's fetch, fully read) is empty but not ``None``, so
+      the parked partition is neither returned nor fetched again: it stalls for good (seen
+      after stepping over a bad batch on one of three partitions).
+
+    This reaches into the client's fetcher, so it is guarded: on another client version it
+    does nothing.
     """
     fetcher = getattr(consumer, "_fetcher", None)
-    part = getattr(fetcher, "_next_partition_records", None)
-    if part is None:
+    if fetcher is None:
         return
     with contextlib.suppress(Exception):
-        part.drain()
-    fetcher._next_partition_records = None  # type: ignore[union-attr]
+        part = fetcher._next_partition_records
+        fetcher._next_partition_records = None
+        if part is not None:
+            with contextlib.suppress(Exception):
+                part.drain()
+        parked = fetcher._paused_partition_records
+        for records in list(parked.values()):
+            with contextlib.suppress(Exception):
+                records.drain()
+        parked.clear()
+        fetcher._paused_completed_fetches.clear()
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,7 @@ class Prober:
         self.consumer = consumer
         self.wait_s = wait_s
         self.error = ""
+        self.batch_end: int | None = None  # after the batch the last failed probe named
 
     def decodes(self, tp: TopicPartition, offset: int) -> bool:
         """True when a fetch at ``offset`` yields records or nothing (end of the log)."""
@@ -131,6 +154,7 @@ class Prober:
                     if not is_decode_failure(exc):
                         raise
                     self.error = f"{type(exc).__name__}: {exc}"[:500]
+                    self.batch_end = failed_batch_end(exc)
                     return False
                 if polled.get(tp):
                     return True
@@ -139,34 +163,46 @@ class Prober:
                     return True
             return True  # nothing came back in time: nothing there to fail on
         finally:
+            clear_failed_fetch(c)  # what the probe fetched past `offset` is not returned
             c.seek(tp, offset)
             if others:
                 c.resume(*others)
 
     def find(self, tp: TopicPartition, first: int) -> Undecodable | None:
-        """The undecodable run starting at ``first``, or None when ``first`` decodes."""
-        if self.decodes(tp, first):
-            return None
-        error = self.error
-        bad, step = first, 1  # invariant: a fetch at `bad` fails
-        good = None
-        high = self.consumer.highwater(tp)
-        while good is None:
-            probe = bad + step
-            if high is not None and probe >= high:
-                good = high
-                break
-            if self.decodes(tp, probe):
-                good = probe
-            else:
-                bad, step = probe, step * 2
-        while good - bad > 1:  # binary search for the first offset that decodes
-            mid = (bad + good) // 2
-            if self.decodes(tp, mid):
-                good = mid
-            else:
-                bad = mid
-        return Undecodable(tp, first, good, error)
+        """The undecodable run starting at ``first``, or None when ``first`` decodes.
+
+        The run is the consecutive bad batches from ``first``: each failed probe's batch is
+        stepped over whole (one offset where the batch is unknown), and the first offset
+        that decodes (or the end of the log) ends it.
+        """
+        end, error = first, ""
+        while not self.decodes(tp, end):
+            error = error or self.error
+            after = self.batch_end
+            end = after if after is not None and after > end else end + 1
+        return Undecodable(tp, first, end, error) if end > first else None
+
+
+def failed_batch_end(exc: BaseException) -> int | None:
+    """The offset after the record batch whose decoding raised ``exc``, or None if unknown.
+
+    kafka-python raises out of the batch's own code (``DefaultRecordBatch.__iter__`` and
+    its decompression, or the fetcher's loop over batches with the batch in hand), so the
+    innermost frame holding a batch (an object with integer ``base_offset`` and
+    ``next_offset``, read from the uncompressed header) is the one that failed.
+    """
+    end = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame_locals = tb.tb_frame.f_locals
+        for name in ("batch", "self"):
+            obj = frame_locals.get(name)
+            with contextlib.suppress(Exception):
+                base, nxt = obj.base_offset, obj.next_offset  # type: ignore[union-attr]
+                if isinstance(base, int) and isinstance(nxt, int) and nxt > base >= 0:
+                    end = nxt
+        tb = tb.tb_next
+    return end
 
 
 def find_undecodable(consumer: KafkaConsumer) -> list[Undecodable]:

@@ -215,6 +215,7 @@ class ServeHandler:
                         completion_tokens=answer.tokens,
                     ),
                     key=prompt.id,
+                    source=rec,
                 )
             )
             outputs.append(
@@ -239,6 +240,7 @@ class ServeHandler:
                         adapter=adapter,
                     ),
                     key=prompt.id,
+                    source=rec,
                 )
             )
             PROMPT_TOKENS.inc(res.prompt_tokens)

@@ -79,11 +79,10 @@ def verdict_reader(kafka: KafkaSettings, batch_size: int) -> KafkaSettings:
     batch_size``): a batch costs one fsync and one commit, and unlike a judge batch it is
     fast. A verdict carries the candidates message it judged and every judge output, so it
     may outgrow the largest record the workers accept (``kafka.max_message_bytes``); it is
-    accepted up to what verify's producer can send (twice that), and dead-lettered as
-    oversize beyond."""
-    return kafka.model_copy(
-        update={"max_message_bytes": 2 * kafka.max_message_bytes, "batch_size": batch_size}
-    )
+    accepted up to what verify may write (``kafka.output_limit``: twice that unless
+    ``kafka.max_output_bytes`` says more), and dead-lettered as oversize beyond."""
+    limit = max(2 * kafka.max_message_bytes, kafka.output_limit)
+    return kafka.model_copy(update={"max_message_bytes": limit, "batch_size": batch_size})
 
 
 def apply_verdicts(

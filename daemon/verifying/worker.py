@@ -119,7 +119,7 @@ class VerifyHandler:
             verdict = to_verdict(
                 outcome, rec.value, policy=self.config.policy, judge_adapter=adapter, judged_at=now
             )
-            outputs.append(Output(self.topic, verdict, key=rec.value.id))
+            outputs.append(Output(self.topic, verdict, key=rec.value.id, source=rec))
             self.accepted += len(outcome.accepted)
             _observe(outcome)
         VERIFY_SECONDS.observe(time.monotonic() - started)

@@ -20,11 +20,13 @@ import pytest
 from kafka import KafkaProducer
 
 from daemon.operating.config import Settings, render_toml
+from streams import undecodable
 from streams.connection import KafkaSettings
+from streams.consumer import ConsumerLoop, Record
 from streams.deadletter import DeadLetter
-from streams.schemas import ResponseMessage
+from streams.schemas import PromptMessage, ResponseMessage
 from streams.topics import TopicsConfig
-from tests.conftest import committed_total, read_topic, start_cli, wait_for
+from tests.conftest import committed_total, read_topic, run_in_thread, start_cli, wait_for
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 PER_CODEC = 4
@@ -121,3 +123,91 @@ def test_serve_reads_every_codec_and_steps_over_an_undecodable_batch(
         f"\ncodecs {', '.join(CODECS)} via librdkafka {confluent_kafka.version()[0]}: "
         f"{len(ids)} prompts answered once each; undecodable run {first}..{last} skipped"
     )
+
+
+#: One partition, batch by batch: good batches (gzip, one client) between corrupt ones (a
+#: zstd client whose payload is garbage). The sizes make a search that assumes "bad between
+#: two failing probes" jump over the good batches inside the second and third bad runs.
+INTERLEAVED = (("good", 4), ("bad", 2), ("good", 1), ("bad", 5), ("good", 3), ("good", 3))
+INTERLEAVED += (("bad", 3), ("good", 4))
+
+
+@pytest.mark.parametrize("batch_known", [True, False], ids=["batch-known", "offset-by-offset"])
+def test_good_batches_between_undecodable_ones_are_all_read(
+    kafka: KafkaSettings, topics: TopicsConfig, monkeypatch: pytest.MonkeyPatch, batch_known: bool
+) -> None:
+    """Only the undecodable batches' offsets are skipped: every good record between them is
+    handled exactly once, and each bad batch's run is dead-lettered with its exact offsets.
+
+    Both ways of stepping over a bad batch: the failed batch read off the client's error, and
+    the fallback for a client where it cannot be (one offset at a time)."""
+    import kafka.record.default_records as records
+
+    monkeypatch.setattr(records, "zstd_encode", lambda payload: b"\x28\xb5\x2f\xfdjunk")
+    producers = {
+        "good": KafkaProducer(
+            bootstrap_servers=kafka.servers, compression_type="gzip", linger_ms=50
+        ),
+        "bad": KafkaProducer(
+            bootstrap_servers=kafka.servers, compression_type="zstd", linger_ms=50
+        ),
+    }
+    good: dict[int, str] = {}  # offset -> prompt id
+    bad_batches: list[tuple[int, int]] = []  # [first, last] of each bad batch
+    for n, (kind, size) in enumerate(INTERLEAVED):
+        p = producers[kind]
+        futs = [
+            (f"{kind}-{n}-{i}", p.send(topics.prompts, _prompt(f"{kind}-{n}-{i}"), partition=0))
+            for i in range(size)
+        ]
+        p.flush(30)  # one record batch per entry
+        offsets = {pid: fut.get(30).offset for pid, fut in futs}
+        if kind == "good":
+            good.update((o, pid) for pid, o in offsets.items())
+        else:
+            bad_batches.append((min(offsets.values()), max(offsets.values())))
+    for p in producers.values():
+        p.close()
+    monkeypatch.undo()
+    if not batch_known:
+        monkeypatch.setattr(undecodable, "failed_batch_end", lambda exc: None)
+    total = sum(size for _, size in INTERLEAVED)
+    assert sorted([*good, *(o for a, b in bad_batches for o in range(a, b + 1))]) == list(
+        range(total)
+    )
+
+    handled: Counter[str] = Counter()
+
+    def handle(batch: list[Record[PromptMessage]]) -> None:
+        handled.update(r.value.id for r in batch)
+
+    group = f"g-interleaved-{topics.prompts}"
+    loop = ConsumerLoop(
+        kafka.model_copy(update={"batch_size": 4}),
+        topic=topics.prompts,
+        group_id=group,
+        schema=PromptMessage,
+        handler=handle,
+        dlq_topic=topics.dlq(topics.prompts),
+    )
+    t, _ = run_in_thread(loop)
+    try:
+        wait_for(lambda: committed_total(kafka, group, topics.prompts) >= total, 120)
+    finally:
+        loop.request_stop()
+        t.join(30)
+    skipped = sorted(set(good) - {o for o, pid in good.items() if handled[pid]})
+    assert skipped == [], f"good offsets skipped: {skipped}"
+    assert handled == Counter(good.values())  # each good record exactly once, no bad one
+
+    dead = [
+        DeadLetter.from_record(r.headers, r.key, r.value)
+        for r in read_topic(kafka, topics.dlq(topics.prompts))
+    ]
+    assert [(d.reason, d.partition, d.offset) for d in dead] == [
+        ("undecodable", 0, first) for first, _ in bad_batches
+    ]
+    for d, (first, last) in zip(dead, bad_batches, strict=True):
+        assert f"offsets {first}..{last} could not be decoded" in d.detail
+    assert loop.stats.records_skipped == total - len(good)
+    assert committed_total(kafka, group, topics.prompts) == total
