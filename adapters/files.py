@@ -8,6 +8,11 @@ Three rules keep a serving engine safe from what lands in the registry:
   the one recorded at training time is refused (tampered or half-copied);
 * a path named in an event or an HTTP call must resolve inside the registry directory, so
   ``../../etc`` or a symlink out cannot be loaded.
+
+An engine knows an adapter by its *served name* (:func:`served_name`), which carries the
+first hex digits of that digest: a model server shared by two registries (staging and
+production, or a registry re-created from scratch) sees two different names for two
+``tiny-sd-v0001`` with different weights, so "already loaded" can only mean "these weights".
 """
 
 from __future__ import annotations
@@ -54,6 +59,25 @@ def adapter_digest(path: Path) -> str:
                 h.update(chunk)
         h.update(b"\0")
     return h.hexdigest()
+
+
+#: Hex digits of the sha256 that a served name carries: 32 bits tell apart any two sets of
+#: weights that honestly share a version name (a chance collision is 1 in 4 billion).
+SERVED_DIGITS = 8
+
+
+def served_name(version: str, sha256: str) -> str:
+    """The name an engine loads and routes ``version`` under: ``<version>-<8 hex digits>``.
+
+    The one place that derives it (serve's hot-swap, restore after a server restart, the
+    evaluations of the trainer and the verifier gate). The version stays the registry's
+    name for people (adapter-status, responses, ``adapters list``); the served name adds
+    the weights' identity, because a name is all a shared server compares.
+    """
+    digits = sha256[:SERVED_DIGITS].lower()
+    if len(digits) != SERVED_DIGITS or any(c not in "0123456789abcdef" for c in digits):
+        raise AdapterFileError(f"{version}: {sha256!r} is not a sha256 digest")
+    return f"{version}-{digits}"
 
 
 def resolve_in_registry(registry: Path, path: str | Path) -> Path:

@@ -13,6 +13,8 @@ cycle or ``selfdistill adapters reconcile`` completes it first (``daemon/learnin
 publishes it again if the topic does not show it: replicas treat a repeat as a no-op).
 A publish that fails is reported as *unknown*: the broker may have the event even though
 the producer saw an error, so the intent stays pending and the registry is not changed.
+An operator who would rather drop it than push it to the fleet *abandons* it
+(:func:`abandon`; ``selfdistill adapters reconcile --abandon`` undoes a published one first).
 
 All of it runs under :func:`promotion_lock`, an OS file lock in the registry directory, so
 the trainer and an operator never interleave their steps (and a dead holder releases it).
@@ -116,3 +118,24 @@ def complete(registry: Registry, intent: Intent) -> str:
             "UPDATE outbox SET state = 'done', done_at = ? WHERE id = ?", (time.time(), intent.id)
         )
         return previous
+
+
+def abandon(registry: Registry, intents: list[Intent], *, actor: str, active: str) -> None:
+    """Mark ``intents`` abandoned (the registry keeps ``active``), recorded in its history.
+
+    The caller has made sure that the fleet is told ``active`` if an intent's event had
+    reached it (``daemon/learning/promote.py``).
+    """
+    now = time.time()
+    with registry.transaction() as db:
+        for intent in intents:
+            db.execute(
+                "UPDATE outbox SET state = 'abandoned', done_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (now, intent.id),
+            )
+            db.execute(
+                "INSERT INTO events (at, action, version, previous, actor, reason) "
+                "VALUES (?, 'abandon', ?, ?, ?, ?)",
+                (now, intent.version, active, actor, f"pending {intent.action} abandoned"),
+            )

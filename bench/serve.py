@@ -88,6 +88,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
+from adapters.files import served_name
 from adapters.registry import BASE
 from bench.common import TARGET_RATIO, log, machine, now, quiet, result_row, write_result
 from daemon.engines.priority import NAMES, SERVE
@@ -620,7 +621,10 @@ class SwapProbe:
     def swap(self, event: AdapterEvent, timeout: float) -> tuple[dict[str, Any], float]:
         """Produce ``event`` and wait for the switch; the swap's row and the event's time."""
         previous = self.router.active
-        loaded = event.version == BASE or event.version in self.engine.adapters()
+        loaded = event.version == BASE or (
+            event.sha256 is not None
+            and served_name(event.version, event.sha256) in self.engine.adapters()
+        )
         yields0 = self.yields
         t_event = self.send(event)
         t_active, got = self.wait(event, t_event, timeout)

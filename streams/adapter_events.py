@@ -11,6 +11,14 @@ reads, decodes, dead-letters and hands events over, and tells ``on_apply`` (the 
 ``adapter-status`` reporter) what came of each. Nothing the target raises stops the follower:
 an engine blip while a swap lists or unloads adapters is logged, counted and the follower
 goes on; ``healthy()`` (part of the worker's ``/readyz``) says whether it is still following.
+
+An outcome that says ``passing`` (the target could not reach its engine: a server restarting,
+a 5xx, a timeout) is not final: the follower applies the same event again after a backoff
+(``retry_s``, doubling up to ``retry_max_s``), and again, until an attempt succeeds or fails
+for good, or a newer event arrives and supersedes it. Every attempt goes to ``on_apply``, so
+adapter-status shows a replica that is still trying, not one that gave up. Otherwise every
+replica would stay on the old adapter, while the registry says promoted, until the next
+promotion.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
@@ -65,12 +74,22 @@ def read_to_end(
 
 
 class EventTarget(Protocol):
-    """What the follower applies events to: the engine's adapter router."""
+    """What the follower applies events to: the engine's adapter router. ``apply`` returns
+    an outcome; one with a true ``passing`` attribute is applied again later (see above)."""
 
     @property
     def active(self) -> str | None: ...
 
     def apply(self, event: AdapterEvent) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """An event whose last attempt failed for a passing reason, and when to try again."""
+
+    event: AdapterEvent
+    attempts: int
+    due: float  # time.monotonic()
 
 
 class AdapterEventFollower:
@@ -86,12 +105,18 @@ class AdapterEventFollower:
         router: EventTarget,
         dlq_topic: str | None = None,
         on_apply: Callable[[AdapterEvent, Any], None] | None = None,
+        *,
+        retry_s: float = 1.0,
+        retry_max_s: float = 60.0,
     ) -> None:
         self.kafka = kafka
         self.topic = topic
         self.router = router
         self.dlq_topic = dlq_topic
         self.on_apply = on_apply
+        self.retry_s = retry_s
+        self.retry_max_s = max(retry_s, retry_max_s)
+        self.retry: _Retry | None = None  # the event to apply again, if its last try passed
         self.bad = 0
         self.last_error: str | None = None
         self.restored: Any = None  # what catch_up() applied at start-up (None: no history)
@@ -151,11 +176,37 @@ class AdapterEventFollower:
         events = self._decode(list(read_to_end(self.consumer, self._tp, timeout_s)))
         return self._apply(events[-1]) if events else None
 
-    def _apply(self, event: AdapterEvent) -> Any:
+    def _apply(self, event: AdapterEvent, attempts: int = 1) -> Any:
+        """Apply ``event``; a passing failure schedules it again (replacing any retry of an
+        older event: the newest event is what should serve)."""
+        if self.retry is not None and self.retry.event != event:
+            self.retry = None  # superseded, whatever comes of this one
         result = self.router.apply(event)
+        self.retry = None
+        if getattr(result, "passing", False):
+            delay = min(self.retry_max_s, self.retry_s * 2 ** (attempts - 1))
+            self.retry = _Retry(event, attempts, time.monotonic() + delay)
+            log.warning(
+                "%s: %s not applied yet (attempt %d, a passing failure); trying again in %.1fs",
+                self.topic,
+                event.version,
+                attempts,
+                delay,
+            )
         if self.on_apply is not None:
             self.on_apply(event, result)
         return result
+
+    def _retry_due(self) -> None:
+        retry = self.retry
+        if retry is not None and time.monotonic() >= retry.due:
+            self._apply(retry.event, retry.attempts + 1)
+
+    def _poll_ms(self) -> int:
+        """Poll no longer than until the next retry is due (at most 500 ms)."""
+        if self.retry is None:
+            return 500
+        return max(10, min(500, int((self.retry.due - time.monotonic()) * 1000)))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="adapter-events", daemon=True)
@@ -169,8 +220,9 @@ class AdapterEventFollower:
                 if self._log_lost():
                     self.catch_up()  # what the new log holds; only its newest event counts
                     continue
-                for event in self._read(500):
-                    self._apply(event)
+                for event in self._read(self._poll_ms()):
+                    self._apply(event)  # a newer event supersedes a retry of an older one
+                self._retry_due()
                 failures = 0
                 self.last_error = None
             except Exception as exc:  # an engine or broker blip: report it, keep following
@@ -263,9 +315,15 @@ def follow_adapter_events(
     router: EventTarget,
     dlq_topic: str | None = None,
     on_apply: Callable[[AdapterEvent, Any], None] | None = None,
+    *,
+    retry_s: float = 1.0,
+    retry_max_s: float = 60.0,
 ) -> Iterator[AdapterEventFollower]:
-    """Restore the newest adapter from history, then apply promotions until the block ends."""
-    follower = AdapterEventFollower(kafka, topic, router, dlq_topic, on_apply)
+    """Restore the newest adapter from history, then apply promotions until the block ends
+    (retrying one that failed for a passing reason, see the module's docstring)."""
+    follower = AdapterEventFollower(
+        kafka, topic, router, dlq_topic, on_apply, retry_s=retry_s, retry_max_s=retry_max_s
+    )
     try:
         restored = follower.restored = follower.catch_up()
         if restored is not None:

@@ -59,15 +59,25 @@ class StatusReporter:
         self._thread: threading.Thread | None = None
 
     def report(
-        self, serving: str | None, requested: str | None, ok: bool, error: str | None = None
+        self,
+        serving: str | None,
+        requested: str | None,
+        ok: bool,
+        error: str | None = None,
+        *,
+        retrying: bool = False,
+        attempts: int = 1,
     ) -> None:
-        """Record the outcome of a swap attempt (``serving``: what is active after it)."""
+        """Record the outcome of a swap attempt (``serving``: what is active after it;
+        ``retrying``: it failed for a passing reason and will be tried again)."""
         self._status = self._status.model_copy(
             update={
                 "serving": serving or BASE_VERSION,
                 "requested": requested,
                 "ok": ok,
                 "error": error,
+                "retrying": retrying and not ok,
+                "attempts": max(1, attempts),
                 "swapped_at": time.time(),
             }
         )
@@ -123,10 +133,18 @@ class Replica:
 
     @property
     def refused(self) -> str | None:
-        """The version it was asked to serve and did not, if its last swap failed."""
+        """The version it was asked to serve and refused for good, if its last swap failed
+        for a reason that is not passing (one that is, it is still trying: ``retrying``)."""
         if self.status.ok or self.status.requested in (None, self.status.serving):
             return None
-        return self.status.requested
+        return None if self.status.retrying else self.status.requested
+
+    @property
+    def retrying(self) -> str | None:
+        """The version it is still trying to load (the engine was unavailable), if any."""
+        if self.status.ok or self.status.requested in (None, self.status.serving):
+            return None
+        return self.status.requested if self.status.retrying else None
 
 
 def read_statuses(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[Replica]:
@@ -151,15 +169,26 @@ def read_statuses(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> 
 
 
 def fleet_summary(replicas: Iterable[Replica]) -> dict[str, dict[str, list[str]]]:
-    """Per version: which live replicas serve it and which refused it."""
+    """Per version: which live replicas serve it, refused it, and are still trying it."""
     out: dict[str, dict[str, list[str]]] = {}
+
+    def entry(version: str) -> dict[str, list[str]]:
+        return out.setdefault(version, {"serving": [], "refused": [], "retrying": []})
+
     for r in replicas:
         if not r.live:
             continue
-        out.setdefault(r.status.serving, {"serving": [], "refused": []})["serving"].append(r.name)
+        entry(r.status.serving)["serving"].append(r.name)
         if r.refused is not None:
-            out.setdefault(r.refused, {"serving": [], "refused": []})["refused"].append(r.name)
+            entry(r.refused)["refused"].append(r.name)
+        if r.retrying is not None:
+            entry(r.retrying)["retrying"].append(r.name)
     return out
+
+
+def drifting(replicas: Iterable[Replica], version: str) -> list[Replica]:
+    """The live replicas that serve something other than ``version`` (what should serve)."""
+    return [r for r in replicas if r.live and r.status.serving != version]
 
 
 def wait_for_fleet(
@@ -174,7 +203,8 @@ def wait_for_fleet(
     """Wait until every live replica serves ``version``; returns (confirmed, not confirmed).
 
     Live means a heartbeat was seen within ``LIVE_HEARTBEATS`` beats. A replica that refused
-    ``version`` after ``since`` (the announcement) is final at once: it will not retry.
+    ``version`` after ``since`` (the announcement) for good is final at once: it will not
+    retry. One still retrying (its engine was unavailable) is waited for.
     """
     deadline = time.monotonic() + timeout_s
     while True:

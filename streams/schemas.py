@@ -287,6 +287,12 @@ class AdapterStatus(BaseModel):
     requested: str | None = Field(None, description="the version the last event asked for")
     ok: bool = True
     error: MaskedText | None = Field(None, description="why the last swap was refused")
+    retrying: bool = Field(
+        False,
+        description="the last swap failed for a passing reason (the engine unavailable) and "
+        "is being tried again; added in v1 (older readers ignore it)",
+    )
+    attempts: int = Field(1, ge=1, description="attempts at ``requested`` in a row so far")
     swapped_at: float | None = None
     started_at: float = Field(default_factory=time.time)
     at: float = Field(default_factory=time.time)

@@ -74,8 +74,8 @@ def test_live_serving_refused_stale_stopped_and_odd_records(
     assert replicas["replica-b"].refused == "v1" and replicas["replica-a"].refused is None
     summary = fleet_summary(replicas.values())
     assert summary == {
-        "v1": {"serving": ["replica-a", "replica-e"], "refused": ["replica-b"]},
-        "base": {"serving": ["replica-b"], "refused": []},
+        "v1": {"serving": ["replica-a", "replica-e"], "refused": ["replica-b"], "retrying": []},
+        "base": {"serving": ["replica-b"], "refused": [], "retrying": []},
     }
 
     # A refusal after the announcement is final: the wait ends at once, naming it.
@@ -114,6 +114,15 @@ def test_a_reporter_reports_swaps_beats_and_its_stop(
     assert (beat.status.serving, beat.status.requested, beat.status.ok) == ("v2", "v3", False)
     assert beat.status.at > first.status.at and beat.live  # the heartbeat repeats the state
     assert beat.refused == "v3"
+    # A passing failure (the engine unavailable) is not a refusal: it is still being tried.
+    reporter.report("v2", "v4", False, "HTTP 503", retrying=True, attempts=3)
+    [trying] = read_statuses(kafka, topics.adapter_status)
+    assert trying.retrying == "v4" and trying.refused is None and trying.status.attempts == 3
+    assert fleet_summary([trying])["v4"] == {
+        "serving": [],
+        "refused": [],
+        "retrying": ["replica-x"],
+    }
     reporter.close()
     [gone] = read_statuses(kafka, topics.adapter_status)
     assert gone.status.state == "stopped" and not gone.live

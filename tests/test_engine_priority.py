@@ -220,9 +220,10 @@ def test_a_swap_goes_in_at_the_next_decoding_step_and_the_batch_in_flight_is_unc
     # base, with its own random stream.
     assert _tokens(in_flight) == _tokens(alone)
     with router.use() as active:
-        on_new = engine.generate([ChatRequest(Q, max_tokens=12, adapter=active)])[0]
+        on_new = engine.generate([ChatRequest(Q, max_tokens=12, adapter=active.name)])[0]
     base = engine.generate([ChatRequest(Q, max_tokens=12)])[0]
-    assert on_new.adapter == name and on_new.completions[0].text != base.completions[0].text
+    assert active.version == name and on_new.adapter == active.name
+    assert on_new.completions[0].text != base.completions[0].text
 
 
 def _trace(monkeypatch: pytest.MonkeyPatch, engine: TransformersEngine) -> list[str]:

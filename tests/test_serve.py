@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.files import adapter_digest
+from adapters.files import adapter_digest, served_name
 from daemon.engines.base import ChatRequest
 from daemon.engines.hotswap import AdapterRouter
 from daemon.engines.transformers_engine import TransformersEngine
@@ -44,6 +44,11 @@ def _settings(
         adapters={"registry_dir": str(registry)},
         serve=serve,
     )
+
+
+def _served(registry: Path, version: str) -> str:
+    """The name an engine knows ``version`` by: the version and its weights' digest."""
+    return served_name(version, adapter_digest(registry / version))
 
 
 def _produce(kafka: KafkaSettings, topic: str, ids: list[str]) -> None:
@@ -180,14 +185,14 @@ def test_in_flight_work_finishes_on_the_adapter_it_started_with(
     router = AdapterRouter(tiny_engine, registry_dir, keep_loaded=1)
     v1, v2 = sorted(tiny_adapters)
     router.apply(_event(registry_dir, v1))
-    with router.use() as adapter:
-        assert adapter == v1
+    with router.use() as route:
+        assert route.version == v1 and route.name == _served(registry_dir, v1)
         assert router.apply(_event(registry_dir, v2)).ok
         # v1 is no longer active and beyond keep_loaded, but in use: it stays loaded.
-        assert v1 in tiny_engine.adapters()
-        q = ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=4, adapter=adapter)
-        assert tiny_engine.generate([q])[0].adapter == v1
-    assert tiny_engine.adapters() == [v2]  # released, then evicted
+        assert route.name in tiny_engine.adapters()
+        q = ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=4, adapter=route.name)
+        assert tiny_engine.generate([q])[0].adapter == route.name
+    assert tiny_engine.adapters() == [_served(registry_dir, v2)]  # released, then evicted
 
 
 def test_a_restarted_replica_restores_the_last_promotion(
@@ -215,7 +220,7 @@ def test_a_restarted_replica_restores_the_last_promotion(
         follower.stop()
     assert result is not None and result.ok
     assert router.active == v1  # the rollback, the newest event
-    assert tiny_engine.adapters() == [v1]  # only the final state was loaded
+    assert tiny_engine.adapters() == [_served(registry_dir, v1)]  # only the final state
     assert follower.bad == 1
 
 

@@ -133,7 +133,7 @@ def test_the_active_adapter_judges_when_configured(
     tmp_path: Path,
     tiny_model_dir: Path,
 ) -> None:
-    from adapters.files import adapter_digest
+    from adapters.files import adapter_digest, served_name
     from daemon.engines.health import PROBE
     from streams.schemas import AdapterEvent
     from tests.models import build_adapter
@@ -167,13 +167,15 @@ def test_the_active_adapter_judges_when_configured(
 
     forgot: list[str] = []
 
+    name = served_name(version, adapter_digest(registry / version))  # what the engine knows
+
     def spy(requests):  # records which adapter each judge call ran on
         if list(requests) == [PROBE]:  # the worker's health probe (base model), not a judge
             return real_generate(requests)
         if used and not forgot:  # after the canary: the engine forgets the adapter once,
-            forgot.append(version)  # as a shared server does when it restarts (HTTP 404)
-            engine.unload_adapter(version)
-            raise AdapterMissing(version, f"the server does not know adapter {version!r}")
+            forgot.append(name)  # as a shared server does when it restarts (HTTP 404)
+            engine.unload_adapter(name)
+            raise AdapterMissing(name, f"the server does not know adapter {name!r}")
         used.extend(r.adapter for r in requests)
         return real_generate(requests)
 
@@ -187,6 +189,6 @@ def test_the_active_adapter_judges_when_configured(
     assert worker.router is not None and worker.router.active == version
     # Every generation ran on the promoted adapter: its canary, then every judge call; the
     # one that found it forgotten had the router load it again and judged on it.
-    assert len(used) > 1 and set(used) == {version}
-    assert forgot == [version] and version in engine.adapters()
+    assert len(used) > 1 and set(used) == {name}
+    assert forgot == [name] and name in engine.adapters()
     assert read_topic(kafka, topics.dlq(topics.candidates)) == []

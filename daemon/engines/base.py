@@ -56,6 +56,12 @@ class AdapterLoadError(EngineError):
     """An adapter was refused or failed to load; whatever served before keeps serving."""
 
 
+class AdapterLoadUnavailable(AdapterLoadError, EngineUnavailable):
+    """A load that failed for a passing reason (the server restarting, a 5xx or a timeout):
+    not a verdict on the adapter, so the router tries it again with backoff, whereas a plain
+    ``AdapterLoadError`` (bad files, a 4xx refusal) is final for that event."""
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """One prompt and how to sample it.

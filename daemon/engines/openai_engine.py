@@ -35,6 +35,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from daemon.engines.base import (
     AdapterLoadError,
+    AdapterLoadUnavailable,
     AdapterMissing,
     ChatRequest,
     ChatResult,
@@ -349,7 +350,13 @@ class OpenAIEngine:
 
         A name the server already lists counts as loaded: several replicas share one server,
         and vLLM refuses a second load of a name with 400 "has already been loaded" (it
-        compares names only; versions are immutable, so one name is one set of weights).
+        compares names only). That shortcut is safe because the router loads under served
+        names (``adapters.files.served_name``: the version plus the weights' digest), so one
+        name is one set of weights even across registries that share the server.
+
+        Failures are told apart for the router: the server unreachable, a 5xx/429/408 or a
+        timeout is *passing* (``AdapterLoadUnavailable``, retried with backoff by the
+        follower); any other refusal is final for that event (``AdapterLoadError``).
 
         The listing check exists because a 200 alone has not always meant "loaded": a proxy or
         gateway may answer for the server, and vLLM before 0.7 (until PR #11727, "Validate
@@ -360,6 +367,8 @@ class OpenAIEngine:
         body = {"lora_name": name, "lora_path": path}
         try:
             response = self._send("POST", "/load_lora_adapter", body, UNSENT_ERRORS, frozenset())
+        except EngineUnavailable as exc:  # unreachable, reset, timed out: the server's side
+            raise AdapterLoadUnavailable(f"adapter {name!r}: {exc}") from exc
         except EngineError as exc:
             raise AdapterLoadError(f"adapter {name!r}: {exc}") from exc
         if response.status_code != 200:
@@ -367,8 +376,12 @@ class OpenAIEngine:
                 f"adapter {name!r} refused by the server (HTTP {response.status_code}): "
                 f"{error_message(response)}"
             )
+            if response.status_code in RETRY_STATUSES or response.status_code == 408:
+                raise AdapterLoadUnavailable(refusal)
             try:
                 already = response.status_code == 400 and name in self.adapters()
+            except EngineUnavailable as exc:  # "already loaded?" cannot be asked just now
+                raise AdapterLoadUnavailable(f"{refusal}; listing /models failed: {exc}") from exc
             except EngineError:
                 already = False
             if not already:
@@ -378,7 +391,10 @@ class OpenAIEngine:
         try:
             listed = self.adapters()
         except EngineError as exc:
-            raise AdapterLoadError(f"adapter {name!r}: could not confirm the load: {exc}") from exc
+            kind = (
+                AdapterLoadUnavailable if isinstance(exc, EngineUnavailable) else AdapterLoadError
+            )
+            raise kind(f"adapter {name!r}: could not confirm the load: {exc}") from exc
         if name not in listed:
             raise AdapterLoadError(
                 f"adapter {name!r}: the server answered 200 but does not list it in /models"

@@ -93,26 +93,29 @@ def load_items(path: Path, limit: int | None) -> list[LabeledItem]:
 @contextlib.contextmanager
 def adapter_loaded(engine: Engine, registry: Registry, version: str) -> Iterator[str | None]:
     """``version`` loaded in ``engine`` (checksum verified) for the duration; yields the
-    adapter name to request (None for the base). Unloads it afterwards only if it was not
+    adapter name to request (None for the base): its served name, the version plus its
+    digest, as serve loads it, so an engine shared with serve or with another registry never
+    lends this evaluation someone else's weights. Unloads it afterwards only if it was not
     loaded before (a serving engine keeps its active adapter)."""
     if version == BASE:
         yield None
         return
-    if version in engine.adapters():
-        yield version
-        return
-    from adapters.files import verify_adapter
+    from adapters.files import served_name, verify_adapter
 
     rec = registry.require(version)
+    name = served_name(version, rec.sha256)
+    if name in engine.adapters():
+        yield name
+        return
     path = verify_adapter(registry.root, rec.path, rec.sha256)
-    engine.load_adapter(version, str(path))
+    engine.load_adapter(name, str(path))
     try:
-        yield version
+        yield name
     finally:
         try:
-            engine.unload_adapter(version)
+            engine.unload_adapter(name)
         except Exception as exc:  # a leftover adapter costs memory, not correctness
-            log.warning("unloading %s after the eval: %s", version, exc)
+            log.warning("unloading %s after the eval: %s", name, exc)
 
 
 class NewestVersions:
@@ -226,10 +229,13 @@ def evaluate(
     cascade: CascadeConfig,
     *,
     fingerprint_: str = "",
+    version: str | None = None,
 ) -> EvalReport:
-    """Score ``adapter`` (None: the base model) on both metrics. The adapter must be loaded."""
+    """Score ``adapter`` (None: the base model) on both metrics. The adapter must be loaded;
+    ``version`` names it in the report (default: ``adapter``, which an engine knows by its
+    served name, see ``adapter_loaded``)."""
     started = time.monotonic()
-    name = adapter or BASE
+    name = version or adapter or BASE
     metrics: dict[str, float | None] = {LABELED: None, HELDOUT: None}
     labeled: list[dict[str, Any]] = []
     if items:

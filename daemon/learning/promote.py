@@ -9,6 +9,12 @@ broker that restarted with memory-only storage). A publish that raised is report
 ``AnnounceUnknown``: the event may have reached the broker, so the intent stays pending and
 the next reconcile settles it, never leaving the registry and the replicas disagreeing.
 
+A pending intent can also be *abandoned* (:func:`abandon`, ``adapters reconcile --abandon``):
+the fleet ends where the registry was before it. An intent never published is dropped; one
+whose event did reach the topic (the outcome was unknown) is undone by a corrective event
+that announces the registry's version again. :func:`reannounce` repeats the registry's
+version on its own, for replicas that drifted (``adapters reconcile`` decides when).
+
 Files are verified (inside the registry, safetensors only, sha256 as registered) before
 anything is announced: a replica would refuse a corrupt adapter anyway and keep the old one,
 but the operator should hear it here, at the command, not from a dashboard later.
@@ -23,10 +29,10 @@ from adapters import outbox
 from adapters.files import verify_adapter
 from adapters.registry import BASE, Registry, RegistryError
 from daemon.learning.metrics import ADAPTER_EVENTS
-from streams.adapter_events import read_last_event
+from streams.adapter_events import read_last_event, read_log
 from streams.connection import KafkaSettings
 from streams.producer import Producer
-from streams.schemas import AdapterEvent
+from streams.schemas import AdapterEvent, DecodeError, decode
 from streams.topics import TopicsConfig
 
 log = logging.getLogger(__name__)
@@ -104,6 +110,74 @@ def _reconcile(settings: PublishSettings, registry: Registry) -> list[str]:
         done.append(f"re-announced {active}: adapter-events said {said}")
         log.warning("reconcile: %s", done[-1])
     return done
+
+
+def _events(settings: PublishSettings) -> list[AdapterEvent]:
+    """Every event on ``adapter-events`` that decodes, oldest first."""
+    out = []
+    for r in read_log(settings.kafka, settings.topics.adapter_events, "adapter-events-check", 60):
+        try:
+            out.append(decode(AdapterEvent, r.value, settings.kafka.max_message_bytes))
+        except DecodeError:
+            continue
+    return out
+
+
+def abandon(settings: PublishSettings, registry: Registry, *, actor: str) -> list[str]:
+    """Drop every pending intent so that the fleet ends where the registry is (it was never
+    changed by them); returns what was done, one line per intent and per event published.
+
+    An intent whose event is not on ``adapter-events`` was never published: it is dropped.
+    One whose event is there (its publish raised after the broker took it) reached the
+    replicas, so the registry's version is announced again (a ``rollback`` to it) before the
+    intent is dropped. That event's publish failing raises ``AnnounceUnknown`` and keeps the
+    intents pending: running this again settles it.
+    """
+    with outbox.promotion_lock(registry):
+        intents = outbox.pending(registry)
+        if not intents:
+            return []
+        active = registry.active_version()
+        events = _events(settings)
+        said = events[-1].version if events else BASE
+        done, reached = [], []
+        for intent in intents:
+            if AdapterEvent.model_validate_json(intent.event) in events:
+                reached.append(intent)
+                done.append(
+                    f"abandoned {intent.action} {intent.version}: its event had reached "
+                    "adapter-events (the replicas may serve it)"
+                )
+            else:
+                done.append(f"abandoned {intent.action} {intent.version}: never published; dropped")
+        if reached and said != active:
+            names = ", ".join(f"{i.action} {i.version}" for i in reached)
+            event = _event(registry, "rollback", active, f"abandoned {names}")
+            _publish_or_unknown(settings, event, "rollback")
+            ADAPTER_EVENTS.labels("rollback", _actor(actor)).inc()
+            done.append(f"announced {active} again (rollback), undoing {said} on the replicas")
+        elif reached:
+            done.append(f"adapter-events already ends on {active}: nothing to undo")
+        outbox.abandon(registry, intents, actor=actor, active=active)
+    for line in done:
+        log.warning("abandon: %s", line)
+    return done
+
+
+def reannounce(
+    settings: PublishSettings, registry: Registry, *, reason: str | None = None
+) -> AdapterEvent:
+    """Publish the registry's active version again (nothing in the registry changes): a
+    replica that refused it, or never heard of it, tries again; the others, serving it
+    already, take the repeat as a no-op. Pending intents are settled first."""
+    with outbox.promotion_lock(registry):
+        for line in _reconcile(settings, registry):
+            log.warning("before re-announcing: %s", line)
+        active = registry.active_version()
+        event = _event(registry, "rollback" if active == BASE else "promote", active, reason)
+        _publish_or_unknown(settings, event, event.action)
+    log.warning("re-announced %s: %s", active, reason or "-")
+    return event
 
 
 def _publish_or_unknown(settings: PublishSettings, event: AdapterEvent, action: str) -> None:

@@ -387,7 +387,7 @@ def gate_candidate(
                 return cached
             with adapter_loaded(eng, registry, name) as adapter:
                 report = evaluate(
-                    eng, adapter, items, heldout, cfg.eval, cascade, fingerprint_=fp
+                    eng, adapter, items, heldout, cfg.eval, cascade, fingerprint_=fp, version=name
                 ).as_dict()
             registry.store_eval(name, fp, report)
             return report

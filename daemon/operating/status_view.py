@@ -153,7 +153,13 @@ def _render_replicas(r: dict[str, Any], should: str | None, console: Console) ->
     for x in replicas:
         swap = "-"
         if x.get("requested"):
-            swap = f"{x['requested']}: " + ("ok" if x["ok"] else f"refused: {x.get('error')}")
+            if x["ok"]:
+                outcome = "ok"
+            elif x.get("retrying"):
+                outcome = f"retrying (attempt {x.get('attempts', 1)}): {x.get('error')}"
+            else:
+                outcome = f"refused: {x.get('error')}"
+            swap = f"{x['requested']}: {outcome}"
         state = "live" if x["live"] else x["state"] if x["state"] == "stopped" else "silent"
         table.add_row(
             x["replica"], x["serving"], _clip(swap, 60), _duration(x["age_s"]) + " ago", state

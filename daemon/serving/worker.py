@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from daemon.engines import EngineSettings
 from daemon.engines.base import ChatRequest, Engine, EngineRejected, EngineUnavailable
 from daemon.engines.health import probe
-from daemon.engines.hotswap import AdapterRouter, SwapResult
+from daemon.engines.hotswap import SWAP_WAIT_S, AdapterRouter, SwapResult
 from daemon.serving.limits import ApiLimits
 from daemon.serving.metrics import (
     CANDIDATES_GENERATED,
@@ -116,6 +116,25 @@ class ServeConfig(BaseModel):
         ge=1,
         description="Adapters kept resident (the active one and the last ones, for fast rollback).",
     )
+    swap_wait_s: float = Field(
+        SWAP_WAIT_S,
+        ge=0,
+        le=600,
+        description="Longest a batch that starts during a swap waits for it; past it the batch "
+        "runs on the adapter already loaded, and the swap goes on (a slow load on a shared "
+        "model server must not stall every replica's production at once).",
+    )
+    swap_retry_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="First wait before a swap that failed for a passing reason (the model "
+        "server unreachable, a 5xx or a timeout) is tried again; it doubles per attempt up to "
+        "swap_retry_max_s, until the swap succeeds or a newer adapter event supersedes it.",
+    )
+    swap_retry_max_s: float = Field(
+        60.0, gt=0, le=3600, description="Longest wait between two attempts at one swap."
+    )
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="The OpenAI-compatible endpoint."
     )
@@ -181,7 +200,8 @@ class ServeHandler:
     def __call__(self, batch: list[Record[PromptMessage]]) -> BatchResult:
         cfg = self.config
         sampling = cfg.sampling()
-        with self.router.use() as adapter:
+        with self.router.use() as route:
+            adapter = route.version  # what the records say: the registry's version
             requests = [
                 ChatRequest(
                     messages=[m.model_dump() for m in rec.value.chat()],
@@ -190,12 +210,12 @@ class ServeHandler:
                     top_p=sampling.top_p,
                     max_tokens=sampling.max_tokens,
                     seed=sampling.seed,
-                    adapter=adapter,
+                    adapter=route.name,  # what the engine knows those weights by
                 )
                 for rec in batch
             ]
             started = time.monotonic()
-            results = self.router.call(adapter, lambda: self.engine.generate(requests))
+            results = self.router.call(route.name, lambda: self.engine.generate(requests))
             answers = self._choose(batch, results)
             latency = time.monotonic() - started
         SERVE_LATENCY.observe(latency)
@@ -293,6 +313,7 @@ class ServeWorker:
                 [{"role": "user", "content": cfg.canary_prompt}], max_tokens=cfg.canary_max_tokens
             ),
             keep_loaded=cfg.adapters_kept_loaded,
+            swap_wait_s=cfg.swap_wait_s,
         )
         self.handler = ServeHandler(
             self.engine, self.router, cfg, settings.topics, cascade=settings.verify
@@ -332,7 +353,14 @@ class ServeWorker:
         return self.is_ready(), ({"waiting_on": waiting} if waiting else {})
 
     def _report(self, _event: AdapterEvent, result: SwapResult) -> None:
-        self.status.report(result.version, result.requested, result.ok, result.error)
+        self.status.report(
+            result.version,
+            result.requested,
+            result.ok,
+            result.error,
+            retrying=result.passing,
+            attempts=result.attempt,
+        )
 
     def run(
         self,
@@ -357,6 +385,8 @@ class ServeWorker:
                 self.router,
                 topics.dlq(topics.adapter_events),
                 on_apply=self._report,
+                retry_s=self.settings.serve.swap_retry_s,
+                retry_max_s=self.settings.serve.swap_retry_max_s,
             ) as follower:
                 self.follower = follower
                 if follower.restored is None:  # an empty history: say "base" all the same

@@ -109,8 +109,9 @@ class VerifyHandler:
     def __call__(self, batch: list[Record[CandidatesMessage]]) -> BatchResult:
         started = time.monotonic()
         if self.router is not None:
-            with self.router.use() as adapter:
-                outcomes = self.router.call(adapter, lambda: self._judge(batch, adapter))
+            with self.router.use() as route:
+                adapter = route.version  # the verdicts name the registry's version
+                outcomes = self.router.call(route.name, lambda: self._judge(batch, route.name))
         else:
             adapter, outcomes = None, self._judge(batch, None)
         now = time.time()

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.files import WEIGHTS_FILE, adapter_digest
+from adapters.files import WEIGHTS_FILE, adapter_digest, served_name
 from adapters.registry import Registry
 from daemon.engines.base import ChatRequest
 from daemon.engines.transformers_engine import TransformersEngine
@@ -74,7 +74,8 @@ def test_tampered_corrupt_or_escaping_adapters_are_refused_while_the_old_one_ser
         t = _start(worker)
         try:
             wait_for(lambda: worker.router.active == v1 and worker.loop.ready.is_set(), 60)
-            q = ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=6, adapter=v1)
+            on_v1 = served_name(v1, registry.require(v1).sha256)  # what the engine knows
+            q = ChatRequest([{"role": "user", "content": "Hi"}], max_tokens=6, adapter=on_v1)
             before = tiny_engine.generate([q])[0].completions[0].text
             refused_before = _refused(_scrape(port))
 
@@ -118,7 +119,7 @@ def test_tampered_corrupt_or_escaping_adapters_are_refused_while_the_old_one_ser
     assert refused == len(injected)
     assert metrics[("selfdistill_active_adapter_info", (("version", v1),))] == 1.0
     assert worker.router.active == v1
-    assert tiny_engine.adapters() == [v1]  # nothing half-loaded stays behind
+    assert tiny_engine.adapters() == [on_v1]  # nothing half-loaded stays behind
     assert tiny_engine.generate([q])[0].completions[0].text == before
     [answer] = [
         ResponseMessage.model_validate_json(r.value) for r in read_topic(kafka, topics.responses)

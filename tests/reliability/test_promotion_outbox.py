@@ -173,3 +173,53 @@ def test_promotions_are_serialised_across_callers(kafka, topics, tiny_model_dir,
     ):
         pass
     registry.close()
+
+
+def test_a_promotion_never_published_is_abandoned_without_touching_the_fleet(
+    kafka, topics, tiny_model_dir, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    settings, config, registry, (v1, v2) = _setup(kafka, topics, tmp_path, tiny_model_dir, n=2)
+    promote(settings, registry, v1, actor="test")
+    died = _crash(config, v2, "after-intent")  # the intent is recorded, nothing published
+    assert died.returncode == 9, died.stderr
+    assert [i.version for i in outbox.pending(registry)] == [v2]
+
+    r = cli("-c", str(config), "adapters", "reconcile", "--abandon", "--wait", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"abandoned promote {v2}: never published; dropped" in r.stdout
+    assert "announced" not in r.stdout  # nothing to undo, so nothing published
+    assert f"agree: {v1}" in r.stdout
+    assert registry.active_version() == v1 and outbox.pending(registry) == []
+    assert registry.require(v2).status == "candidate"
+    assert [(e.action, e.version) for e in _events(kafka, topics.adapter_events)] == [
+        ("promote", v1)
+    ]
+    assert registry.events(v2)[0]["action"] == "abandon"
+    # Abandoned means gone: the next reconcile does not publish it after all.
+    r = cli("-c", str(config), "adapters", "reconcile", "--wait", "0")
+    assert r.returncode == 0 and len(_events(kafka, topics.adapter_events)) == 1
+    registry.close()
+
+
+def test_an_abandoned_promotion_that_reached_the_topic_is_undone_by_a_corrective_event(
+    kafka, topics, tiny_model_dir, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    settings, config, registry, (v1, v2) = _setup(kafka, topics, tmp_path, tiny_model_dir, n=2)
+    promote(settings, registry, v1, actor="test")
+    died = _crash(config, v2, "after-publish")  # the broker has v2; the outcome was unknown
+    assert died.returncode == 9, died.stderr
+    assert _events(kafka, topics.adapter_events)[-1].version == v2
+
+    r = cli("-c", str(config), "adapters", "reconcile", "--abandon", "--wait", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"abandoned promote {v2}: its event had reached adapter-events" in r.stdout
+    assert f"announced {v1} again (rollback), undoing {v2} on the replicas" in r.stdout
+    # The fleet ends where the registry was before the intent: v1, never via the registry.
+    assert registry.active_version() == v1 and outbox.pending(registry) == []
+    assert registry.require(v2).status == "candidate"
+    actions = [(e.action, e.version) for e in _events(kafka, topics.adapter_events)]
+    assert actions == [("promote", v1), ("promote", v2), ("rollback", v1)]
+    r = cli("-c", str(config), "adapters", "reconcile", "--abandon", "--wait", "0")
+    assert r.returncode == 0 and "nothing pending to abandon" in r.stdout, r.stdout + r.stderr
+    assert len(_events(kafka, topics.adapter_events)) == 3
+    registry.close()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from daemon.operating.cli.app import adapters_app, err, fmt_num, print_cycle, settings
+
+if TYPE_CHECKING:
+    from adapters.registry import Registry
+    from daemon.operating.config import Settings
 
 
 # --------------------------------------------------------------------- adapters
@@ -21,10 +25,12 @@ def _registry():  # type: ignore[no-untyped-def]
 
 @adapters_app.command("list")
 def adapters_list() -> None:
-    """Every adapter version: status, data, loss, gate numbers, and the live replicas that
-    serve it (from adapter-status). `*` marks what the registry says serves."""
+    """Every adapter version: the name model servers know it by, status, data, loss, gate
+    numbers, and the live replicas that serve it (from adapter-status). `*` marks what the
+    registry says serves."""
     from rich.table import Table
 
+    from adapters.files import served_name
     from adapters.gate import HELDOUT, LABELED
 
     s = settings()
@@ -32,13 +38,24 @@ def adapters_list() -> None:
         records, pinned, active = reg.list(), reg.pinned(), reg.active_version()
     fleet, fleet_note = _fleet(s)
     title = f"serving: {active}" + (f" (pinned: {pinned})" if pinned else "") + fleet_note
-    columns = ("version", "status", "replicas", "parent", "samples", "loss", LABELED, HELDOUT)
+    columns = (
+        "version",
+        "served as",
+        "status",
+        "replicas",
+        "parent",
+        "samples",
+        "loss",
+        LABELED,
+        HELDOUT,
+    )
     rows = []
     if active == "base" or "base" in fleet:  # the base row only when something serves it
         serving = active == "base"
         rows.append(
             (
                 ("* " if serving else "  ") + "base",
+                "-",
                 "promoted" if serving else "-",
                 _replicas_cell(fleet.get("base")),
                 *["-"] * 5,
@@ -49,6 +66,7 @@ def adapters_list() -> None:
         rows.append(
             (
                 ("* " if r.status == "promoted" else "  ") + r.version,
+                served_name(r.version, r.sha256),
                 r.status,
                 _replicas_cell(fleet.get(r.version)),
                 r.parent or "-",
@@ -91,6 +109,8 @@ def _replicas_cell(entry: dict[str, list[str]] | None) -> str:
         parts.append(f"{len(entry['serving'])} serving")
     if entry["refused"]:
         parts.append(f"refused by {', '.join(entry['refused'])}")
+    if entry.get("retrying"):
+        parts.append(f"retrying on {', '.join(entry['retrying'])}")
     return "; ".join(parts) or "-"
 
 
@@ -144,6 +164,8 @@ def _announce(action: str, fn: object, wait_s: float) -> None:
         typer.echo(f"  {r.name}: serving {event.version}")
     for r in pending:
         why = f"refused: {r.status.error}" if r.refused == event.version else "no confirmation"
+        if r.retrying == event.version:
+            why = f"retrying, attempt {r.status.attempts}: {r.status.error}"
         typer.echo(f"  {r.name}: still serving {r.status.serving} ({why})")
     if pending:
         err.print(
@@ -200,23 +222,108 @@ def adapters_rollback(
         )
 
 
+RECONCILE_WAIT_HELP = (
+    "Seconds to wait for live replicas that serve something other than the registry's "
+    "version to converge (0: report at once)."
+)
+
+
 @adapters_app.command("reconcile")
-def adapters_reconcile() -> None:
-    """Finish a promotion or rollback that a crash or a broker outage left half-done, and
-    re-announce what the registry says serves if adapter-events lost it."""
-    from daemon.learning.promote import AnnounceUnknown, reconcile
+def adapters_reconcile(
+    abandon: Annotated[
+        bool,
+        typer.Option(
+            "--abandon",
+            help="Drop a pending promotion or rollback instead of publishing it: the fleet "
+            "ends where the registry was before it (re-announced if its event had reached "
+            "adapter-events).",
+        ),
+    ] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair/--no-repair",
+            help="Re-announce the registry's version when a live replica serves another one "
+            "and is not retrying on its own (it refused it, or never heard of it).",
+        ),
+    ] = True,
+    wait: Annotated[float, typer.Option(help=RECONCILE_WAIT_HELP)] = 30.0,
+) -> None:
+    """Make the registry, adapter-events and the replicas agree.
+
+    Finishes (or with --abandon drops) a promotion or rollback that a crash or a broker
+    outage left half-done, re-announces what the registry says serves if adapter-events lost
+    it, then reads adapter-status: every live replica that serves another version is named
+    with what it serves and its last error. Exits 1 while any drift remains, 2 when a publish
+    had an unknown outcome."""
+    from daemon.learning import promote
+    from daemon.learning.promote import AnnounceUnknown
 
     s = settings()
     with _registry() as reg:
         try:
-            done = reconcile(s, reg)
+            done = promote.abandon(s, reg, actor="cli") if abandon else []
+            if abandon and not done:
+                typer.echo("nothing pending to abandon")
+            done += promote.reconcile(s, reg)
         except AnnounceUnknown as exc:
             err.print(f"[red]reconcile outcome unknown:[/] {exc}", highlight=False)
             raise typer.Exit(2) from None
         active = reg.active_version()
-    for line in done:
-        typer.echo(line)
-    typer.echo(f"registry and adapter-events agree: {active}")
+        for line in done:
+            typer.echo(line)
+        typer.echo(f"registry and adapter-events agree: {active}")
+        _reconcile_fleet(s, reg, active, repair, wait)
+
+
+def _reconcile_fleet(s: Settings, reg: Registry, active: str, repair: bool, wait_s: float) -> None:
+    """Compare the live replicas with ``active``; re-announce it (``repair``) for those that
+    will not get there on their own, wait up to ``wait_s``, and exit 1 naming what drifts."""
+    import time
+
+    from daemon.learning.promote import AnnounceUnknown, reannounce
+    from streams.adapter_status import drifting, read_statuses, wait_for_fleet
+
+    try:
+        replicas = read_statuses(s.kafka, s.topics.adapter_status, timeout_s=10)
+    except Exception as exc:
+        err.print(f"[red]replicas unknown:[/] adapter-status unreadable: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    live = [r for r in replicas if r.live]
+    drift = drifting(live, active)
+    since = 0.0  # without a new announcement a refusal already reported is final
+    stuck = [r for r in drift if r.retrying != active]
+    if stuck and repair:
+        names = ", ".join(r.name for r in stuck)
+        since = time.time()
+        try:
+            reannounce(s, reg, reason=f"reconcile: {names} did not serve it")
+        except AnnounceUnknown as exc:
+            err.print(f"[red]re-announce outcome unknown:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        typer.echo(f"re-announced {active}: {len(stuck)} live replica(s) served another ({names})")
+    if drift and wait_s > 0:
+        _ok, drift = wait_for_fleet(s.kafka, s.topics.adapter_status, active, wait_s, since=since)
+    if not drift:
+        typer.echo(
+            f"all {len(live)} live replica(s) serve {active}"
+            if live
+            else "no live replica reports on adapter-status"
+        )
+        return
+    for r in drift:
+        st = r.status
+        if r.retrying == active:
+            why = f"retrying, attempt {st.attempts}: {st.error}"
+        elif r.refused == active:
+            why = f"refused: {st.error}"
+        else:
+            why = f"last asked for {st.requested or '-'}" + (f": {st.error}" if st.error else "")
+        typer.echo(f"  {r.name}: serves {st.serving}, not {active} ({why})")
+    err.print(
+        f"[red]{len(drift)} live replica(s) drift from the registry ({active})[/]", highlight=False
+    )
+    raise typer.Exit(1)
 
 
 @adapters_app.command("pin")
