@@ -30,9 +30,13 @@ tools:
 demo: $(STAMP)
 	$(BIN)/selfdistill demo
 
+# Two pytest workers, one per core (the suite is mostly waiting on brokers, subprocesses and
+# small models); a test file stays on one worker, so its module fixtures are built once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) tools
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -186,7 +186,8 @@ def embedded_model_dir() -> Path:
 
 @pytest.fixture
 def all_cores() -> Iterator[int]:
-    """torch on every core (up to 4) for one test, then back to one thread.
+    """torch on every core (up to 4; this worker's share under xdist) for one test, then
+    back to one thread.
 
     For the tests that run the real model in this process while nothing else computes (no
     worker processes): there the spinning barriers the one-thread default guards against
@@ -195,7 +196,10 @@ def all_cores() -> Iterator[int]:
     import torch
 
     before = torch.get_num_threads()
-    threads = max(1, min(4, len(os.sched_getaffinity(0))))
+    # Under pytest-xdist the cores are shared by the workers: each gets its share, or the
+    # spinning barriers of two oversubscribed workers would slow both down many times.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = max(1, min(4, len(os.sched_getaffinity(0)) // max(workers, 1)))
     torch.set_num_threads(threads)
     try:
         yield threads

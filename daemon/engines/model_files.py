@@ -8,6 +8,7 @@ load takes a fraction of a second. Nothing is ever downloaded from a hub.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
@@ -54,9 +55,20 @@ def resolve_model_dir(path: str, cache_dir: Path | None = None) -> Path:
             raise ModelNotFound(f"model.path={path!r} is not a model directory (no config.json)")
         return p
     target = (cache_dir or default_cache_dir()) / EMBEDDED_NAME
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _converted(target):
         return target
-    return _convert_gguf(gguf_path(), target)
+    # Workers (or test processes) starting together convert once: the others wait here and
+    # find the cache, instead of converting beside it and replacing it while it is read.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{EMBEDDED_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _converted(target):
+            return target
+        return _convert_gguf(gguf_path(), target)
+
+
+def _converted(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
 
 
 def _convert_gguf(gguf: Path, target: Path) -> Path:

@@ -384,7 +384,12 @@ def test_no_path_out_carries_the_secret(
             wait_for(
                 lambda: (
                     _alive(proc, log)
-                    and any(r.refused for r in read_statuses(kafka, topics.adapter_status))
+                    # Refused, or retried (the engine unreachable is a passing reason):
+                    # either way the engine's error is in the record's ``error``.
+                    and any(
+                        (r.refused or r.retrying) and r.status.error
+                        for r in read_statuses(kafka, topics.adapter_status)
+                    )
                 ),
                 60,
                 every=0.5,
