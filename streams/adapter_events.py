@@ -179,10 +179,8 @@ class AdapterEventFollower:
     def _apply(self, event: AdapterEvent, attempts: int = 1) -> Any:
         """Apply ``event``; a passing failure schedules it again (replacing any retry of an
         older event: the newest event is what should serve)."""
-        if self.retry is not None and self.retry.event != event:
-            self.retry = None  # superseded, whatever comes of this one
+        self.retry = None  # this attempt replaces it (an older event's retry is superseded)
         result = self.router.apply(event)
-        self.retry = None
         if getattr(result, "passing", False):
             delay = min(self.retry_max_s, self.retry_s * 2 ** (attempts - 1))
             self.retry = _Retry(event, attempts, time.monotonic() + delay)
@@ -296,16 +294,22 @@ def read_log(kafka: KafkaSettings, topic: str, who: str, timeout_s: float) -> li
             consumer.close(autocommit=False)
 
 
+def read_events(kafka: KafkaSettings, topic: str, timeout_s: float = 60.0) -> list[AdapterEvent]:
+    """Every event on ``topic`` that decodes, oldest first, read to the end of the log."""
+    events = []
+    for r in read_log(kafka, topic, "adapter-events-check", timeout_s):
+        with contextlib.suppress(DecodeError):
+            events.append(decode(AdapterEvent, r.value, kafka.max_message_bytes))
+    return events
+
+
 def read_last_event(
     kafka: KafkaSettings, topic: str, timeout_s: float = 60.0
 ) -> AdapterEvent | None:
     """The newest event that decodes on ``topic``, read to the end of the log (what the
     promotion outbox reconciles the registry with); None for an empty history."""
-    last = None
-    for r in read_log(kafka, topic, "adapter-events-check", timeout_s):
-        with contextlib.suppress(DecodeError):
-            last = decode(AdapterEvent, r.value, kafka.max_message_bytes)
-    return last
+    events = read_events(kafka, topic, timeout_s)
+    return events[-1] if events else None
 
 
 @contextlib.contextmanager

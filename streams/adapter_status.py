@@ -135,16 +135,19 @@ class Replica:
     def refused(self) -> str | None:
         """The version it was asked to serve and refused for good, if its last swap failed
         for a reason that is not passing (one that is, it is still trying: ``retrying``)."""
-        if self.status.ok or self.status.requested in (None, self.status.serving):
-            return None
-        return None if self.status.retrying else self.status.requested
+        return None if self.status.retrying else self._unmet
 
     @property
     def retrying(self) -> str | None:
         """The version it is still trying to load (the engine was unavailable), if any."""
+        return self._unmet if self.status.retrying else None
+
+    @property
+    def _unmet(self) -> str | None:
+        """The version its last swap asked for and failed to make it serve, if any."""
         if self.status.ok or self.status.requested in (None, self.status.serving):
             return None
-        return self.status.requested if self.status.retrying else None
+        return self.status.requested
 
 
 def read_statuses(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[Replica]:

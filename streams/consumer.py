@@ -143,7 +143,6 @@ class ConsumerLoop(Generic[M]):
     ) -> None:
         self.kafka = kafka
         self.probe = probe
-        self._probing: threading.Thread | None = None
         self.positions = positions
         self.topic = topic
         self.group_id = group_id
@@ -197,6 +196,11 @@ class ConsumerLoop(Generic[M]):
         """Readiness: in the group, not stopping, and not waiting for an unavailable engine."""
         return self.ready.is_set() and self.waiting_on is None and not self._stop.is_set()
 
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """``is_ready``, and what the loop waits on when it does (for ``/readyz``)."""
+        waiting = self.waiting_on
+        return self.is_ready(), ({"waiting_on": waiting} if waiting else {})
+
     def seek_owned(self, partitions: set[TopicPartition]) -> set[TopicPartition]:
         """Move ``partitions`` to the handler's own positions; returns those it moved."""
         if self.positions is None or self.consumer is None:
@@ -243,7 +247,7 @@ class ConsumerLoop(Generic[M]):
         poll_failures = 0
         try:
             if self.probe is not None:  # a misconfigured engine is named before any record
-                self._probe_in_background()
+                self.waiting.probe_in_background(self.probe)
             with stop_on_signals(
                 handle_signals, self._stop.is_set, self.request_stop, self.kafka.shutdown_timeout_s
             ):
@@ -263,8 +267,10 @@ class ConsumerLoop(Generic[M]):
                     if polled:
                         last_record = time.monotonic()
                         self._process(polled)
-                    elif self.waiting.probe_due(self._backoff(self.waiting.probe_failures)):
-                        self._probe_in_background()  # back without traffic? /readyz says
+                    elif self.probe is not None and self.waiting.probe_due(
+                        self._backoff(self.waiting.probe_failures)
+                    ):
+                        self.waiting.probe_in_background(self.probe)  # back without traffic?
                     elif (
                         max_idle_s is not None
                         and self.ready.is_set()
@@ -467,7 +473,7 @@ class ConsumerLoop(Generic[M]):
                     lambda part, tries: self._attempt(part, tries, before),
                     self.kafka.max_handler_attempts,
                     self._handler_error,
-                    self._run_probe if self.probe is not None else lambda: None,
+                    self._run_probe if self.probe is not None else None,
                 )
             except WorkerAtFault as fault:
                 waits += 1
@@ -497,25 +503,6 @@ class ConsumerLoop(Generic[M]):
         self._wait_polling(fut)
         return fut.exception()
 
-    def _probe_in_background(self) -> None:
-        """Probe on a thread of its own (at start, and while waiting with nothing to retry):
-        a server that hangs must not hold up consuming, nor a stop."""
-        if self.probe is None or (self._probing is not None and self._probing.is_alive()):
-            return
-        probe = self.probe
-        self.waiting.probed_at = time.monotonic()
-
-        def run() -> None:
-            try:
-                probe()
-            except Exception as exc:
-                self.waiting.probe_failed(exc)
-            else:
-                self.waiting.back()
-
-        self._probing = threading.Thread(target=run, name=f"{self.name}-probe", daemon=True)
-        self._probing.start()
-
     def _attempt(
         self, batch: list[Record[M]], attempts: int, before: dict[TopicPartition, int]
     ) -> BatchResult:
@@ -543,7 +530,7 @@ class ConsumerLoop(Generic[M]):
                     # the batch (a 5xx or a timeout on one prompt), so it uses up a try.
                     failures += 1
                     if failures >= attempts:
-                        raise Spent(exc) from exc
+                        raise Spent(exc, healthy=True) from exc
                     delay = self._backoff(failures)
                     log.error(
                         "%s: the batch of %d fails (%s) while the probe succeeds (attempt %d "

@@ -46,12 +46,16 @@ R = TypeVar("R", bound=Record[Any])
 class Spent(Exception):
     """A part's tries are used up (or its error is the record's fault): split it, or blame it."""
 
-    def __init__(self, cause: BaseException, *, record_fault: bool = False) -> None:
+    def __init__(
+        self, cause: BaseException, *, record_fault: bool = False, healthy: bool = False
+    ) -> None:
         super().__init__(repr(cause))
         self.cause = cause
         #: The dependency itself said the record is at fault (the engine refused the prompt):
         #: evidence enough, and proof the dependency answers.
         self.record_fault = record_fault
+        #: The probe succeeded after the last failure: no need to ask it again.
+        self.healthy = healthy or record_fault
 
 
 class WorkerAtFault(Exception):
@@ -63,10 +67,6 @@ class WorkerAtFault(Exception):
         super().__init__(f"{why}: {type(cause).__name__}: {cause}")
         self.cause = cause
         self.why = why
-
-
-def _always_healthy() -> BaseException | None:
-    return None
 
 
 @dataclass
@@ -87,7 +87,7 @@ def isolate(
     attempt: Callable[[list[R], int], BatchResult],
     max_attempts: int,
     at_fault: Callable[[R, BaseException], DeadLetter],
-    probe: Callable[[], BaseException | None] = _always_healthy,
+    probe: Callable[[], BaseException | None] | None = None,
 ) -> tuple[BatchResult, list[DeadLetter]]:
     """The batch's result, and dead letters for the records shown to fail by themselves.
 
@@ -96,15 +96,16 @@ def isolate(
     split, a half gets one try (the batch already had its retries) and a single record gets
     ``max_attempts`` again before it is called at fault, so one flaky failure cannot
     dead-letter a good record. ``probe()`` returns None when the worker's dependency is
-    healthy, else what failed. Raises :class:`WorkerAtFault` when no record is shown at
-    fault (module docstring).
+    healthy, else what failed (no probe: no dependency, always healthy). Raises
+    :class:`WorkerAtFault` when no record is shown at fault (module docstring).
     """
+    probe = probe or (lambda: None)
     if not batch:
         return BatchResult(), []
     try:
         return attempt(batch, max_attempts), []
     except Spent as spent:
-        if not spent.record_fault and (down := probe()) is not None:
+        if not spent.healthy and (down := probe()) is not None:
             raise WorkerAtFault(down, "the probe fails as well") from spent.cause
         if len(batch) == 1:
             return BatchResult(), [at_fault(batch[0], spent.cause)]

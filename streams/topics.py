@@ -97,6 +97,11 @@ class TopicsConfig(BaseModel):
         source: a store lost with its disk is rebuilt from it)."""
         return [*self.state_topics(), self.verdicts]
 
+    def output_topics(self) -> list[str]:
+        """What the workers write from their inputs (each output measured before it is sent,
+        against ``kafka.output_limit``)."""
+        return [self.responses, self.candidates, self.verdicts]
+
     def state_topics(self) -> list[str]:
         """Single-partition, compacted: the newest record per key is the state."""
         return [self.adapter_events, self.adapter_status]
@@ -125,7 +130,7 @@ def message_bytes(kafka: KafkaSettings, topics: TopicsConfig) -> dict[str, int]:
     (written by producers) and the state topics (small records) keep the cluster's default.
     """
     outputs = kafka.output_limit + HEADROOM_BYTES
-    need = {t: outputs for t in (topics.responses, topics.candidates, topics.verdicts)}
+    need = dict.fromkeys(topics.output_topics(), outputs)
     dead = max(kafka.max_message_bytes, BROKER_MESSAGE_BYTES)
     need.update((topics.dlq(t), dead) for t in topics.layout() if topics.dlq(t) in topics.layout())
     return need
@@ -230,7 +235,7 @@ def _check_message_bytes(
             continue
         if int(value) >= need[topic]:
             continue
-        if topic in (topics.responses, topics.candidates, topics.verdicts):
+        if topic in topics.output_topics():
             what = f"an output of up to {kafka.output_limit} bytes (kafka.max_output_bytes)"
             what += f" and {HEADROOM_BYTES} of framing"
             alt = " or lower kafka.max_output_bytes"

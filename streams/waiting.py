@@ -12,7 +12,9 @@ probe that succeeds.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 
 from streams.metrics import DEPENDENCY_FAILURES, DEPENDENCY_UNAVAILABLE
 
@@ -37,20 +39,22 @@ class Waiting:
         self.cause: str | None = None
         self.probed_at = 0.0  # when the probe last ran (monotonic)
         self.probe_failures = 0  # in a row: the re-probe backs off like the retries
+        self._probing: threading.Thread | None = None
         DEPENDENCY_UNAVAILABLE.labels(topic).set(0)
 
     def down(self, cause: str) -> None:
-        """Waiting on ``cause`` (logged at ERROR when it is new)."""
-        cause = cause[:MAX_CAUSE]
-        if cause != self.cause:
-            log.error("%s: waiting, nothing dead-lettered: %s", self.name, cause)
+        """Waiting on ``cause`` (the caller logs it, with what it does next)."""
         DEPENDENCY_FAILURES.labels(self.topic).inc()
         DEPENDENCY_UNAVAILABLE.labels(self.topic).set(1)
-        self.cause = cause
+        self.cause = cause[:MAX_CAUSE]
 
     def probe_failed(self, exc: BaseException) -> None:
+        """A probe outside any batch failed: logged at ERROR when its cause is new."""
         self.probe_failures += 1
-        self.down(describe(exc))
+        cause = describe(exc)[:MAX_CAUSE]
+        if cause != self.cause:
+            log.error("%s: waiting, nothing dead-lettered: %s", self.name, cause)
+        self.down(cause)
 
     def back(self) -> None:
         """A batch or a probe succeeded: whatever it waited on is over."""
@@ -63,6 +67,24 @@ class Waiting:
     def probe_due(self, backoff_s: float) -> bool:
         """Time to probe again while waiting with no batch to retry (``backoff_s`` apart)."""
         return self.cause is not None and time.monotonic() - self.probed_at >= backoff_s
+
+    def probe_in_background(self, probe: Callable[[], object]) -> None:
+        """Probe on a thread of its own (at start, and while waiting with nothing to retry):
+        a server that hangs must not hold up consuming, nor a stop. One at a time."""
+        if self._probing is not None and self._probing.is_alive():
+            return
+        self.probed_at = time.monotonic()
+
+        def run() -> None:
+            try:
+                probe()
+            except Exception as exc:
+                self.probe_failed(exc)
+            else:
+                self.back()
+
+        self._probing = threading.Thread(target=run, name=f"{self.name}-probe", daemon=True)
+        self._probing.start()
 
     def clear(self) -> None:
         """The loop stopped: a stopped worker is not waiting on anything."""

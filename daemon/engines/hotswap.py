@@ -244,8 +244,8 @@ class AdapterRouter:
 
     def call(self, adapter: str | None, work: Callable[[], T]) -> T:
         """Run ``work`` (generation on ``adapter``, a served name: ``Route.name``); if the
-        engine has forgotten the adapter
-        (``AdapterMissing``: a shared server restarted), restore it and run it once more.
+        engine has forgotten the adapter (``AdapterMissing``: a shared server restarted),
+        restore it and run it once more.
         Not restorable, the ``AdapterMissing`` (an unavailable engine) goes up: the worker
         loop waits and retries the batch, so nothing is lost."""
         try:

@@ -45,6 +45,7 @@ from daemon.engines.base import (
     EngineRejected,
     EngineUnavailable,
 )
+from daemon.engines.health import PROBE
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,26 @@ def error_message(response: httpx.Response) -> str:
         if body.get("detail"):
             return str(body["detail"])
     return str(body)[:500]
+
+
+def _model_cards(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    """``(id, card)`` for each model card of a ``GET /models`` answer; any other status or
+    shape is an EngineError."""
+    if response.status_code != 200:
+        raise EngineError(
+            f"GET /models failed (HTTP {response.status_code}): {error_message(response)}"
+        )
+    try:
+        return [(str(c["id"]), c) for c in response.json()["data"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EngineError(f"malformed /models response: {exc}") from exc
+
+
+def _not_served(model: str, served: list[str]) -> EngineMisconfigured:
+    return EngineMisconfigured(
+        f"the model server does not serve `{model}`; it serves {sorted(served)} "
+        "(model.name must be one of the server's --served-model-name)"
+    )
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -211,10 +232,7 @@ class OpenAIEngine:
         except EngineError:
             served = None
         if served is not None and model not in served:
-            return EngineMisconfigured(
-                f"the model server does not serve `{model}`; it serves {sorted(served)} "
-                "(model.name must be one of the server's --served-model-name)"
-            )
+            return _not_served(model, served)
         return EngineMisconfigured(
             f"the model server answered HTTP 404 for {response.request.url.path} with model "
             f"`{model}` ({said}): is engine.base_url the server's /v1 URL ({self.base_url})?"
@@ -232,14 +250,7 @@ class OpenAIEngine:
                 f"the model server has no {response.request.url.path} (HTTP 404): is "
                 f"engine.base_url the server's /v1 URL ({self.base_url})?"
             )
-        if response.status_code != 200:
-            raise EngineError(
-                f"GET /models failed (HTTP {response.status_code}): {error_message(response)}"
-            )
-        try:
-            return [str(c["id"]) for c in response.json()["data"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise EngineError(f"malformed /models response: {exc}") from exc
+        return [model for model, _ in _model_cards(response)]
 
     def check(self) -> None:
         """The probe workers ask at start, while waiting, and before blaming a record: the
@@ -248,12 +259,8 @@ class OpenAIEngine:
         timeout_s = min(self._timeout_s, PROBE_TIMEOUT_S)  # a hung server is not "fine"
         served = self.served_models(timeout_s)
         if self.model_name not in served:
-            raise EngineMisconfigured(
-                f"the model server does not serve `{self.model_name}`; it serves "
-                f"{sorted(served)} (model.name must be one of the server's --served-model-name)"
-            )
-        probe = ChatRequest([{"role": "user", "content": "Reply with OK."}], max_tokens=1)
-        self._one(probe, timeout_s)
+            raise _not_served(self.model_name, served)
+        self._one(PROBE, timeout_s)
 
     # ------------------------------------------------------------- generation
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
@@ -420,19 +427,11 @@ class OpenAIEngine:
         are read as "everything but the base model".
         """
         response = self._send("GET", "/models", None, TRANSIENT_ERRORS, RETRY_STATUSES)
-        if response.status_code != 200:
-            raise EngineError(
-                f"GET /models failed (HTTP {response.status_code}): {error_message(response)}"
-            )
-        try:
-            cards = response.json()["data"]
-            return [
-                str(c["id"])
-                for c in cards
-                if c["id"] != self.model_name and ("parent" not in c or c["parent"] is not None)
-            ]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise EngineError(f"malformed /models response: {exc}") from exc
+        return [
+            model
+            for model, card in _model_cards(response)
+            if model != self.model_name and card.get("parent", "") is not None
+        ]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -29,10 +29,10 @@ from adapters import outbox
 from adapters.files import verify_adapter
 from adapters.registry import BASE, Registry, RegistryError
 from daemon.learning.metrics import ADAPTER_EVENTS
-from streams.adapter_events import read_last_event, read_log
+from streams.adapter_events import read_events, read_last_event
 from streams.connection import KafkaSettings
 from streams.producer import Producer
-from streams.schemas import AdapterEvent, DecodeError, decode
+from streams.schemas import AdapterEvent
 from streams.topics import TopicsConfig
 
 log = logging.getLogger(__name__)
@@ -112,17 +112,6 @@ def _reconcile(settings: PublishSettings, registry: Registry) -> list[str]:
     return done
 
 
-def _events(settings: PublishSettings) -> list[AdapterEvent]:
-    """Every event on ``adapter-events`` that decodes, oldest first."""
-    out = []
-    for r in read_log(settings.kafka, settings.topics.adapter_events, "adapter-events-check", 60):
-        try:
-            out.append(decode(AdapterEvent, r.value, settings.kafka.max_message_bytes))
-        except DecodeError:
-            continue
-    return out
-
-
 def abandon(settings: PublishSettings, registry: Registry, *, actor: str) -> list[str]:
     """Drop every pending intent so that the fleet ends where the registry is (it was never
     changed by them); returns what was done, one line per intent and per event published.
@@ -138,7 +127,7 @@ def abandon(settings: PublishSettings, registry: Registry, *, actor: str) -> lis
         if not intents:
             return []
         active = registry.active_version()
-        events = _events(settings)
+        events = read_events(settings.kafka, settings.topics.adapter_events)
         said = events[-1].version if events else BASE
         done, reached = [], []
         for intent in intents:

@@ -349,8 +349,8 @@ class ServeWorker:
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """``is_ready`` and, when the loop waits, on what (shown by ``/readyz`` and ``status``)."""
-        waiting = self.loop.waiting_on
-        return self.is_ready(), ({"waiting_on": waiting} if waiting else {})
+        _, detail = self.loop.readiness()
+        return self.is_ready(), detail
 
     def _report(self, _event: AdapterEvent, result: SwapResult) -> None:
         self.status.report(

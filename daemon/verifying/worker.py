@@ -209,10 +209,7 @@ class VerifyWorker:
         on a probe: ``/readyz`` must answer at once, so it reads the monitor's last state
         (kept current by the probe at start, each real run, and a probe in the background
         once the state is old)."""
-        ok = self.loop.is_ready()
-        detail: dict[str, object] = {}
-        if waiting := self.loop.waiting_on:
-            detail["waiting_on"] = waiting
+        ok, detail = self.loop.readiness()
         if not self.judges_code:
             return ok, detail
         from daemon.verifying.sandbox_health import monitor_for
